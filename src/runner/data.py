@@ -5,6 +5,7 @@ The whole uint8 data set lives on the training device as one tensor (50,000 x 3 
 batch is an index slice of it: no DataLoader, no per-image PIL work (uint8 is 4x less to move than float).
 """
 
+import codecs
 import hashlib
 import io
 import json
@@ -41,7 +42,7 @@ def _numpy_reconstruct():
 class _CifarUnpickler(pickle.Unpickler):
     """Admits only what a CIFAR batch holds: dicts, lists, strings, ints and plain numpy arrays.
 
-    A pickle can name any importable callable and have it called on load; refusing every global except the three
+    A pickle can name any importable callable and have it called on load; refusing every global except the few
     that rebuild an ndarray makes loading a hostile file fail instead of executing it.
     """
 
@@ -50,6 +51,8 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
         ("numpy", "ndarray"): lambda: np.ndarray,
         ("numpy", "dtype"): lambda: np.dtype,
+        # Python 3 writes bytes into a protocol-2 pickle as _codecs.encode(str, "latin1"): a pure conversion
+        ("_codecs", "encode"): lambda: codecs.encode,
     }
 
     def find_class(self, module: str, name: str):
@@ -179,7 +182,7 @@ def _load_cache(path: Path, fingerprint: list) -> dict[str, np.ndarray] | None:
             if header.get("version") != CACHE_VERSION or header.get("fingerprint") != fingerprint:
                 return None
             arrays = {k: npz[k] for k in ("train_x", "train_y", "test_x", "test_y")}
-    except (OSError, ValueError, KeyError, EOFError, zlib.error, json.JSONDecodeError):
+    except Exception:  # unreadable in any way (truncated zip, bad header, ...): rebuild, never trust it
         return None
     if header.get("crc32") != _checksums(arrays):
         return None

@@ -1,0 +1,112 @@
+"""The engine: it learns, it is deterministic, it resumes exactly after a kill, it stops cleanly on divergence."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import choices_of, compose_config, run_cli
+from runner import checkpoint, train
+from runner.config import ConfigError
+
+
+def _fit(tmp_path, overrides=()):
+    cfg = compose_config(overrides)
+    return train.fit(cfg, tmp_path, choices_of(overrides))
+
+
+def test_loss_falls_and_accuracy_rises_well_above_chance(tmp_path):
+    metrics = _fit(tmp_path, ["trainer.epochs=3"])
+    history = metrics["history"]
+    assert metrics["status"] == "completed"
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert metrics["test_acc"] > 0.6  # chance is 0.1
+    assert metrics["best_val_acc"] == max(h["val_acc"] for h in history)
+    assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] == metrics["test_acc"]
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
+    a = _fit(tmp_path / "a", ["seed=3", "trainer.epochs=1"])
+    b = _fit(tmp_path / "b", ["seed=3", "trainer.epochs=1"])
+    c = _fit(tmp_path / "c", ["seed=4", "trainer.epochs=1"])
+    keys = ("train_loss", "val_loss", "val_acc")
+    assert [a["history"][0][k] for k in keys] == [b["history"][0][k] for k in keys]
+    assert a["test_loss"] == b["test_loss"]
+    assert a["history"][0]["train_loss"] != c["history"][0]["train_loss"]
+
+
+def test_divergence_ends_the_run_with_status_diverged(tmp_path):
+    metrics = _fit(tmp_path, ["optimizer.lr=1e6", "norm=none", "schedule=constant"])
+    assert metrics["status"] == "diverged"
+    assert "diverged" in metrics["message"] and "optimizer.lr" in metrics["message"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+
+
+def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
+    _fit(tmp_path, ["trainer.epochs=1"])
+    state = checkpoint.load(tmp_path / train.LAST)
+    assert {"model", "preprocess", "optimizer", "scheduler", "rng", "epoch", "step", "best", "history"} <= state.keys()
+    assert state["epoch"] == 1 and state["step"] == 10  # 1000 training images / batch 100
+    assert {"python", "torch", "data"} <= state["rng"].keys()
+    assert (tmp_path / train.BEST).is_file()
+
+
+def test_resume_an_already_completed_run_trains_no_further(tmp_path):
+    first = _fit(tmp_path, ["trainer.epochs=1"])
+    again = _fit(tmp_path, ["trainer.epochs=1"])
+    assert again["steps"] == first["steps"] and again["history"] == first["history"]
+    assert again["test_acc"] == first["test_acc"]
+
+
+def test_resume_from_other_run_directory(tmp_path):
+    _fit(tmp_path / "a", ["trainer.epochs=1"])
+    metrics = _fit(tmp_path / "b", ["trainer.epochs=2", f"trainer.resume={tmp_path / 'a'}"])
+    assert metrics["epochs_completed"] == 2 and metrics["steps"] == 20
+
+
+def test_resume_path_without_checkpoint_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.resume"):
+        _fit(tmp_path, [f"trainer.resume={tmp_path / 'nowhere'}"])
+
+
+def test_pick_device():
+    assert train.pick_device("cpu") == torch.device("cpu")
+    assert train.pick_device("auto").type in ("cuda", "mps", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device='cuda:1' is not present.*device=auto"):
+            train.pick_device("cuda:1")
+
+
+KILL_ARGS = ["data.train_examples=3000", "trainer.epochs=3", "trainer.batch_size=50", "seed=5"]
+
+
+def test_killed_mid_epoch_then_resumed_equals_uninterrupted_run(tmp_path):
+    """SIGKILL during epoch 2, re-run the same command in the same run directory: the final metrics equal
+    those of a run that was never interrupted."""
+    from conftest import TINY
+
+    whole = tmp_path / "whole"
+    run_cli([*TINY, *KILL_ARGS, f"hydra.run.dir={whole}"], cwd=tmp_path)
+
+    killed = tmp_path / "killed"
+    args = [sys.executable, "-m", "runner", *TINY, *KILL_ARGS, f"hydra.run.dir={killed}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / train.LAST).is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
+    assert checkpoint.load(killed / train.LAST)["epoch"] == 1
+
+    run_cli([*TINY, *KILL_ARGS, f"hydra.run.dir={killed}"], cwd=tmp_path)
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert b["status"] == "completed"
+    assert (b["test_acc"], b["test_loss"]) == (a["test_acc"], a["test_loss"])
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        assert (ha["train_loss"], ha["val_loss"], ha["val_acc"]) == (hb["train_loss"], hb["val_loss"], hb["val_acc"])
