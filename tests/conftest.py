@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from runner.config import CONFIG_DIR, register_resolvers
 
@@ -43,11 +42,8 @@ def choices_of(overrides=()):
 
 @pytest.fixture
 def cfg():
-    """A tiny CPU config on synthetic data; tests edit it in place (struct mode off)."""
-    config = compose_config()
-    with open_dict(config):
-        pass
-    return config
+    """The tiny CPU config on synthetic data."""
+    return compose_config()
 
 
 def run_cli(args, cwd: Path, env=None, timeout=300, check=True):

@@ -1,8 +1,12 @@
-"""Batch augmentation invariants: shapes, dtype, flips, crops inside the padding."""
+"""Batch augmentation invariants: shapes, dtype, flips, crops inside the padding, jitter, cutout, scale; every
+option file composed and applied; the TensorBoard grid."""
 
+import pytest
 import torch
 
+from conftest import compose_config
 from runner import augment
+from runner.config import CONFIG_DIR, ConfigError, validate
 
 
 def _batch(n=16, seed=0):
@@ -57,12 +61,89 @@ def test_zero_padding_is_no_crop():
     assert torch.equal(augment.random_crop(x, 0, torch.Generator()), x)
 
 
-def test_same_generator_seed_same_augmentation():
+AUGMENTATIONS = sorted(p.stem for p in (CONFIG_DIR / "augmentation").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_every_option_composes_validates_and_keeps_shape_dtype_and_seeded_determinism(name):
+    cfg = compose_config([f"augmentation={name}"])
+    validate(cfg)
     x = _batch()
-
-    class Cfg:
-        padding, flip = 4, True
-
-    a = augment.augment(x, Cfg, torch.Generator().manual_seed(5))
-    b = augment.augment(x, Cfg, torch.Generator().manual_seed(5))
+    a = augment.augment(x, cfg.augmentation, torch.Generator().manual_seed(5))
+    b = augment.augment(x, cfg.augmentation, torch.Generator().manual_seed(5))
+    assert a.shape == x.shape and a.dtype == torch.uint8
     assert torch.equal(a, b)
+    assert torch.equal(a, x) == (name == "none")
+
+
+def test_jitter_of_strength_zero_is_identity_and_brightness_scales_each_image():
+    x = _batch()
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(augment.color_jitter(x, 0.0, 0.0, 0.0, g), x)
+    dark = torch.full((64, 3, 8, 8), 100, dtype=torch.uint8)  # stays below 255 for factors up to 1.5
+    out = augment.color_jitter(dark, 0.5, 0.0, 0.0, g).float()
+    per_image = out.flatten(1)
+    assert torch.all(per_image.max(1).values == per_image.min(1).values)  # one factor per image
+    factors = per_image[:, 0] / 100
+    assert factors.min() >= 0.5 - 0.01 and factors.max() <= 1.5 + 0.01 and factors.std() > 0.2
+
+
+def test_saturation_zero_strength_keeps_gray_images_gray_and_contrast_keeps_the_mean():
+    gray = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8).expand(16, 3, 8, 8).contiguous()
+    out = augment.color_jitter(gray, 0.0, 0.0, 0.9, torch.Generator().manual_seed(1))
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])  # no color to saturate
+    mid = torch.full((16, 3, 8, 8), 128, dtype=torch.uint8)
+    mid[:, :, :4] = 118
+    mid[:, :, 4:] = 138
+    out = augment.color_jitter(mid, 0.0, 0.5, 0.0, torch.Generator().manual_seed(2)).float()
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), torch.full((16,), 128.0), atol=0.6)
+
+
+def test_cutout_fills_one_square_of_at_most_size_and_leaves_the_rest():
+    size = 8
+    x = torch.zeros(500, 3, 32, 32, dtype=torch.uint8)
+    out = augment.cutout(x, size, torch.Generator().manual_seed(0))
+    filled = out[:, 0] == augment.CUTOUT_FILL  # (B, H, W)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
+    assert bool(((out == 0) | (out == augment.CUTOUT_FILL)).all())
+    for mask in filled[:50]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= size and 1 <= len(cols) <= size
+        assert int(mask.sum()) == len(rows) * len(cols)  # a (clipped) rectangle, filled entirely
+    full = filled.flatten(1).sum(1) == size * size
+    assert 0.4 < full.float().mean() < 0.8  # centers anywhere: squares near the border are clipped
+
+
+def test_scale_with_full_area_and_square_ratio_is_identity():
+    x = _batch()
+    assert torch.equal(augment.random_resized_crop(x, 1.0, [1.0, 1.0], torch.Generator()), x)
+
+
+def test_scale_crops_zoom_in_keep_orientation_and_constant_images_constant():
+    ramp = torch.arange(32, dtype=torch.uint8).mul(8).expand(64, 3, 32, 32).contiguous()  # brighter to the right
+    out = augment.random_resized_crop(ramp, 0.3, [0.75, 1.3333], torch.Generator().manual_seed(0)).float()
+    steps = out[:, 0, 16].diff(dim=1)
+    assert bool((steps >= 0).all())  # no flip, no rotation
+    assert steps.mean() < 8.0  # zoomed in: a gentler ramp than the original 8 per pixel
+    flat = torch.full((8, 3, 32, 32), 77, dtype=torch.uint8)
+    assert torch.equal(augment.random_resized_crop(flat, 0.3, [0.5, 2.0], torch.Generator()), flat)
+
+
+def test_augmented_grid_shows_originals_then_copies():
+    cfg = compose_config(["augmentation=cutout"]).augmentation
+    x = _batch(4)
+    grid = augment.augmented_grid(x, cfg, seed=0, copies=3)
+    assert grid.shape == (3, 4 * 34 + 2, 4 * 34 + 2)  # 4 rows (original + 3 copies) of 4 images, 2-pixel gaps
+    assert torch.equal(grid[:, 2:34, 2:34], x[0])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["augmentation=crop_flip", "augmentation.padding=-1"], "augmentation.padding"),
+    (["augmentation=cutout", "augmentation.cutout_pixels=40"], "augmentation.cutout_pixels"),
+    (["augmentation=crop_flip_jitter", "augmentation.brightness=2"], "augmentation.brightness"),
+    (["augmentation=scale", "augmentation.min_area_fraction=0"], "augmentation.min_area_fraction"),
+    (["augmentation=scale", "augmentation.aspect_ratio=[2,1]"], "augmentation.aspect_ratio"),
+])
+def test_bad_augmentation_settings_are_refused_at_start_up(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(compose_config(overrides))

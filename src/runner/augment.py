@@ -1,10 +1,22 @@
 """Data augmentation on whole uint8 batches on the training device (no per-image Python work).
 
-Every function takes a batch (B, C, H, W) and a torch.Generator on the batch's device, so the random choices are
-reproducible and saved with the checkpoint.
+Every function takes a uint8 batch (B, C, H, W) and a torch.Generator on the batch's device, so the random choices
+are reproducible and saved with the checkpoint, and returns a uint8 batch of the same shape.
+An `augmentation=` config is a recipe: `augment` applies the steps whose keys it holds, in a fixed order.
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
+
+# Cutout's fill: mid-gray, close to the CIFAR mean, so about 0 after standardization, like the zeroed patch of
+# normalized input in DeVries & Taylor 2017.
+CUTOUT_FILL = 128
+
+
+def _uniform(n: int, low: float, high: float, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, device=x.device, generator=generator)
 
 
 def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -15,23 +27,95 @@ def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Crop each image at a random offset from it zero-padded by `padding` pixels on every side
-    (the standard CIFAR recipe, 32 -> 40 -> 32 for padding 4). Gathered with one indexing op for the batch."""
+    (the standard CIFAR recipe, 32 -> 40 -> 32 for padding 4). One gather for the whole batch from a view of all
+    (2p+1)^2 windows (unfold makes no copy): 2x faster on CPU than gathering rows and columns."""
     if padding == 0:
         return x
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (b, 1), device=x.device, generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (b, 1), device=x.device, generator=generator)
-    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    channel = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W), a view
+    dy = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
+    return windows[torch.arange(b, device=x.device), :, dy, dx]
+
+
+def random_resized_crop(x: torch.Tensor, min_area_fraction: float, aspect_ratio: list[float],
+                        generator: torch.Generator) -> torch.Tensor:
+    """Scale augmentation (Szegedy et al. 2015's random resized crop): a box covering a uniform fraction in
+    [min_area_fraction, 1] of each image, with a log-uniform aspect ratio (width / height) in aspect_ratio, clipped
+    to the image and placed uniformly inside it, is resized back to the full image (bilinear). One affine
+    grid_sample for the batch."""
+    b = len(x)
+    area = _uniform(b, min_area_fraction, 1.0, x, generator)
+    log_ratio = _uniform(b, math.log(aspect_ratio[0]), math.log(aspect_ratio[1]), x, generator)
+    w = (area * log_ratio.exp()).sqrt().clamp(max=1.0)  # box width / image width
+    h = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    cx = (1.0 - w) * _uniform(b, -1.0, 1.0, x, generator)  # box center in [-1, 1] image coordinates
+    cy = (1.0 - h) * _uniform(b, -1.0, 1.0, x, generator)
+    zero = torch.zeros_like(w)
+    theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Per image, factors uniform in [1 - s, 1 + s] for each strength s: brightness scales the pixels, contrast
+    blends with the image's mean gray level, saturation with the pixel's own gray level (torchvision's
+    ColorJitter rules, in this fixed order), clamped to 0..255 after each."""
+    b = len(x)
+    f = x.float()
+
+    def factor(strength):
+        return _uniform(b, 1.0 - strength, 1.0 + strength, x, generator)[:, None, None, None]
+
+    def gray(img):  # ITU-R 601 luma, (B, 1, H, W)
+        return (0.299 * img[:, 0:1] + 0.587 * img[:, 1:2] + 0.114 * img[:, 2:3])
+
+    f = (f * factor(brightness)).clamp_(0, 255)
+    mean = gray(f).mean(dim=(1, 2, 3), keepdim=True)
+    f = (mean + factor(contrast) * (f - mean)).clamp_(0, 255)
+    g = gray(f)
+    f = (g + factor(saturation) * (f - g)).clamp_(0, 255)
+    return f.round_().to(torch.uint8)
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): a size x size square, centered uniformly anywhere in the image (so it may
+    be clipped by the border), is set to CUTOUT_FILL in every channel."""
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b, 1), device=x.device, generator=generator)
+    cx = torch.randint(0, w, (b, 1), device=x.device, generator=generator)
+    rows = torch.arange(h, device=x.device)[None, :] - (cy - size // 2)  # (B, H): 0..size-1 inside the square
+    cols = torch.arange(w, device=x.device)[None, :] - (cx - size // 2)
+    inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]  # (B, H, W)
+    return x.masked_fill(inside[:, None], CUTOUT_FILL)
 
 
 def augment(x: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
-    """Apply the augmentation config `cfg` (its `padding` and `flip` keys) to a training batch."""
-    x = random_crop(x, cfg.padding, generator)
-    if cfg.flip:
+    """Apply the augmentation recipe `cfg` to a training batch: a random resized crop (min_area_fraction) or a
+    padded random crop (padding), a flip (flip), color jitter (brightness, contrast, saturation), cutout
+    (cutout_pixels); each only where its key is in cfg."""
+    if "min_area_fraction" in cfg:
+        x = random_resized_crop(x, cfg.min_area_fraction, list(cfg.aspect_ratio), generator)
+    if cfg.get("padding", 0):
+        x = random_crop(x, cfg.padding, generator)
+    if cfg.get("flip", False):
         x = flip(x, generator)
+    if "brightness" in cfg:
+        x = color_jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, generator)
+    if cfg.get("cutout_pixels", 0):
+        x = cutout(x, cfg.cutout_pixels, generator)
     return x
+
+
+def augmented_grid(x: torch.Tensor, cfg, seed: int, copies: int = 3) -> torch.Tensor:
+    """An image grid for TensorBoard, (3, H', W') uint8: each row the original images, then `copies` rows of
+    their augmented versions. Uses its own generator, so the training stream of random numbers is untouched."""
+    from torchvision.utils import make_grid
+
+    generator = torch.Generator(device=x.device)
+    generator.manual_seed(seed)
+    rows = [x] + [augment(x, cfg, generator) for _ in range(copies)]
+    return make_grid(torch.cat(rows).cpu(), nrow=len(x), padding=2)

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from runner.config import ConfigError, UserError, validate
 
@@ -18,7 +19,9 @@ def run_job(cfg) -> float | None:
         hydra_cfg = HydraConfig.get()
         metrics = fit(cfg, Path(hydra_cfg.runtime.output_dir), dict(hydra_cfg.runtime.choices))
     except UserError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        # In a multirun the sweeper records the error as this trial's failure and goes on; an exit would end the
+        # whole sweep.
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 1)

@@ -1,26 +1,253 @@
-"""Building blocks the models share: the normalization layer a `norm=` option names, and a conv/linear block
-that places it before or after the activation."""
+"""Building blocks the models share: the normalization a `norm=` option names, Maxout, the dropout family of
+`regularization=` (dropout, Gaussian dropout, alpha dropout, DropConnect, stochastic depth, max-norm), and the
+conv/linear block that puts a layer, its norm and its activation in the order `norm.position` gives."""
 
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+NORM_KINDS = ("none", "batch", "layer", "group")
 
-def norm_layer(kind: str, channels: int, spatial: bool) -> nn.Module:
-    """The normalization `kind` for `channels` features; spatial: after a conv (B, C, H, W), else (B, C)."""
+
+# ---------------------------------------------------------------------------------------------------------------
+# Normalization
+
+def group_count(channels: int, groups: int) -> int:
+    """The largest divisor of `channels` not above `groups` (GroupNorm needs groups | channels; 500 units with
+    groups=8 get 5 groups of 100)."""
+    return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+
+
+def norm_layer(norm, channels: int, spatial: bool) -> nn.Module:
+    """The normalization `norm.kind` over `channels` features; spatial: after a conv (B, C, H, W), else (B, C).
+
+    layer: over all features of one example (for a conv, over C, H and W: GroupNorm with one group, as in
+    Ba et al. 2016 and Wu & He 2018). group: over groups of channels (Wu & He 2018), `norm.groups` of them.
+    """
+    kind = norm.kind
     if kind == "none":
         return nn.Identity()
     if kind == "batch":
-        return nn.BatchNorm2d(channels) if spatial else nn.BatchNorm1d(channels)
-    raise ValueError(f"norm={kind!r} is not known")
+        return (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(channels, momentum=norm.momentum)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels) if spatial else nn.LayerNorm(channels)
+    if kind == "group":
+        return nn.GroupNorm(group_count(channels, norm.groups), channels)
+    raise ValueError(f"norm.kind={kind!r} is not one of {NORM_KINDS}")
 
 
-def conv_block(c_in: int, c_out: int, act: Callable[[], nn.Module], norm) -> nn.Sequential:
-    """3x3 conv, then norm and activation in the order norm.position gives. The conv has no bias when a
-    batch norm follows it directly (the norm's own shift makes it redundant)."""
+# ---------------------------------------------------------------------------------------------------------------
+# Maxout
+
+class Maxout(nn.Module):
+    """Maxout (Goodfellow et al. 2013): the max over `pieces` linear pieces per unit.
+
+    Takes the output of a layer that produced pieces * C features, with the pieces of unit c at channels
+    c * pieces ... c * pieces + pieces - 1, and returns C features: (B, C*k, ...) -> (B, C, ...). `block()` makes the
+    layer in front of it k times wider, so a Maxout unit really is max_j (w_j . x + b_j): k=2 doubles the parameters.
+    """
+
+    def __init__(self, pieces: int = 2):
+        super().__init__()
+        self.pieces = pieces
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, ck, *rest = x.shape
+        return x.view(b, ck // self.pieces, self.pieces, *rest).amax(dim=2)
+
+    def extra_repr(self) -> str:
+        return f"pieces={self.pieces}"
+
+
+def pieces_of(activation: nn.Module) -> int:
+    """How many times wider the layer in front of `activation` must be: Maxout's k, 1 for everything else."""
+    return activation.pieces if isinstance(activation, Maxout) else 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dropout family
+
+class GaussianDropout(nn.Module):
+    """Multiplicative Gaussian noise N(1, p / (1 - p)) in training (Srivastava et al. 2014, sec. 10): the same mean
+    and variance as inverted dropout of rate p, with no exact zeros. Identity in eval mode."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        std = (self.p / (1.0 - self.p)) ** 0.5
+        return x * (1.0 + std * torch.randn_like(x))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class DropConnectLinear(nn.Linear):
+    """A Linear layer whose weights, not activations, are dropped in training (Wan et al. 2013): each weight is
+    zeroed with probability p and the kept ones scaled by 1/(1-p), so the expected weight is W (inverted, like
+    dropout). One mask per mini-batch (the paper draws one per example; per batch costs one matmul). Eval: plain
+    Linear with W."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, p: float):
+        super().__init__(in_features, out_features, bias=bias)
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return super().forward(x)
+        keep = torch.rand_like(self.weight) >= self.p
+        return nn.functional.linear(x, self.weight * keep / (1.0 - self.p), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, p={self.p}"
+
+
+class StochasticDepth(nn.Module):
+    """Drops a residual branch (Huang et al. 2016): in training each example's branch output is zeroed with
+    probability p and kept ones are scaled by 1/(1-p); in eval the branch is kept as is. The inverted form of the
+    paper's rule (which scales by the survival probability at test time): the same expectation."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand((len(x),) + (1,) * (x.dim() - 1), device=x.device) >= self.p
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# Modules that are random in training and deterministic in eval: what MC dropout switches back on.
+DROPOUT_TYPES = (nn.Dropout, nn.AlphaDropout, GaussianDropout, DropConnectLinear)
+
+
+def enable_dropout(model: nn.Module) -> int:
+    """Put only the dropout-type modules of `model` in training mode (call after model.eval(): batch norm keeps its
+    running statistics). For MC dropout evaluation. Returns how many modules were switched."""
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, DROPOUT_TYPES):
+            module.train()
+            switched += 1
+    return switched
+
+
+DROPOUT_KINDS = ("dropout", "gaussian_dropout", "alpha_dropout")
+
+
+@dataclass(frozen=True)
+class Drop:
+    """The in-network regularizers of `regularization=`, as the model builders place them.
+
+    kind/p: one of DROPOUT_KINDS in front of every fully connected layer that follows a hidden layer (the MLP's
+    hidden layers, VGG's classifier, the head after global pooling); conv_p: the same kind after every conv block.
+    dropconnect_p: every Linear layer is a DropConnectLinear. stochastic_depth_p: the drop probability of the last
+    residual block; block b of B drops with p * (b + 1) / B (Huang et al. 2016's linear decay rule).
+    """
+
+    kind: str = "none"
+    p: float = 0.0
+    conv_p: float = 0.0
+    dropconnect_p: float = 0.0
+    stochastic_depth_p: float = 0.0
+
+    @classmethod
+    def from_config(cls, regularization) -> "Drop":
+        kinds = [k for k in DROPOUT_KINDS if k in regularization]
+        kind = kinds[0] if kinds else "none"  # config.validate allows one
+        node = regularization.get(kind, {}) if kinds else {}
+        return cls(kind=kind, p=node.get("p", 0.0), conv_p=node.get("conv_p", 0.0),
+                   dropconnect_p=regularization["dropconnect"]["p"] if "dropconnect" in regularization else 0.0,
+                   stochastic_depth_p=(regularization["stochastic_depth"]["p"]
+                                       if "stochastic_depth" in regularization else 0.0))
+
+    def _module(self, p: float) -> nn.Module:
+        if p == 0 or self.kind == "none":
+            return nn.Identity()
+        if self.kind == "dropout":
+            return nn.Dropout(p)  # inverted: kept units scaled by 1/(1-p) in training
+        if self.kind == "gaussian_dropout":
+            return GaussianDropout(p)
+        return nn.AlphaDropout(p)
+
+    def fc(self) -> nn.Module:
+        """The dropout in front of a fully connected layer."""
+        return self._module(self.p)
+
+    def conv(self) -> nn.Module:
+        """The dropout after a conv block."""
+        return self._module(self.conv_p)
+
+    def linear(self, in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+        if self.dropconnect_p > 0:
+            return DropConnectLinear(in_features, out_features, bias, p=self.dropconnect_p)
+        return nn.Linear(in_features, out_features, bias)
+
+    def depth_rate(self, block: int, blocks: int) -> float:
+        """Drop probability of residual block `block` (0-based) of `blocks`: linear from p/blocks to p."""
+        return self.stochastic_depth_p * (block + 1) / blocks
+
+
+@torch.no_grad()
+def apply_max_norm(model: nn.Module, value: float) -> None:
+    """Max-norm constraint (Srivastava et al. 2014): rescale each unit's incoming weight vector (a row of a Linear
+    weight, one filter of a conv) whose L2 norm exceeds `value` back onto the ball of radius `value`."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            w = module.weight.view(module.weight.shape[0], -1)  # (units, fan_in)
+            norms = w.norm(dim=1, keepdim=True)
+            w.mul_(torch.clamp(value / norms.clamp_min(1e-12), max=1.0))
+
+
+def max_norm_hook(model: nn.Module, value: float) -> Callable:
+    """An optimizer step post-hook applying the max-norm constraint to `model` after every step."""
+
+    def hook(optimizer, args, kwargs) -> None:
+        apply_max_norm(model, value)
+
+    return hook
+
+
+NO_DROP = Drop()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The block every model is made of
+
+def block(c_in: int, c_out: int, act: Callable[[], nn.Module] | None, norm, *, spatial: bool,
+          drop: Drop = NO_DROP, stride: int = 1) -> nn.Sequential:
+    """A 3x3 conv (spatial, with `stride`) or a linear layer, then norm and activation in the order norm.position gives, then the
+    dropout of `drop` (conv_p after a conv block, p after a hidden linear block: in front of the next layer).
+
+    A Maxout activation makes the layer produce pieces * c_out features, which it maxes down to c_out; a norm placed
+    before it normalizes all the pieces. The layer has no bias when a norm follows it directly (the norm's own shift
+    makes it redundant). act=None: the layer and, for position before, its norm (a residual branch's last conv).
+    Children are named conv/linear, norm, act, drop, so diagnostics tags read `features.0.act`.
+    """
+    a = act() if act is not None else None
+    k = pieces_of(a) if a is not None else 1
     before = norm.position == "before"
-    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not (norm.kind == "batch" and before))
-    layers = [conv, norm_layer(norm.kind, c_out, True), act()]
-    if not before:
-        layers[1], layers[2] = layers[2], layers[1]
-    return nn.Sequential(*[m for m in layers if not isinstance(m, nn.Identity)])
+    bias = not (before and norm.kind != "none")
+    if spatial:
+        layer = ("conv", nn.Conv2d(c_in, k * c_out, 3, stride=stride, padding=1, bias=bias))
+    else:
+        layer = ("linear", drop.linear(c_in, k * c_out, bias))
+    if a is None:
+        parts = [layer, ("norm", norm_layer(norm, c_out, spatial) if before else nn.Identity())]
+    elif before:
+        parts = [layer, ("norm", norm_layer(norm, k * c_out, spatial)), ("act", a)]
+    else:
+        parts = [layer, ("act", a), ("norm", norm_layer(norm, c_out, spatial))]
+    if a is not None:
+        parts.append(("drop", drop.conv() if spatial else drop.fc()))
+    return nn.Sequential(OrderedDict((n, m) for n, m in parts if not isinstance(m, nn.Identity)))

@@ -1,32 +1,169 @@
-"""The networks a `model=` option names. Each takes its activation and normalization from the config groups,
-so that every technique applies to every model."""
+"""The networks a `model=` option names. Each takes its activation factory (`activation=`), its normalization
+(`norm=`) and its dropout settings (`regularization=`, as a layers.Drop) at construction, so that every technique
+applies to every model; `init=` is applied afterwards by runner.init. All take CIFAR-shaped input (B, 3, 32, 32)."""
 
+from collections import OrderedDict
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
-from runner.layers import conv_block
+from runner.layers import NO_DROP, Drop, Maxout, StochasticDepth, block, norm_layer
+
+Act = Callable[[], nn.Module]
+
+
+class MLP(nn.Module):
+    """A fully connected net on the flattened image: `depth` hidden blocks of `width` units (linear, norm,
+    activation, dropout), then a linear classifier. depth=0 is softmax regression.
+
+    depth 3, width 512: 2.1M parameters; each hidden layer adds width^2 (the lecture's "more neurons, more
+    capacity" experiments vary depth and width).
+    """
+
+    def __init__(self, depth: int, width: int, *, num_classes: int, act: Act, norm, drop: Drop = NO_DROP,
+                 in_features: int = 3 * 32 * 32):
+        super().__init__()
+        layers, c = [], in_features
+        for _ in range(depth):
+            layers.append(block(c, width, act, norm, spatial=False, drop=drop))
+            c = width
+        self.hidden = nn.Sequential(*layers)
+        self.head = drop.linear(c, num_classes)
+
+    def forward(self, x):  # x: (B, 3, 32, 32) -> logits (B, num_classes)
+        return self.head(self.hidden(x.flatten(1)))
 
 
 class CNN(nn.Module):
     """A small VGG-like net: per stage `convs_per_stage` conv blocks then a 2x2 max-pool (32 -> 16 -> 8 -> 4 for
     three stages), a global average pool and a linear classifier.
 
-    With widths 32/64/128: about 0.1M parameters and 38 MFLOPs per image.
+    With widths 32/64/128: about 0.1M parameters and 21 MFLOPs per image.
     """
 
-    def __init__(self, widths: list[int], convs_per_stage: int, *, num_classes: int,
-                 act: Callable[[], nn.Module], norm, in_channels: int = 3):
+    def __init__(self, widths: list[int], convs_per_stage: int, *, num_classes: int, act: Act, norm,
+                 drop: Drop = NO_DROP, in_channels: int = 3):
         super().__init__()
         stages, c = [], in_channels
         for width in widths:
             for _ in range(convs_per_stage):
-                stages.append(conv_block(c, width, act, norm))
+                stages.append(block(c, width, act, norm, spatial=True, drop=drop))
                 c = width
             stages.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(c, num_classes)
+        self.drop = drop.fc()
+        self.head = drop.linear(c, num_classes)
 
     def forward(self, x):  # x: (B, 3, 32, 32) -> logits (B, num_classes)
-        return self.head(self.pool(self.features(x)).flatten(1))
+        return self.head(self.drop(self.pool(self.features(x)).flatten(1)))
+
+
+class VGG(nn.Module):
+    """VGG (Simonyan & Zisserman 2015) for 32x32 images: `stages`, each a list of conv widths, every stage ending in
+    a 2x2 max-pool (five stages: 32 -> 1); then hidden fully connected blocks of `fc_widths` and the classifier.
+
+    VGG-11 ([[64], [128], [256, 256], [512, 512], [512, 512]], fc_widths [512]): 9.5M parameters, 0.3 GFLOPs.
+    """
+
+    def __init__(self, stages: list[list[int]], fc_widths: list[int], *, num_classes: int, act: Act, norm,
+                 drop: Drop = NO_DROP, in_channels: int = 3, image_size: int = 32):
+        super().__init__()
+        if not 1 <= len(stages) <= 5:
+            raise ValueError(f"VGG needs 1 to 5 stages for {image_size}x{image_size} images, got {len(stages)}")
+        layers, c = [], in_channels
+        for stage in stages:
+            for width in stage:
+                layers.append(block(c, width, act, norm, spatial=True, drop=drop))
+                c = width
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        side = image_size // 2 ** len(stages)
+        fc, f = [], c * side * side
+        for width in fc_widths:
+            fc.append(block(f, width, act, norm, spatial=False, drop=drop))
+            f = width
+        # Dropout in front of the head when there are no hidden fc blocks (each of those ends in its own dropout).
+        self.classifier = nn.Sequential(*fc) if fc else nn.Sequential(drop.fc())
+        self.head = drop.linear(f, num_classes)
+
+    def forward(self, x):  # x: (B, 3, 32, 32) -> logits (B, num_classes)
+        return self.head(self.classifier(self.features(x).flatten(1)))
+
+
+class BasicBlock(nn.Module):
+    """The residual block of He et al. 2016: out = act(branch(x) + shortcut(x)), branch = two 3x3 conv blocks.
+
+    The shortcut is the identity, or a strided 1x1 conv (and norm) where resolution or width change. With
+    norm.position=after the norm follows the activation on the sum. With Maxout the last activation moves into the
+    branch: for a shortcut that is the same for all k pieces, max_j (s + b_j) = s + max_j b_j, so the block is
+    s + maxout(conv2 pieces). Stochastic depth drops the branch, never the shortcut.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, act: Act, norm, drop: Drop, drop_path: float):
+        super().__init__()
+        maxout = isinstance(act(), Maxout)
+        self.branch = nn.Sequential(OrderedDict(
+            first=block(c_in, c_out, act, norm, spatial=True, drop=drop, stride=stride),
+            second=block(c_out, c_out, act if maxout else None, norm, spatial=True),
+        ))
+        self.drop_path = StochasticDepth(drop_path) if drop_path > 0 else nn.Identity()
+        if stride == 1 and c_in == c_out:
+            self.shortcut = nn.Identity()
+        else:
+            before = norm.position == "before" and norm.kind != "none"
+            parts = [("conv", nn.Conv2d(c_in, c_out, 1, stride=stride, bias=not before))]
+            if before:
+                parts.append(("norm", norm_layer(norm, c_out, spatial=True)))
+            self.shortcut = nn.Sequential(OrderedDict(parts))
+        post = [] if maxout else [("act", act())]
+        if not maxout and norm.position == "after" and norm.kind != "none":
+            post.append(("norm", norm_layer(norm, c_out, spatial=True)))
+        self.post = nn.Sequential(OrderedDict(post))
+
+    def forward(self, x):
+        return self.post(self.drop_path(self.branch(x)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet (He et al. 2016): a 3x3 stem conv block of widths[0] channels, one stage of `blocks_per_stage`
+    basic blocks per width (every stage after the first halves the resolution), global average pool, linear head.
+
+    ResNet-20 (widths [16, 32, 64], 3 blocks per stage, 6n+2 = 20 layers): 0.27M parameters, 82 MFLOPs.
+    ResNet-18 style (widths [64, 128, 256, 512], 2 blocks per stage): 11.2M parameters, 1.1 GFLOPs.
+    """
+
+    def __init__(self, widths: list[int], blocks_per_stage: int, *, num_classes: int, act: Act, norm,
+                 drop: Drop = NO_DROP, in_channels: int = 3):
+        super().__init__()
+        self.stem = block(in_channels, widths[0], act, norm, spatial=True, drop=drop)
+        blocks, c, total = [], widths[0], len(widths) * blocks_per_stage
+        for s, width in enumerate(widths):
+            for b in range(blocks_per_stage):
+                stride = 2 if s > 0 and b == 0 else 1
+                rate = drop.depth_rate(len(blocks), total)
+                blocks.append(BasicBlock(c, width, stride, act, norm, drop, rate))
+                c = width
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = drop.fc()
+        self.head = drop.linear(c, num_classes)
+
+    def forward(self, x):  # x: (B, 3, 32, 32) -> logits (B, num_classes)
+        return self.head(self.drop(self.pool(self.blocks(self.stem(x))).flatten(1)))
+
+
+def flops_per_image(model: nn.Module, image_shape: tuple[int, ...] = (3, 32, 32)) -> int:
+    """Floating-point operations of one forward pass on one image, counted by torch's FlopCounterMode (a multiply-add
+    is 2 FLOPs; matmuls and convolutions only, the usual convention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    x = torch.zeros(1, *image_shape, device=p.device, dtype=p.dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops()

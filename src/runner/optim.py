@@ -1,9 +1,55 @@
-"""Optimizer plumbing: which parameters are decayed, and decoupled weight decay for any torch optimizer."""
+"""Optimizer plumbing: the optimizer an `optimizer=` config names (torch's, or with `impl=reference` the lecture's
+update rules of runner.reference_optim), which parameters are decayed, linear lr scaling with the batch size, and
+the regularizers that act on the weights at each step (decoupled weight decay, L1) for any optimizer.
+
+Per parameter group, the keys the hooks below read:
+  weight_decay      the optimizer's own argument: coupled L2 (g += value * w) for every class but AdamW, whose own
+                    argument is decoupled decay (Loshchilov & Hutter 2019)
+  decoupled_decay   w <- w * (1 - lr * value) before each step, for any optimizer (regularization=weight_decay)
+  l1_subgradient    g += value * sign(w) before each step: the gradient of value * |w| added to the loss
+  l1_proximal       w <- sign(w) * max(|w| - lr * value, 0) after each step: the proximal (soft-thresholding) step
+                    of value * |w|, which leaves exact zeros (ISTA)
+"""
 
 import torch
+from hydra.utils import get_class
+from omegaconf import OmegaConf
 from torch import nn
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+# Keys of an optimizer config that are runner's, not the optimizer class's keyword arguments.
+_RUNNER_KEYS = ("_target_", "_partial_", "impl", "bias_correction")
+
+
+def is_decoupled_native(optimizer_cfg) -> bool:
+    """Whether the optimizer's own `weight_decay` argument is decoupled decay (AdamW), not an L2 gradient term."""
+    return optimizer_cfg._target_.rsplit(".", 1)[-1] == "AdamW"
+
+
+def scaled_lr(lr: float, batch_size: int, reference_batch_size: int | None) -> float:
+    """The linear scaling rule (Goyal et al. 2017): lr * batch_size / reference_batch_size; unchanged when the
+    reference is null."""
+    return lr if reference_batch_size is None else lr * batch_size / reference_batch_size
+
+
+def make(optimizer_cfg, groups, lr: float | None = None) -> torch.optim.Optimizer:
+    """The optimizer `optimizer_cfg` names over `groups` (parameters or parameter-group dicts): the torch class of
+    `_target_`, or with impl=reference the class of the same name in runner.reference_optim. `lr` overrides the
+    config's (for the linear scaling rule)."""
+    from runner import reference_optim
+
+    cls = get_class(optimizer_cfg._target_)
+    kwargs = {k: v for k, v in OmegaConf.to_container(optimizer_cfg, resolve=True).items() if k not in _RUNNER_KEYS}
+    if optimizer_cfg.get("impl", "torch") == "reference":
+        cls = getattr(reference_optim, cls.__name__)
+        if "bias_correction" in optimizer_cfg:
+            kwargs["bias_correction"] = optimizer_cfg.bias_correction
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    if lr is not None:
+        kwargs["lr"] = lr
+    return cls(groups, **kwargs)
 
 
 def split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -18,26 +64,72 @@ def split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
     return decay, no_decay
 
 
-def param_groups(model: nn.Module, regularization) -> list[dict]:
-    """Parameter groups carrying the L2 coefficient (the optimizer's own weight_decay argument) and the decoupled
-    decay coefficient (applied by `decoupled_weight_decay_hook`), from the regularization configs."""
-    l2 = regularization.get("l2")
-    decoupled = regularization.get("weight_decay")
+def _coefficients(regularization, weights: bool, decoupled_native: bool) -> dict:
+    """The per-group regularization keys (see the module docstring) for the weights (weights=True) or for the
+    biases and norm parameters, which only options with decay_norm_and_bias reach."""
+
+    def value(option: str, key: str = "value") -> float:
+        node = regularization.get(option)
+        return float(node[key]) if node is not None and (weights or node.decay_norm_and_bias) else 0.0
+
+    def l1(proximal: bool) -> float:
+        return sum(value(o, k) for o, k in (("l1", "value"), ("elastic_net", "l1"))
+                   if o in regularization and bool(regularization[o].proximal) == proximal)
+
+    l2, decoupled = value("l2") + value("elastic_net", "l2"), value("weight_decay")
+    return {"weight_decay": decoupled if decoupled_native else l2,
+            "decoupled_decay": 0.0 if decoupled_native else decoupled,
+            "l1_subgradient": l1(proximal=False), "l1_proximal": l1(proximal=True)}
+
+
+def param_groups(model: nn.Module, regularization, decoupled_native: bool = False) -> list[dict]:
+    """Two parameter groups, "decay" (conv and linear weights) and "no_decay" (biases, norm parameters), carrying
+    the coefficients of `regularization=`. decoupled_native: the optimizer's weight_decay is decoupled (AdamW), so
+    regularization.weight_decay goes there; config.validate rejects a coupled L2 beside it."""
     decay, no_decay = split_decay(model)
-    groups = [{"params": decay, "weight_decay": l2.value if l2 else 0.0,
-               "decoupled_weight_decay": decoupled.value if decoupled else 0.0, "name": "decay"}]
-    extra = {"weight_decay": l2.value if l2 and l2.decay_norm_and_bias else 0.0,
-             "decoupled_weight_decay": decoupled.value if decoupled and decoupled.decay_norm_and_bias else 0.0}
-    groups.append({"params": no_decay, **extra, "name": "no_decay"})
+    groups = [{"params": decay, **_coefficients(regularization, True, decoupled_native), "name": "decay"},
+              {"params": no_decay, **_coefficients(regularization, False, decoupled_native), "name": "no_decay"}]
     return [g for g in groups if g["params"]]
 
 
+def _with_grad(group) -> list[torch.Tensor]:
+    return [p for p in group["params"] if p.grad is not None]
+
+
 def decoupled_weight_decay_hook(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-    """Before each step: w <- w * (1 - lr * decoupled_weight_decay), per group (AdamW's rule, for any optimizer)."""
+    """Before each step: w <- w * (1 - lr * decoupled_decay), per group (AdamW's rule, for any optimizer)."""
     with torch.no_grad():
         for group in optimizer.param_groups:
-            wd = group.get("decoupled_weight_decay", 0.0)
-            if wd:
-                params = [p for p in group["params"] if p.grad is not None]
-                if params:
-                    torch._foreach_mul_(params, 1.0 - group["lr"] * wd)
+            wd = group.get("decoupled_decay", 0.0)
+            if wd and (params := _with_grad(group)):
+                torch._foreach_mul_(params, 1.0 - group["lr"] * wd)
+
+
+def l1_subgradient_hook(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """Before each step: g += l1_subgradient * sign(w), the (sub)gradient of the penalty l1 * sum|w| on the loss.
+    Weights hover around zero under it but rarely land on exactly 0.0."""
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            lam = group.get("l1_subgradient", 0.0)
+            if lam and (params := _with_grad(group)):
+                torch._foreach_add_([p.grad for p in params], torch._foreach_sign(params), alpha=lam)
+
+
+def l1_proximal_hook(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """After each step: soft-thresholding by lr * l1_proximal, the proximal operator of the L1 penalty (ISTA;
+    Parikh & Boyd 2014, sec. 6.5.2). Every weight the step left within lr * l1 of zero becomes exactly 0.0.
+    Exact for SGD; for adaptive optimizers it is the common heuristic that ignores their per-weight scaling."""
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            lam = group.get("l1_proximal", 0.0)
+            if lam:
+                threshold = group["lr"] * lam
+                for p in _with_grad(group):
+                    p.copy_(p.sign() * (p.abs() - threshold).clamp_min_(0.0))
+
+
+def register_hooks(optimizer: torch.optim.Optimizer) -> None:
+    """The weight regularizers every optimizer gets; each does nothing for a group whose coefficient is 0."""
+    optimizer.register_step_pre_hook(decoupled_weight_decay_hook)
+    optimizer.register_step_pre_hook(l1_subgradient_hook)
+    optimizer.register_step_post_hook(l1_proximal_hook)

@@ -13,10 +13,23 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from runner import checkpoint, data
-from runner.augment import augment
-from runner.build import build_model, build_optimizer, build_preprocess, build_schedule
+import runner
+from runner import checkpoint, data, evaluation, optim, regularize, schedule, sweep
+from runner.augment import augment, augmented_grid
+from runner.build import (
+    build_averaging,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_preprocess,
+    build_schedule,
+)
 from runner.config import ConfigError
+from runner.diagnostics import Probe
+from runner.init import consistency_warnings
+from runner.models import flops_per_image
+from runner.preprocess import input_grid
+from runner.regularize import clip_gradients
 from runner.tracking import Progress, Tracker, environment, flat_hparams
 
 log = logging.getLogger("runner")
@@ -70,31 +83,47 @@ class EpochResult:
     acc: float
     images: int
     seconds: float
+    first_step_at: float  # time.time() when the first optimizer step of the epoch had finished
     diverged: bool = False
 
 
 def train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cfg, generator, tracker, step,
-                    epoch, progress) -> EpochResult:
+                    epoch, progress, probe=None, ema=None) -> EpochResult:
     """Train over one shuffled pass of the training split. Running sums stay on the device and are read back
-    only every log_every_steps steps (a read forces a GPU sync), which is also when divergence is detected."""
+    only every log_every_steps steps (a read forces a GPU sync), which is also when divergence is detected.
+    probe: a diagnostics.Probe, measuring the network at its diagnostic steps. ema: an averaging.EMA, updated
+    after every step. Gradients are clipped between backward and the step when `regularization=` has grad_clip."""
     model.train()
     device = splits.train_x.device
     every = cfg.trainer.log_every_steps
     total_loss = torch.zeros((), device=device)
     total_correct = torch.zeros((), device=device, dtype=torch.long)
     window_loss, window_correct, window_n, images = total_loss.clone(), total_correct.clone(), 0, 0
+    clip = cfg.regularization.get("grad_clip")
+    params, window_grad_norm = list(model.parameters()), total_loss.clone()
     steps = data.steps_per_epoch(len(splits.train_x), cfg.trainer.batch_size)
     start = time.perf_counter()
     for i, (x, y) in enumerate(data.train_batches(splits.train_x, splits.train_y, cfg.trainer.batch_size, generator)):
         x = preprocess(augment(x, cfg.augmentation, generator))
+        diagnose = probe is not None and probe.start(step)
         logits = model(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if diagnose:
+            probe.gradients()
+        if clip is not None:
+            window_grad_norm += clip_gradients(params, clip.by, clip.threshold)
         optimizer.step()
+        if ema is not None:
+            ema.update()
+        if diagnose:
+            probe.finish(step, x, logits, y)
         tracker.scalar("lr", optimizer.param_groups[0]["lr"], step)
         scheduler.step()
         step += 1
+        if i == 0:
+            first_step_at = time.time()
 
         n = len(y)
         images += n
@@ -107,8 +136,12 @@ def train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cf
         if (i + 1) % every == 0 or i + 1 == steps:
             mean_loss = window_loss.item() / window_n
             if not math.isfinite(mean_loss):
-                return EpochResult(mean_loss, float("nan"), images, time.perf_counter() - start, diverged=True)
+                return EpochResult(mean_loss, float("nan"), images, time.perf_counter() - start, first_step_at,
+                                   diverged=True)
             tracker.scalars({"train/loss": mean_loss, "train/acc": window_correct.item() / window_n}, step)
+            if clip is not None:
+                tracker.scalar("train/grad_norm", window_grad_norm.item() * len(y) / window_n, step)
+                window_grad_norm.zero_()
             progress.update(epoch, i + 1, mean_loss, images / (time.perf_counter() - start))
             total_loss += window_loss
             total_correct += window_correct
@@ -117,7 +150,7 @@ def train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cf
             window_n = 0
     seconds = time.perf_counter() - start
     progress.end_epoch()
-    return EpochResult(total_loss.item() / images, total_correct.item() / images, images, seconds)
+    return EpochResult(total_loss.item() / images, total_correct.item() / images, images, seconds, first_step_at)
 
 
 @torch.inference_mode()
@@ -158,6 +191,22 @@ def _resume_path(cfg, run_dir: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Pictures at the start of a run
+
+def _start_pictures(tracker, cfg, train_x, preprocess, lr: float, steps_per_epoch: int) -> None:
+    """TensorBoard images of what the run will do: the planned lr curve, augmented training images, and what the
+    network sees after preprocessing."""
+    total = steps_per_epoch * cfg.trainer.epochs
+    lrs = schedule.planned_lrs(cfg.schedule, lr, total, steps_per_epoch)
+    title = f"schedule={cfg.schedule.name}" + (" (drops follow val metric)" if cfg.schedule.name == "plateau" else "")
+    tracker.writer.add_figure("schedule/lr_plan", schedule.plan_figure(lrs, steps_per_epoch, title), 0)
+    sample = train_x[:16]
+    tracker.writer.add_image("augmentation/original_then_augmented", augmented_grid(sample, cfg.augmentation, cfg.seed),
+                             0)
+    tracker.writer.add_image("preprocess/original_then_input", input_grid(preprocess, sample), 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The run
 
 def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
@@ -170,6 +219,7 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed)
     wall_start = time.perf_counter()
+    consistency_warnings(cfg.activation, cfg.init, cfg.norm, cfg.regularization)
 
     arrays, classes = data.load_arrays(cfg.data)
     splits = data.split(arrays, classes, cfg.data.val_size, cfg.data.train_size, cfg.data.split_seed, device)
@@ -182,20 +232,35 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     optimizer = build_optimizer(cfg, model)
     steps = data.steps_per_epoch(len(splits.train_x), cfg.trainer.batch_size)
     scheduler = build_schedule(cfg, optimizer, steps * cfg.trainer.epochs, steps)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = build_loss(cfg)
+    ema = build_averaging(cfg, model)
+    stopper = (regularize.EarlyStopping(**cfg.regularization.early_stopping)
+               if "early_stopping" in cfg.regularization else None)
+    snapshot_ends = (schedule.cycle_ends(scheduler, steps * cfg.trainer.epochs)
+                     if cfg.schedule.get("snapshot_ensemble") else [])
+    if cfg.schedule.get("snapshot_ensemble") and len(snapshot_ends) < 2:
+        log.warning("schedule.snapshot_ensemble: only %d cycle(s) end within %d epochs, so there is no ensemble of "
+                    "snapshots to report; use more epochs or shorter cycles", len(snapshot_ends), cfg.trainer.epochs)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model=%s: %s parameters", choices.get("model", "?"), f"{n_params:,}")
+    flops = flops_per_image(model, tuple(splits.train_x.shape[1:]))
+    log.info("model=%s: %s parameters, %.1f MFLOPs per image", choices.get("model", "?"), f"{n_params:,}",
+             flops / 1e6)
 
     start_epoch, step, best, history, elapsed = 0, 0, {"acc": -1.0, "epoch": -1}, [], 0.0
+    first_step_at = None  # time.time() of this process's first finished training step
     if resume_from is not None:
         state = checkpoint.load(resume_from, map_location=device)
         model.load_state_dict(state["model"])
         preprocess.load_state_dict(state["preprocess"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        schedule.load_state_dict(scheduler, state["scheduler"])
         set_rng_states(state["rng"], generator)
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        if stopper is not None:
+            stopper.load_state_dict(state["early_stopping"])
         start_epoch, step, best, history, elapsed = (state["epoch"], state["step"], state["best"], state["history"],
                                                      state["elapsed"])
         log.info("resumed from %s at epoch %d (step %d)", resume_from, start_epoch, step)
@@ -203,10 +268,17 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     checkpoint.write_json(environment(device), run_dir / "environment.json")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker = Tracker(run_dir, purge_step=step if resume_from else None)
+    if resume_from is None:
+        tracker.scalars({"model/params": n_params, "model/flops_per_image": flops}, 0)
+        tracker.writer.add_text("model", f"{n_params:,} parameters, {flops / 1e6:.1f} MFLOPs per image\n\n"
+                                + "\n".join("    " + line for line in str(model).splitlines()), 0)
+        _start_pictures(tracker, cfg, splits.train_x, preprocess, scheduler.base_lrs[0], steps)
+    probe = Probe(model, cfg.diagnostics, tracker)
     tty = sys.stderr.isatty() if cfg.trainer.progress == "auto" else bool(cfg.trainer.progress)
     progress = Progress(tty, steps, cfg.trainer.epochs)
+    report_to_sweep = sweep.trial_reporter()  # None unless this run is a trial of an Optuna sweep
 
-    def finish(status: str, message: str | None = None, test: dict | None = None) -> dict:
+    def finish(status: str, message: str | None = None, test: dict | None = None, extra: dict | None = None) -> dict:
         metrics = {
             "status": status,
             "epochs_completed": len(history),
@@ -214,27 +286,36 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
             "best_val_acc": best["acc"] if best["epoch"] >= 0 else None,
             "best_epoch": best["epoch"] if best["epoch"] >= 0 else None,
             "wall_time_s": elapsed + time.perf_counter() - wall_start,
+            "first_step_at": first_step_at,
+            "startup_s": None if first_step_at is None else first_step_at - runner.IMPORTED_AT,
             "history": history,
         }
         if history:
             metrics.update({f"final_{k}": v for k, v in history[-1].items() if k != "epoch"})
         if test:
             metrics.update({"test_acc": test["acc"], "test_loss": test["loss"]})
+        metrics.update({tag.replace("/", "_"): v for tag, v in (extra or {}).items()})
+        if stopper is not None:
+            metrics["early_stopping"] = {k: v for k, v in stopper.state_dict().items() if k != "best_weights"}
         if message:
             metrics["message"] = message
         checkpoint.write_json(metrics, run_dir / "metrics.json")
-        scalars = {"test/acc": test["acc"], "test/loss": test["loss"]} if test else {}
+        scalars = {"test/acc": test["acc"], "test/loss": test["loss"], **(extra or {})} if test else {}
         if best["epoch"] >= 0:
             scalars["val/best_acc"] = best["acc"]
-        tracker.hparams(flat_hparams(cfg, choices), scalars, step)
+        tracker.hparams({**flat_hparams(cfg, choices), "status": status}, scalars, step)
         tracker.close()
         return metrics
 
     try:
         for epoch in range(start_epoch, cfg.trainer.epochs):
+            if stopper is not None and stopper.stopped:
+                break  # resumed from a run that had already stopped early
             result = train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cfg, generator,
-                                     tracker, step, epoch, progress)
+                                     tracker, step, epoch, progress, probe, ema)
             step += data.steps_per_epoch(len(splits.train_x), cfg.trainer.batch_size)
+            if first_step_at is None:
+                first_step_at = result.first_step_at
             if result.diverged:
                 message = (f"training diverged in epoch {epoch + 1}: the loss became {result.loss}. "
                            "Lower optimizer.lr, add a warmup (schedule.warmup_epochs) or clip gradients.")
@@ -247,6 +328,19 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
             history.append({"epoch": epoch + 1, "train_loss": result.loss, "train_acc": result.acc,
                             "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
                             "epoch_s": result.seconds, "img_per_s": img_per_s})
+            tracker.scalars(regularize.sparsity(optim.split_decay(model)[0]), step)
+            if ema is not None:
+                val_ema = evaluate(ema.model, preprocess, splits.val_x, splits.val_y, cfg.trainer.eval_batch_size)
+                tracker.scalars({"val/loss_ema": val_ema["loss"], "val/acc_ema": val_ema["acc"]}, step)
+                history[-1].update(val_loss_ema=val_ema["loss"], val_acc_ema=val_ema["acc"])
+            val_metrics = {"val_acc": val["acc"], "val_loss": val["loss"]}
+            schedule.observe(scheduler, val_metrics)
+            if stopper is not None:
+                stopper.observe(val_metrics, epoch + 1, model)
+            for k, end in enumerate(snapshot_ends, 1):
+                if step - steps < end <= step:  # the k-th cycle ended in this epoch
+                    checkpoint.save({"model": model.state_dict(), "preprocess": preprocess.state_dict(),
+                                     "epoch": epoch + 1}, run_dir / f"checkpoints/snapshot_{k}.pt")
             improved = val["acc"] > best["acc"]
             if improved:
                 best = {"acc": val["acc"], "epoch": epoch + 1}
@@ -256,20 +350,39 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
             checkpoint.save({
                 "model": model.state_dict(), "preprocess": preprocess.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": {**scheduler.state_dict(), "lr_lambdas": [None] * len(scheduler.lr_lambdas)},
+                "scheduler": schedule.state_dict(scheduler),
                 "rng": rng_states(generator), "epoch": epoch + 1, "step": step, "best": best, "history": history,
                 "elapsed": elapsed + time.perf_counter() - wall_start,
+                **({"ema": ema.state_dict()} if ema is not None else {}),
+                **({"early_stopping": stopper.state_dict()} if stopper is not None else {}),
             }, run_dir / LAST)
             log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
                      epoch + 1, cfg.trainer.epochs, result.loss, result.acc, val["loss"], val["acc"],
                      optimizer.param_groups[0]["lr"], result.seconds, img_per_s)
+            if report_to_sweep is not None and report_to_sweep(epoch + 1, val["acc"]) == "prune":
+                message = f"pruned by the sweep's pruner after epoch {epoch + 1} (val acc {val['acc']:.4f})"
+                log.info(message)
+                return finish("pruned", message)
+            if stopper is not None and stopper.stopped:
+                log.info("early stopping after epoch %d: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                         epoch + 1, stopper.metric, stopper.bad_epochs, stopper.best, stopper.best_epoch)
     except KeyboardInterrupt:
         progress.end_epoch()
         message = f"interrupted after {len(history)} epoch(s); run the same command again to resume"
         log.warning(message)
         return finish("interrupted", message)
 
+    if stopper is not None and stopper.best_weights is not None:
+        stopper.restore(model)  # early stopping returns the weights of the best validation epoch
+        checkpoint.save({**checkpoint.load(run_dir / LAST, map_location=device), "model": model.state_dict()},
+                        run_dir / LAST)
+        log.info("restored the weights of epoch %d (%s %.4f)", stopper.best_epoch, stopper.metric, stopper.best)
     test = evaluate(model, preprocess, splits.test_x, splits.test_y, cfg.trainer.eval_batch_size)
+    snapshots = [checkpoint.load(run_dir / f"checkpoints/snapshot_{k}.pt", map_location=device)["model"]
+                 for k in range(1, len(snapshot_ends) + 1) if (run_dir / f"checkpoints/snapshot_{k}.pt").is_file()]
+    extra = evaluation.final_scores(model, preprocess, splits.test_x, splits.test_y, cfg.evaluation,
+                                    cfg.trainer.eval_batch_size, cfg.seed, ema, snapshots)
     log.info("test loss %.4f acc %.4f  (best val acc %.4f at epoch %d)", test["loss"], test["acc"], best["acc"],
              best["epoch"])
-    return finish("completed", test=test)
+    log.info("test %s", "  ".join(f"{tag[5:]} {value:.4f}" for tag, value in extra.items()))
+    return finish("completed", test=test, extra=extra)

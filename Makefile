@@ -1,0 +1,48 @@
+# runner's everyday commands. `make help` lists them; ARGS passes Hydra overrides, e.g.
+#   make run ARGS="optimizer=adam trainer.epochs=5"
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run sweep test test-all lint bench tensorboard report clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## Create .venv and install runner with its dev tools
+
+run: install  ## Train the default experiment (CIFAR-10 under data/, or where RUNNER_DATA_DIR points); ARGS=overrides
+	$(PY) -m runner $(ARGS)
+
+sweep: install  ## A multirun sweep, e.g. make sweep ARGS="optimizer=sgd,momentum,adam seed=0,1,2"
+	$(PY) -m runner -m $(ARGS)
+
+test: install  ## The test suite (fast: no downloads, synthetic data; real-data checks when ../shared is there)
+	$(PY) -m pytest $(ARGS)
+
+test-all: install  ## The test suite including the slow tests
+	$(PY) -m pytest -m "" $(ARGS)
+
+lint: install  ## ruff on the sources and tests
+	$(VENV)/bin/ruff check src tests
+
+bench: install  ## Speed benchmarks, side by side in one run (input pipeline, engine overhead, start-up)
+	$(PY) -m runner.bench $(ARGS)
+
+tensorboard: install  ## TensorBoard on every run under outputs/ (http://127.0.0.1:6006)
+	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1
+
+report: install  ## Ranked table and plots of a sweep: make report ARGS=outputs/multirun/<day>/<time>
+	$(PY) -m runner.report $(ARGS)
+
+clean:  ## Remove caches and build files (keeps outputs/ and .venv)
+	rm -rf .pytest_cache .ruff_cache src/*.egg-info
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,397 @@
+"""The sweeper: each multirun job is a trial of an Optuna study kept in the sweep directory (a journal file, or an
+RDB for workers on several machines). It maximizes the best validation accuracy (what runner.job.run_job returns).
+
+The search space is written in Hydra's override grammar, in `hydra.sweeper.params` (configs/sweep/*.yaml) and on
+the command line (which wins for the same key):
+    a,b,c   choice(a,b,c)   range(0,3)     categorical: the axes of a grid (sampler=grid), else sampled
+    interval(lo,hi)   int(interval(lo,hi)) uniform float / integer
+    tag(log, interval(lo,hi))              log-uniform: the lecture's 10 ** uniform(-6, 1) is
+                                           tag(log, interval(1e-6, 10))
+Any other override (`trainer.epochs=3`) is given to every trial as it is.
+
+A trial's job reports its validation accuracy every epoch and stops itself when the pruner says so
+(runner.sweep.trial_reporter). Whatever the job does -- complete, get pruned, diverge, crash, exit on a config
+error -- is recorded in the study and in trials.csv, and the sweep goes on.
+"""
+
+import itertools
+import json
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The search space
+
+@dataclass
+class Param:
+    name: str  # the override's key as written (`optimizer.lr`, `optimizer`, `+foo`)
+    distribution: object  # an optuna.distributions distribution
+    texts: dict | None = None  # categorical: choice -> its text in an override
+
+    def override(self, value) -> str:
+        text = self.texts[value] if self.texts is not None else repr(value) if isinstance(value, float) else str(value)
+        return f"{self.name}={text}"
+
+    def describe(self) -> dict:
+        """The range or choices, for runner.report (search_space.json)."""
+        d = self.distribution
+        if self.texts is not None:
+            return {"kind": "categorical", "choices": list(self.texts.values())}
+        return {"kind": type(d).__name__.removesuffix("Distribution").lower(), "low": d.low, "high": d.high,
+                "log": d.log}
+
+    def label(self, value) -> str:
+        """Short, for a directory name: 3 significant digits of a sampled float."""
+        if self.texts is not None:
+            return self.texts[value]
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+@dataclass
+class SearchSpace:
+    fixed: list[str]  # overrides every trial gets
+    params: dict[str, Param]
+
+    def corners(self):
+        """One value set per choice and per interval end (the others at their first choice or low end): enough
+        to catch a bad option name or an out-of-range bound before any trial runs."""
+        first = {name: _ends(p.distribution)[0] for name, p in self.params.items()}
+        yield first
+        for name, p in self.params.items():
+            for value in _ends(p.distribution)[1:]:
+                yield {**first, name: value}
+
+
+def _ends(distribution) -> list:
+    return list(distribution.choices) if hasattr(distribution, "choices") else [distribution.low, distribution.high]
+
+
+def _plain(value) -> bool:
+    return value is None or type(value) in (str, int, float, bool)
+
+
+def parse_space(lines: list[str], config_loader=None) -> SearchSpace:
+    """The search space of these override lines (later lines replace earlier ones with the same key)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    overrides = {}
+    for override in OverridesParser.create(config_loader=config_loader).parse_overrides(lines):
+        overrides[override.get_key_element()] = override
+    fixed, params = [], {}
+    for key, override in overrides.items():
+        if not override.is_sweep_override():
+            fixed.append(override.input_line)
+        elif override.is_interval_sweep():
+            sweep = override.value()
+            log_scale = "log" in sweep.tags
+            if not sweep.start < sweep.end or (log_scale and sweep.start <= 0):
+                need = "0 < lo < hi for a log scale" if log_scale else "lo < hi"
+                raise ValueError(f"{override.input_line}: the interval needs {need}. Fix the bounds of `{key}`.")
+            if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+                distribution = IntDistribution(sweep.start, sweep.end, log=log_scale)
+            else:
+                distribution = FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
+            params[key] = Param(key, distribution)
+        else:
+            texts = list(override.sweep_string_iterator())
+            choices = [v if _plain(v) else t for v, t in zip(override.sweep_iterator(), texts, strict=True)]
+            params[key] = Param(key, CategoricalDistribution(choices), dict(zip(choices, texts, strict=True)))
+    return SearchSpace(fixed, params)
+
+
+def grid_points(space: SearchSpace) -> list[dict]:
+    """Every combination of the categorical choices, in the order written (the last key varies fastest)."""
+    names = list(space.params)
+    choices = [space.params[n].distribution.choices for n in names]
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*choices)]
+
+
+def short_keys(names: list[str]) -> dict[str, str]:
+    """Keys as a directory name shows them: the last two parts of a longer dotted key (`regularization.l2.value`
+    -> `l2.value`), unless two keys would then read the same."""
+    short = {n: ".".join(n.split(".")[-2:]) for n in names}
+    return short if len(set(short.values())) == len(short) else {n: n for n in names}
+
+
+def trial_dirname(number: int, labels: list[str], limit: int = 100) -> str:
+    """`007_optimizer=adam,optimizer.lr=0.00123`: the trial number, then what this trial sets. This is also the
+    run's name in TensorBoard, so it says what differs; characters a path or a shell would trip on become `-`."""
+    name = f"{number:03d}" + ("_" + ",".join(labels) if labels else "")
+    safe = "".join(c if c.isalnum() or c in "._=,+-[]" else "-" for c in name)
+    return safe[:limit]
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sweeper
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, sampler, pruner, params=None, n_trials=None, n_jobs=None, storage=None, study_name=None,
+                 spread_gpus="auto", trial=None):
+        self.params = dict(params or {})
+        self.n_trials, self.n_jobs, self.storage, self.study_name = n_trials, n_jobs, storage, study_name
+        self.spread_gpus = spread_gpus
+        self.hydra_context = self.config = self.launcher = None
+        self._device_count = None
+        for key, value, ok in (("n_trials", n_trials, n_trials is None or _positive_int(n_trials)),
+                               ("n_jobs", n_jobs, n_jobs is None or _positive_int(n_jobs)),
+                               ("spread_gpus", spread_gpus, spread_gpus in ("auto", True, False))):
+            if not ok:
+                allowed = "auto, true or false" if key == "spread_gpus" else "null or a positive integer"
+                raise ValueError(f"hydra.sweeper.{key}={value!r} is invalid: {allowed}. "
+                                 f"Change it with `hydra.sweeper.{key}=<value>`.")
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+
+    def _node(self, name: str) -> dict:
+        """The sampler or pruner config, resolved against the whole config (`${trainer.epochs}`)."""
+        return OmegaConf.to_container(self.config.hydra.sweeper[name], resolve=True)
+
+    def _check(self, space: SearchSpace, grid: bool) -> None:
+        if grid:
+            bad = [p.name for p in space.params.values() if not hasattr(p.distribution, "choices")]
+            if bad:
+                raise ValueError(f"sampler=grid cannot grid the interval of {', '.join(bad)}: list values instead "
+                                 "(`a,b,c`) or sample it with `hydra/sweeper/sampler=random` (or tpe, gp).")
+        elif self.n_trials is None:
+            raise ValueError("hydra.sweeper.n_trials=null: a sampled search needs a number of trials. "
+                             "Set it with `hydra.sweeper.n_trials=<n>`.")
+        from runner.config import validate
+
+        for values in space.corners():
+            overrides = [*space.fixed, *(space.params[k].override(v) for k, v in values.items())]
+            validate(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
+
+    def _open_study(self, sweep_dir: Path, space: SearchSpace):
+        import optuna
+        from hydra.utils import instantiate
+
+        from runner.sweep import JOURNAL, open_storage
+
+        self.storage_spec = self.storage or str((sweep_dir / JOURNAL).resolve())
+        name = self.study_name or sweep_dir.name
+        study = optuna.create_study(study_name=name, storage=open_storage(self.storage_spec), direction="maximize",
+                                    pruner=instantiate(self._node("pruner")), load_if_exists=True)
+        signature = {"fixed": sorted(space.fixed),
+                     "params": {k: optuna.distributions.distribution_to_json(p.distribution)
+                                for k, p in space.params.items()}}
+        if "signature" not in study.user_attrs:
+            study.set_user_attr("signature", signature)
+            study.set_user_attr("param_keys", list(space.params))
+        elif study.user_attrs["signature"] != signature:
+            raise ValueError(
+                f"the study '{name}' in {self.storage_spec} was started with other overrides or another search "
+                f"space ({study.user_attrs['signature']}). Run the same command to resume it, or start a new sweep "
+                "with `hydra.sweep.dir=<new dir>` (or `hydra.sweeper.study_name=<new name>`).")
+        sampler = self._node("sampler")
+        if not sampler.get("grid"):
+            # A resumed study reseeds past its earlier trials, so it does not draw its first points again.
+            if sampler.get("seed") is not None:
+                sampler["seed"] += len(study.trials)
+            study.sampler = instantiate(sampler)
+        self._fail_stale(study)
+        return study
+
+    def _fail_stale(self, study) -> None:
+        """Trials left running by a sweep process of this machine that has ended (killed, power cut) failed."""
+        from optuna.trial import TrialState
+
+        host = socket.gethostname()
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+                study._storage.set_trial_user_attr(trial._trial_id, "status", "failed")
+                study._storage.set_trial_user_attr(trial._trial_id, "message", "its sweep process ended first")
+                study.tell(trial.number, state=TrialState.FAIL)
+
+    def _batch_size(self) -> int:
+        if self.n_jobs is not None:
+            return self.n_jobs
+        launcher = self.config.hydra.launcher
+        n = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
+        return os.cpu_count() or 1 if n == -1 else int(n)
+
+    def _devices(self, n: int, space: SearchSpace) -> list[str | None]:
+        from runner.sweep import assign_devices
+
+        submitit = "submitit" in str(self.config.hydra.launcher.get("_target_", ""))
+        if (self.spread_gpus is False or (self.spread_gpus == "auto" and submitit) or "device" in space.params
+                or self.config.device not in ("auto", "cuda")):
+            return [None] * n
+        if self._device_count is None:
+            import torch
+
+            self._device_count = torch.cuda.device_count()
+        return assign_devices(n, self._device_count, str(self.config.device))
+
+    # -- the sweep ------------------------------------------------------------------------------------------------
+
+    def sweep(self, arguments: list[str]):
+        import optuna
+        from optuna.trial import TrialState
+
+        from runner import sweep as glue
+
+        # Optuna logs every trial at INFO; this sweeper logs each one with its status and job directory instead.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        grid = bool(self._node("sampler").get("grid"))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        try:  # a mistake in the sweep's settings is reported in one line before any trial runs, as job.py does
+            space = parse_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments),
+                                self.hydra_context.config_loader)
+            self._check(space, grid)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            study = self._open_study(sweep_dir, space)
+        except ValueError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        (sweep_dir / glue.SPACE).write_text(json.dumps({k: p.describe() for k, p in space.params.items()}, indent=2))
+        distributions = {k: p.distribution for k, p in space.params.items()}
+        points = grid_points(space) if grid else []
+        target = min(self.n_trials or len(points), len(points)) if grid else self.n_trials
+        table = sweep_dir / glue.TABLE
+        param_keys = study.user_attrs["param_keys"]
+
+        def key(params: dict) -> tuple:
+            return tuple(space.params[k].override(params[k]) for k in space.params)
+
+        def write_table() -> list[dict]:
+            rows = glue.table_rows(study, param_keys)
+            glue.write_table(table, rows, param_keys)
+            return rows
+
+        done_states = (TrialState.COMPLETE, TrialState.PRUNED)
+        already = sum(t.state in done_states for t in study.get_trials(deepcopy=False))
+        if already:
+            log.info("resuming study '%s': %d of %d trials already done", study.study_name, already, target)
+        budget, launched, batch_size, interrupted = max(0, target - already), 0, self._batch_size(), False
+        attempted = set()  # grid points launched by this process: a failed one is retried by the next run only
+        while launched < budget and not interrupted:
+            trials = study.get_trials(deepcopy=False)
+            taken = [t for t in trials if t.state in done_states or t.state == TrialState.RUNNING]
+            if grid:
+                taken_keys = {key(t.params) for t in taken if t.params.keys() == space.params.keys()} | attempted
+                todo = [p for p in points if key(p) not in taken_keys][:target - len(taken)]
+                room = len(todo)
+            else:
+                room = target - len(taken)
+            n = min(batch_size, room, budget - launched)
+            if n <= 0:
+                break
+            batch = []
+            for i in range(n):
+                if grid:
+                    study.enqueue_trial(todo[i])
+                    attempted.add(key(todo[i]))
+                batch.append(study.ask(distributions))
+                batch[-1].set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            self._run_batch(study, batch, space, sweep_dir)
+            launched += n
+            interrupted = any(t.user_attrs.get("interrupted") for t in batch)
+            write_table()
+
+        rows = write_table()
+        glue.write_experiment(sweep_dir, [sweep_dir / r["job_dir"] for r in rows
+                                          if r["job_dir"] and (sweep_dir / r["job_dir"]).is_dir()])
+        log.info("sweep %s: %s. Table: %s", sweep_dir, glue.summary(rows), table)
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            best = study.best_trial
+            log.info("best: trial %d, best_val_acc %.4f (%s) in %s", best.number, best.value,
+                     " ".join(space.params[k].override(v) for k, v in best.params.items() if k in space.params),
+                     sweep_dir / best.user_attrs.get("job_dir", ""))
+        log.info("compare the trials: python -m runner.report %s  |  tensorboard --logdir %s", sweep_dir, sweep_dir)
+        if interrupted:
+            log.warning("interrupted: to go on, run the same command again with hydra.sweep.dir=%s", sweep_dir)
+            sys.exit(130)  # the shell's code for Ctrl-C
+        return rows
+
+    def _run_batch(self, study, batch: list, space: SearchSpace, sweep_dir: Path) -> None:
+        from optuna.trial import TrialState
+
+        from runner import sweep as glue
+
+        jobs, dirs, names = [], [], short_keys(list(space.params))
+        for trial, device in zip(batch, self._devices(len(batch), space), strict=True):
+            params = {k: trial.params[k] for k in space.params}
+            subdir = trial_dirname(trial.number, [f"{names[k]}={space.params[k].label(v)}" for k, v in params.items()])
+            # The trial's storage id (Optuna keeps it private) lets the job report to this very trial.
+            spec = {"storage": self.storage_spec, "study": study.study_name, "trial_id": trial._trial_id,
+                    "pruner": self._node("pruner")}
+            job = [*space.fixed, *(space.params[k].override(v) for k, v in params.items())]
+            job += [f"device={device}"] if device else []
+            job += [f"hydra.sweep.subdir={_quote(subdir)}",
+                    f"hydra.sweeper.trial={_quote(json.dumps(spec))}"]
+            jobs.append(job)
+            dirs.append(sweep_dir / subdir)
+            trial.set_user_attr("job_dir", subdir)
+            trial.set_user_attr("values", {k: space.params[k].override(v).partition("=")[2] for k, v in params.items()})
+        error, returns = None, [None] * len(batch)
+        try:
+            returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
+        except KeyboardInterrupt:
+            error = "interrupted by the user"
+            for trial in batch:
+                trial.set_user_attr("interrupted", True)
+        except Exception as err:  # the launcher itself failed (a worker process killed, a cluster error)
+            error = f"the launcher failed: {type(err).__name__}: {err}"
+            log.error(error)
+        for trial, job_dir, ret in zip(batch, dirs, returns, strict=True):
+            job_error = error
+            if ret is not None and ret.status == JobStatus.FAILED:
+                job_error = " ".join(f"{type(ret._return_value).__name__}: {ret._return_value}".split())
+            outcome = glue.read_outcome(job_dir, job_error)
+            for name, value in outcome.items():
+                if value is not None and (name != "interrupted" or value):
+                    trial.set_user_attr(name, value)
+            status = outcome["status"]
+            if status == "completed" and outcome["best_val_acc"] is not None:
+                study.tell(trial, outcome["best_val_acc"])
+            elif status in ("pruned", "diverged"):
+                # Told as pruned: samplers (TPE) rank a diverged trial below every completed one, rather than
+                # ignoring it as they ignore failed trials.
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, state=TrialState.FAIL)
+            detail = (f"best_val_acc {outcome['best_val_acc']:.4f}" if outcome["best_val_acc"] is not None
+                      else outcome["message"] or "")
+            (log.warning if status == "failed" else log.info)("trial %d %s: %s  [%s]", trial.number, status,
+                                                               detail, job_dir.name)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

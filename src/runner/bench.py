@@ -1,0 +1,210 @@
+"""`make bench` / `python -m runner.bench`: runner's speed, side by side with the usual alternative, in one run.
+
+(a) input pipeline: runner's device-resident uint8 batches (crop + flip + normalize per batch) against torchvision's
+    CIFAR10 dataset with RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize through
+    DataLoader(num_workers=2);
+(b) engine overhead: runner's train_one_epoch (TensorBoard logging on) against a bare hand-written loop, same model,
+    batch size and device-resident data; alternated and repeated, the median of each reported;
+(c) start-up: seconds from process start to the first training step, and for `python -m runner --cfg job`.
+
+Data: the CIFAR-10 copy under data.root / RUNNER_DATA_DIR when there is one, else synthetic data of the same shape.
+Timings on a shared machine are noisy: read the ratios, which are measured side by side.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runner import data, train
+from runner.augment import augment
+from runner.config import CONFIG_DIR, register_resolvers
+
+
+def _config(overrides):
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def _arrays(root: str | None):
+    if root and (Path(root) / data.CIFAR10_FOLDER).is_dir():
+        return data.load_cifar10(Path(root), data.default_cache_dir(), download=False), f"CIFAR-10 at {root}"
+    arrays = data.make_synthetic(50_000, 10_000, 40.0, seed=0)
+    return arrays, "synthetic data (no CIFAR-10 copy found)"
+
+
+def bench_input_pipeline(arrays, device, images: int, batch_size: int = 256) -> dict:
+    """Images per second through each pipeline, until `images` training images have been produced."""
+    import torchvision
+    import torchvision.transforms as T
+
+    cfg = _config(["device=cpu"])
+    x = torch.from_numpy(arrays["train_x"]).to(device)
+    y = torch.from_numpy(arrays["train_y"]).to(device)
+    from runner.preprocess import Standardize, channel_stats
+
+    norm = Standardize(*channel_stats(x)).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def runner_pipeline():
+        done, start = 0, time.perf_counter()
+        while done < images:
+            for xb, _ in data.train_batches(x, y, batch_size, gen):
+                out = norm(augment(xb, cfg.augmentation, gen))
+                done += len(out)
+                if done >= images:
+                    break
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return done / (time.perf_counter() - start)
+
+    class Cifar10(torchvision.datasets.CIFAR10):
+        """torchvision's CIFAR10 over the same arrays (its MD5 check rejects copies that are not byte-identical
+        to the official archive, so the arrays are handed over directly; the per-image path is unchanged)."""
+
+        def __init__(self, transform):
+            self.data = arrays["train_x"].transpose(0, 2, 3, 1)  # (N, 32, 32, 3), as torchvision keeps it
+            self.targets = arrays["train_y"].tolist()
+            self.transform, self.target_transform = transform, None
+
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+    loader = torch.utils.data.DataLoader(Cifar10(transform), batch_size=batch_size, shuffle=True, num_workers=2,
+                                         drop_last=True, persistent_workers=False)
+
+    def torchvision_pipeline():
+        done, start = 0, time.perf_counter()
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            done += len(xb)
+            if done >= images // 4:  # 4x fewer images: this path is the slow one
+                break
+        return done / (time.perf_counter() - start)
+
+    runner_pipeline()  # warm-up
+    ours, theirs = runner_pipeline(), torchvision_pipeline()
+    return {"runner_img_per_s": ours, "torchvision_img_per_s": theirs, "speedup": ours / theirs}
+
+
+def bench_engine(arrays, device, train_size: int, repeats: int, overrides=()) -> dict:
+    """One epoch over train_size images: runner's train_one_epoch (logging on) against a bare loop."""
+    cfg = _config([f"device={device}", "trainer.progress=false", *overrides])
+    splits = data.split(arrays, data.CIFAR10_CLASSES, 0, train_size, 0, device)
+    from runner.build import build_model, build_optimizer, build_preprocess, build_schedule
+
+    def fresh():
+        torch.manual_seed(0)
+        model = build_model(cfg, 10).to(device)
+        pre = build_preprocess(cfg, splits.train_x).to(device)
+        opt = build_optimizer(cfg, model)
+        steps = data.steps_per_epoch(train_size, cfg.trainer.batch_size)
+        sched = build_schedule(cfg, opt, steps * (repeats + 1), steps)
+        return model, pre, opt, sched
+
+    def runner_epoch(state, tracker):
+        model, pre, opt, sched = state
+        progress = train.Progress(False, 1, 1)
+        result = train.train_one_epoch(model, pre, splits, opt, sched, torch.nn.CrossEntropyLoss(), cfg,
+                                       torch.Generator(device=device).manual_seed(0), tracker, 0, 0, progress)
+        return result.images / result.seconds
+
+    def bare_epoch(state):
+        model, pre, opt, sched = state
+        gen = torch.Generator(device=device).manual_seed(0)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        model.train()
+        n, start = 0, time.perf_counter()
+        for xb, yb in data.train_batches(splits.train_x, splits.train_y, cfg.trainer.batch_size, gen):
+            loss = loss_fn(model(pre(augment(xb, cfg.augmentation, gen))), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n += len(yb)
+        loss.item()  # wait for the device
+        return n / (time.perf_counter() - start)
+
+    from runner.tracking import Tracker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker(Path(tmp))
+        ours_state, bare_state = fresh(), fresh()
+        runner_epoch(ours_state, tracker)  # warm-up both
+        bare_epoch(bare_state)
+        ours, bare = [], []
+        for _ in range(repeats):
+            ours.append(runner_epoch(ours_state, tracker))
+            bare.append(bare_epoch(bare_state))
+        tracker.close()
+    o, b = statistics.median(ours), statistics.median(bare)
+    return {"runner_img_per_s": o, "bare_img_per_s": b, "overhead_pct": 100 * (b - o) / b,
+            "model": cfg.model._target_, "batch_size": cfg.trainer.batch_size, "train_size": train_size}
+
+
+def bench_startup(root: str | None, repeats: int) -> dict:
+    """Wall seconds for `python -m runner --cfg job`, and from process start to the first training step."""
+    cfg_times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "runner", "--cfg", "job"], check=True, capture_output=True)
+        cfg_times.append(time.perf_counter() - start)
+    data_args = [f"data.root={root}"] if root and (Path(root) / data.CIFAR10_FOLDER).is_dir() else ["data=synthetic"]
+    first_step = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            run_dir = Path(tmp) / str(i)
+            start = time.time()
+            subprocess.run([sys.executable, "-m", "runner", *data_args, "trainer.epochs=1", "data.train_size=512",
+                            "trainer.progress=false", f"hydra.run.dir={run_dir}"], check=True, capture_output=True)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            first_step.append(metrics["first_step_at"] - start)
+    return {"cfg_job_s": statistics.median(cfg_times), "first_step_s": statistics.median(first_step)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", default=os.environ.get("RUNNER_DATA_DIR", "data"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--pipeline-images", type=int, default=50_000)
+    parser.add_argument("--engine-images", type=int, default=5_000, help="training images per timed epoch")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(torch.get_num_threads())
+
+    arrays, source = _arrays(args.data_root)
+    print(f"runner bench on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, {source}\n")
+    results = {}
+
+    r = results["input_pipeline"] = bench_input_pipeline(arrays, device, args.pipeline_images)
+    print(f"(a) input pipeline, crop+flip+normalize    runner {r['runner_img_per_s']:>10,.0f} img/s   "
+          f"torchvision DataLoader(num_workers=2) {r['torchvision_img_per_s']:>8,.0f} img/s   "
+          f"-> {r['speedup']:.1f}x (target >= 10x)")
+
+    r = results["engine"] = bench_engine(arrays, device, args.engine_images, args.repeats)
+    print(f"(b) engine, default cnn, batch {r['batch_size']}         runner {r['runner_img_per_s']:>10,.0f} img/s   "
+          f"bare loop {r['bare_img_per_s']:>8,.0f} img/s   -> overhead {r['overhead_pct']:+.1f}% (target <= 3%)")
+
+    r = results["startup"] = bench_startup(args.data_root, args.repeats)
+    print(f"(c) start-up                               first training step after {r['first_step_s']:.2f} s   "
+          f"`python -m runner --cfg job` {r['cfg_job_s']:.2f} s (target <= 1 s)")
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

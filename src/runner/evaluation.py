@@ -1,0 +1,93 @@
+"""Evaluation beyond one deterministic pass: class probabilities with test-time augmentation, MC dropout, the
+average of several models' probabilities (snapshot and run ensembles), and the scores that compare them:
+accuracy, negative log-likelihood and expected calibration error."""
+
+import copy
+
+import torch
+from torch import nn
+
+from runner.layers import enable_dropout
+
+
+@torch.inference_mode()
+def probabilities(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, batch_size: int,
+                  tta_flip: bool = False) -> torch.Tensor:
+    """Softmax outputs (N, classes) of `model` in eval mode over the uint8 images `x`; with tta_flip, the mean of
+    the softmax of each image and of its mirror image (test-time augmentation)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for xb in x.split(batch_size):
+        p = model(preprocess(xb)).float().softmax(1)
+        if tta_flip:
+            p = 0.5 * (p + model(preprocess(xb.flip(3))).float().softmax(1))
+        out.append(p)
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def mc_dropout_probabilities(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, batch_size: int,
+                             passes: int, seed: int) -> torch.Tensor:
+    """MC dropout (Gal & Ghahramani 2016): the mean softmax over `passes` forward passes with only the dropout-type
+    modules in training mode (batch norm keeps its running statistics). Seeded in a forked RNG: reproducible, and
+    the run's own random streams are left as they were."""
+    was_training = model.training
+    model.eval()
+    if enable_dropout(model) == 0:
+        model.train(was_training)
+        raise ValueError("MC dropout needs a dropout-type module in the model; there is none")
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        out = []
+        for xb in x.split(batch_size):
+            z = preprocess(xb)
+            out.append(sum(model(z).float().softmax(1) for _ in range(passes)) / passes)
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def scores(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> dict[str, float]:
+    """acc; nll, the mean -log p(true class); ece (Naeini et al. 2015, Guo et al. 2017), the |accuracy - mean
+    confidence| of `bins` equal-width confidence bins, weighted by the fraction of examples in each."""
+    confidence, predicted = probs.max(1)
+    correct = (predicted == y).float()
+    nll = -probs.gather(1, y[:, None]).clamp_min(1e-12).log().mean()
+    which = (confidence * bins).long().clamp_(max=bins - 1)  # bin b holds confidences in [b/bins, (b+1)/bins)
+    acc = torch.zeros(bins, device=probs.device).index_add_(0, which, correct)
+    conf = torch.zeros(bins, device=probs.device).index_add_(0, which, confidence)
+    ece = (acc - conf).abs().sum() / len(y)  # sum_b |B_b|/N * |acc_b - conf_b|, with acc, conf summed over B_b
+    return {"acc": int(correct.sum().item()) / len(y), "nll": nll.item(), "ece": ece.item()}
+
+
+def ensemble(probabilities_of_members: list[torch.Tensor]) -> torch.Tensor:
+    """The ensemble's prediction: the mean of its members' class probabilities."""
+    return torch.stack(probabilities_of_members).mean(0)
+
+
+def final_scores(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation,
+                 batch_size: int, seed: int, ema=None, snapshots: list[dict] = ()) -> dict[str, float]:
+    """The test scores beyond test/acc and test/loss (which is the NLL), keyed by TensorBoard tag: test/ece of the
+    model; test/acc_ema of an averaging.EMA; test/acc_tta with evaluation.tta_flip; test/mc_acc, test/mc_nll,
+    test/mc_ece with evaluation.mc_dropout_passes; test/acc_snapshot_<k> of each snapshot state dict (loaded into a
+    copy of `model`) and test/acc_snapshot_ensemble of their mean softmax."""
+    bins = evaluation.ece_bins
+    out = {"test/ece": scores(probabilities(model, preprocess, x, batch_size), y, bins)["ece"]}
+    if ema is not None:
+        out["test/acc_ema"] = scores(probabilities(ema.model, preprocess, x, batch_size), y, bins)["acc"]
+    if evaluation.tta_flip:
+        out["test/acc_tta"] = scores(probabilities(model, preprocess, x, batch_size, tta_flip=True), y, bins)["acc"]
+    if evaluation.mc_dropout_passes > 0:
+        mc = mc_dropout_probabilities(model, preprocess, x, batch_size, evaluation.mc_dropout_passes, seed)
+        out.update({f"test/mc_{k}": v for k, v in scores(mc, y, bins).items()})
+    if snapshots:
+        member = copy.deepcopy(model)
+        members = []
+        for k, state in enumerate(snapshots, 1):
+            member.load_state_dict(state)
+            members.append(probabilities(member, preprocess, x, batch_size))
+            out[f"test/acc_snapshot_{k}"] = scores(members[-1], y, bins)["acc"]
+        out["test/acc_snapshot_ensemble"] = scores(ensemble(members), y, bins)["acc"]
+    return out

@@ -1,0 +1,92 @@
+"""Evaluation: ECE and NLL against hand-computed values, test-time flips, MC dropout (only dropout goes
+stochastic; seeded; a model without dropout is refused), ensembles average probabilities."""
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from runner import evaluation
+
+
+def test_scores_match_hand_computed_accuracy_nll_and_ece():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55]])
+    y = torch.tensor([0, 1, 1, 0])
+    s = evaluation.scores(probs, y, bins=2)
+    assert s["acc"] == 0.5
+    assert s["nll"] == pytest.approx(-(math.log(0.9) + math.log(0.4) + math.log(0.7) + math.log(0.45)) / 4)
+    # bin [0.5, 1): all four, confidences 0.9, 0.6, 0.7, 0.55 (mean 0.6875), accuracy 0.5 -> ECE 0.1875
+    assert s["ece"] == pytest.approx(0.1875)
+    s10 = evaluation.scores(probs, y, bins=10)  # bins 0.5, 0.6, 0.7, 0.9: |0-0.55| + |0-0.6| + |1-0.7| + |1-0.9|
+    assert s10["ece"] == pytest.approx((0.55 + 0.6 + 0.3 + 0.1) / 4)
+
+
+def _scale(x):
+    return x.float() / 255
+
+
+class _Mirror(torch.nn.Module):
+    """Logits that depend on the left half of the image only: a flip changes them."""
+
+    def forward(self, x):
+        return torch.stack([x[..., :2].mean((1, 2, 3)), x[..., 2:].mean((1, 2, 3))], 1) * 5
+
+
+def test_tta_flip_averages_the_image_and_its_mirror():
+    x = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    model = _Mirror()
+    plain = evaluation.probabilities(model, _scale, x, 4)
+    mirrored = evaluation.probabilities(model, _scale, x.flip(3), 4)
+    tta = evaluation.probabilities(model, _scale, x, 4, tta_flip=True)
+    assert torch.allclose(tta, 0.5 * (plain + mirrored))
+    assert not torch.allclose(tta, plain)
+
+
+def _dropout_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+                               torch.nn.Dropout(0.5), torch.nn.Linear(32, 3))
+
+
+def test_mc_dropout_switches_on_dropout_only_and_is_seeded():
+    model = _dropout_net()
+    model.train()
+    model(torch.randn(64, 8))  # batch norm gets running statistics
+    x = torch.randint(0, 256, (16, 8), dtype=torch.uint8)
+    pre = _scale
+    deterministic = evaluation.probabilities(model, pre, x, 8)
+    one = evaluation.mc_dropout_probabilities(model, pre, x, 8, passes=1, seed=0)
+    many = evaluation.mc_dropout_probabilities(model, pre, x, 8, passes=200, seed=0)
+    again = evaluation.mc_dropout_probabilities(model, pre, x, 8, passes=200, seed=0)
+    assert torch.equal(many, again)
+    assert not torch.allclose(one, deterministic)
+    assert (many - deterministic).abs().mean() < (one - deterministic).abs().mean()  # averaging approaches it
+    assert model.training  # its mode is given back
+    model.eval()
+    bn_eval = model[1](model[0](x.float() / 255))  # batch norm stayed in eval mode during the passes
+    assert torch.allclose(bn_eval, model[1](model[0](x.float() / 255)))
+
+
+def test_mc_dropout_without_dropout_is_refused():
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="dropout"):
+        evaluation.mc_dropout_probabilities(model, _scale, torch.zeros(2, 4), 2, passes=3, seed=0)
+
+
+def test_ensemble_is_the_mean_of_member_probabilities():
+    a = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    b = torch.tensor([[0.3, 0.7], [0.4, 0.6]])
+    assert torch.allclose(evaluation.ensemble([a, b]), torch.tensor([[0.6, 0.4], [0.3, 0.7]]))
+
+
+def test_final_scores_report_each_requested_evaluation():
+    model = _dropout_net().eval()
+    pre = _scale
+    x, y = torch.randint(0, 256, (20, 8), dtype=torch.uint8), torch.randint(0, 3, (20,))
+    snapshots = [model.state_dict(), {k: v * 0.5 for k, v in model.state_dict().items()}]
+    cfg = OmegaConf.create({"ece_bins": 10, "tta_flip": False, "mc_dropout_passes": 4})
+    out = evaluation.final_scores(model, pre, x, y, cfg, 8, seed=0, snapshots=snapshots)
+    assert set(out) == {"test/ece", "test/mc_acc", "test/mc_nll", "test/mc_ece", "test/acc_snapshot_1",
+                        "test/acc_snapshot_2", "test/acc_snapshot_ensemble"}
+    assert out["test/acc_snapshot_1"] == evaluation.scores(evaluation.probabilities(model, pre, x, 8), y)["acc"]

@@ -1,0 +1,171 @@
+"""Initializers against their formulas (measured std of large layers), the activation-matched gain, biases, the
+consistency warnings, and the lecture's initialization study (experiment=init_study)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import compose_config
+from runner.build import build_model
+from runner.config import CONFIG_DIR, ConfigError, validate
+from runner.init import activation_gain, consistency_warnings, initialize
+
+INITS = sorted(p.stem for p in (CONFIG_DIR / "init").glob("*.yaml"))
+RELU_GAIN = math.sqrt(2.0)
+
+
+def _expected_std(scheme: str, fan_in: int, fan_out: int, units: int, gain: float = RELU_GAIN) -> float:
+    """Each scheme's weight std, written from the papers' formulas (uniform U(-b, b) has std b / sqrt(3))."""
+    return {
+        "normal": 0.01,
+        "uniform": 0.05 / math.sqrt(3),
+        "lecun_normal": math.sqrt(1 / fan_in),
+        "lecun_uniform": math.sqrt(3 / fan_in) / math.sqrt(3),
+        "xavier_normal": math.sqrt(2 / (fan_in + fan_out)),
+        "xavier_uniform": math.sqrt(6 / (fan_in + fan_out)) / math.sqrt(3),
+        "he_normal": gain / math.sqrt(fan_in),
+        "he_uniform": gain * math.sqrt(3 / fan_in) / math.sqrt(3),
+        # A semi-orthogonal (units, fan_in) matrix has min(units, fan_in) unit singular values: its squared entries
+        # sum to min(units, fan_in), so each has variance 1 / max(units, fan_in).
+        "orthogonal": 1 / math.sqrt(max(units, fan_in)),
+    }[scheme]
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_every_init_option_composes_and_gives_its_formula(init):
+    torch.manual_seed(0)
+    # A large Linear (3072 -> 800) and a conv (3 -> 256 channels, 3x3): fan_in 3072 / 27, fan_out 800 / 2304.
+    mlp = build_model(compose_config([f"init={init}", "model=mlp", "model.depth=1", "model.width=800",
+                                      "norm=none"]), 10)
+    cnn = build_model(compose_config([f"init={init}", "model.widths=[256]", "norm=none"]), 10)
+    linear, conv = mlp.hidden[0].linear, cnn.features[0].conv
+    if init == "default":  # PyTorch's own: Kaiming-uniform with a=sqrt(5), std 1 / sqrt(3 fan_in); bias not 0
+        assert linear.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 3072), rel=0.02)
+        assert linear.bias.abs().sum() > 0
+        return
+    assert torch.equal(linear.bias, torch.zeros_like(linear.bias))  # biases zero unless configured
+    if init in ("zeros", "constant"):
+        value = 0.0 if init == "zeros" else 0.01
+        assert (linear.weight == value).all() and (conv.weight == value).all()
+        return
+    for layer, fan_in, fan_out, rel in [(linear, 3072, 800, 0.01), (conv, 27, 2304, 0.04)]:
+        units = layer.weight.shape[0]
+        assert layer.weight.mean().item() == pytest.approx(0.0, abs=0.05 * layer.weight.std().item())
+        assert layer.weight.std().item() == pytest.approx(_expected_std(init, fan_in, fan_out, units), rel=rel)
+
+
+def test_orthogonal_rows_are_orthonormal():
+    layer = nn.Linear(500, 300)
+    initialize(layer, compose_config(["init=orthogonal"]).init, {"_target_": "torch.nn.ReLU"})
+    assert torch.allclose(layer.weight @ layer.weight.T, torch.eye(300), atol=1e-4)
+
+
+def test_he_gain_follows_the_activation_and_fan_out_mode():
+    torch.manual_seed(0)
+    cfg = compose_config(["init=he_normal", "init.mode=fan_out", "activation=leaky_relu",
+                          "activation.negative_slope=0.2"])
+    layer = nn.Linear(2000, 1000)
+    initialize(layer, cfg.init, cfg.activation)
+    gain = math.sqrt(2 / (1 + 0.2 ** 2))
+    assert layer.weight.std().item() == pytest.approx(gain / math.sqrt(1000), rel=0.01)
+    # The same as torch's own Kaiming-normal, the reference.
+    ref = nn.Linear(2000, 1000)
+    nn.init.kaiming_normal_(ref.weight, a=0.2, mode="fan_out", nonlinearity="leaky_relu")
+    assert layer.weight.std().item() == pytest.approx(ref.weight.std().item(), rel=0.01)
+
+
+@pytest.mark.parametrize("activation, gain", [
+    ("relu", math.sqrt(2)), ("tanh", 5 / 3), ("sigmoid", 1.0), ("selu", 3 / 4), ("elu", math.sqrt(2)),
+    ("leaky_relu", math.sqrt(2 / (1 + 0.01 ** 2))), ("prelu", math.sqrt(2 / (1 + 0.25 ** 2))), ("maxout", 1.0),
+])
+def test_activation_gain_matches_calculate_gain(activation, gain):
+    assert activation_gain(compose_config([f"activation={activation}"]).activation) == pytest.approx(gain)
+
+
+def test_numeric_gain_and_configured_bias_are_used():
+    cfg = compose_config(["init=he_uniform", "init.gain=3.0", "init.bias=0.1"])
+    layer = nn.Conv2d(64, 64, 3)
+    initialize(layer, cfg.init, cfg.activation)
+    assert layer.weight.abs().max().item() <= 3.0 * math.sqrt(3 / (64 * 9)) + 1e-6
+    assert (layer.bias == 0.1).all()
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["activation=selu", "init=he_normal", "norm=none"], ["init=lecun_normal"]),
+    (["activation=selu", "init=lecun_normal", "norm=batch"], ["norm=none"]),
+    (["activation=selu", "init=lecun_normal", "norm=none", "regularization=[dropout]"], ["alpha_dropout"]),
+    (["activation=relu", "regularization=[alpha_dropout]"], ["made for activation=selu"]),
+    (["activation=tanh", "init=he_uniform"], ["derived for ReLU"]),
+    (["activation=sigmoid", "init=he_normal"], ["derived for ReLU"]),
+    (["init=zeros"], ["symmetry"]),
+    (["init=constant"], ["symmetry"]),
+    (["activation=selu", "init=lecun_normal", "norm=none", "regularization=[alpha_dropout]"], []),
+    (["activation=relu", "init=he_normal", "norm=batch", "regularization=[dropout]"], []),
+    (["activation=tanh", "init=xavier_normal"], []),
+])
+def test_consistency_warnings_for_the_combinations_the_lectures_warn_about(overrides, expected, caplog):
+    cfg = compose_config(overrides)
+    messages = consistency_warnings(cfg.activation, cfg.init, cfg.norm, cfg.regularization)
+    assert len(messages) == len(expected)
+    for message, text in zip(messages, expected, strict=True):
+        assert text in message
+        assert message in caplog.text  # logged as a warning too
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["init=normal", "init.std=0"], "init.std"),
+    (["init=uniform", "init.bound=-1"], "init.bound"),
+    (["init=he_normal", "init.mode=fan_avg"], "init.mode"),
+    (["init=xavier_normal", "init.gain=big"], "init.gain"),
+    (["init.scheme=glorot"], "init.scheme"),
+])
+def test_bad_init_values_are_rejected_at_start_up(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(compose_config(overrides))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The lecture's initialization study
+
+def _layer_stds(case: str) -> list[float]:
+    """The std of each of the 10 hidden layers' activations on a standardized batch, for one study case."""
+    torch.manual_seed(0)
+    model = build_model(compose_config(["+experiment=init_study", f"+experiment/init_study={case}"]), 10)
+    assert len(model.hidden) == 10 and model.hidden[0].linear.out_features == 500
+    h, stds = torch.randn(256, 3, 32, 32).flatten(1), []
+    with torch.no_grad():
+        for layer in model.hidden:
+            h = layer(h)
+            stds.append(h.std().item())
+    return stds
+
+
+def test_init_study_shows_the_lectures_four_behaviours_over_depth():
+    tanh_small = _layer_stds("tanh_normal")
+    tanh_xavier = _layer_stds("tanh_xavier")
+    relu_xavier = _layer_stds("relu_xavier")
+    relu_he = _layer_stds("relu_he")
+    # normal(0.01): each layer multiplies the spread by about 0.01 * sqrt(500) = 0.22: collapse towards zero.
+    assert tanh_small[-1] < 1e-5 and all(b < 0.3 * a for a, b in zip(tanh_small[1:], tanh_small[2:], strict=False))
+    # Xavier + tanh: the spread stays of the same order over all ten layers.
+    assert 0.2 < tanh_xavier[-1] / tanh_xavier[0] <= 1.0 and tanh_xavier[-1] > 0.1
+    # Xavier + ReLU: half the variance lost per layer (std x 0.71): shrinking layer after layer.
+    assert all(b < a for a, b in zip(relu_xavier, relu_xavier[1:], strict=False))
+    assert relu_xavier[-1] / relu_xavier[0] < 0.1
+    # He + ReLU: the gain sqrt(2) makes up for it: roughly constant.
+    assert 0.7 < relu_he[-1] / relu_he[0] < 1.4
+
+
+def test_init_study_is_one_multirun_over_the_four_cases():
+    from omegaconf import OmegaConf
+
+    study = OmegaConf.load(CONFIG_DIR / "experiment" / "init_study.yaml")
+    assert study.hydra.mode == "MULTIRUN"
+    cases = study.hydra.sweeper.params["+experiment/init_study"].split(",")
+    assert cases == ["tanh_normal", "tanh_xavier", "relu_xavier", "relu_he"]
+    pairs = [(c.activation._target_, c.init.scheme) for c in
+             (compose_config(["+experiment=init_study", f"+experiment/init_study={case}"]) for case in cases)]
+    assert pairs == [("torch.nn.Tanh", "normal"), ("torch.nn.Tanh", "xavier_normal"),
+                     ("torch.nn.ReLU", "xavier_normal"), ("torch.nn.ReLU", "he_normal")]

@@ -1,0 +1,139 @@
+"""The loop's regularizers: gradient clipping against torch's, the sparsity measure, label smoothing's loss, early
+stopping (unit, and end to end: it stops, restores the best weights, and a re-run trains no further)."""
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import choices_of, compose_config
+from runner import checkpoint, regularize, train
+from runner.build import build_loss, build_optimizer
+from runner.config import ConfigError, validate
+
+MINE = ["l1", "elastic_net", "label_smoothing", "grad_clip", "early_stopping", "l2", "weight_decay"]
+# 500 training images (5 steps of 100), 200 validation, 100 test images, a narrow net: seconds per run.
+FAST = ["model.widths=[8,16]", "data.train_examples=700", "data.test_examples=100", "diagnostics.every_steps=0"]
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_every_loop_regularizer_option_composes_validates_and_builds(name):
+    cfg = compose_config([f"regularization=[{name}]"])
+    validate(cfg)
+    node = cfg.regularization[name]
+    optimizer = build_optimizer(cfg, torch.nn.Linear(3, 2))
+    decay = optimizer.param_groups[0]
+    expected = {"l1": ("l1_proximal", node.get("value")), "l2": ("weight_decay", node.get("value")),
+                "weight_decay": ("decoupled_decay", node.get("value")),
+                "elastic_net": ("weight_decay", node.get("l2"))}
+    if name in expected:
+        key, value = expected[name]
+        assert decay[key] == value
+    assert build_loss(cfg).label_smoothing == (node.value if name == "label_smoothing" else 0.0)
+
+
+def _with_grads(seed=0):
+    torch.manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    for p in params:
+        p.grad = 5 * torch.randn_like(p)
+    return params
+
+
+def test_clip_by_norm_matches_torch_and_returns_the_norm_before_clipping():
+    ours, theirs = _with_grads(), _with_grads()
+    norm = regularize.clip_gradients(ours, "norm", 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    assert torch.allclose(norm, expected) and norm > 1.0
+    assert all(torch.allclose(a.grad, b.grad) for a, b in zip(ours, theirs, strict=True))
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ours])) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_clip_by_value_clamps_each_entry():
+    params = _with_grads()
+    before = [p.grad.clone() for p in params]
+    regularize.clip_gradients(params, "value", 0.5)
+    for p, g in zip(params, before, strict=True):
+        assert torch.equal(p.grad, g.clamp(-0.5, 0.5))
+
+
+def test_sparsity_counts_exact_and_near_zeros():
+    w = [torch.tensor([0.0, 0.0, 1e-4, 0.5]), torch.tensor([[-2e-4, 0.0], [3.0, -1.0]])]
+    s = regularize.sparsity(w)
+    assert s["weights/zero_fraction"] == pytest.approx(3 / 8)
+    assert s["weights/near_zero_fraction"] == pytest.approx(5 / 8)
+
+
+def test_label_smoothing_loss_is_cross_entropy_against_the_smoothed_target():
+    cfg = compose_config(["regularization=[label_smoothing]", "regularization.label_smoothing.value=0.2"])
+    logits, y = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    target = torch.full((6, 10), 0.2 / 10).scatter_(1, y[:, None], 0.8 + 0.2 / 10)
+    expected = -(target * logits.log_softmax(1)).sum(1).mean()
+    assert build_loss(cfg)(logits, y) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_early_stopping_counts_patience_and_keeps_the_best_weights():
+    model = torch.nn.Linear(2, 1)
+    stopper = regularize.EarlyStopping("val_loss", patience_epochs=2, min_delta=0.01)
+    decisions = []
+    for epoch, loss in enumerate([1.0, 0.8, 0.795, 0.9], 1):  # 0.795 is not better by more than min_delta
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        decisions.append(stopper.observe({"val_loss": loss}, epoch, model))
+    assert decisions == [False, False, False, True]
+    assert (stopper.best, stopper.best_epoch) == (0.8, 2)
+    stopper.restore(model)
+    assert torch.all(model.weight == 2)
+
+
+def _scripted_val(monkeypatch, accs):
+    """Make train.evaluate report the validation accuracies `accs` in turn (test evaluations stay real)."""
+    real, calls = train.evaluate, iter(accs)
+
+    def fake(model, preprocess, x, y, batch_size):
+        result = real(model, preprocess, x, y, batch_size)
+        return {**result, "acc": next(calls)} if len(x) == 200 else result  # 200: the tiny val split
+
+    monkeypatch.setattr(train, "evaluate", fake)
+
+
+def test_early_stopping_stops_restores_the_best_weights_and_stays_stopped(tmp_path, monkeypatch):
+    overrides = [*FAST, "trainer.epochs=5", "regularization=[early_stopping]",
+                 "regularization.early_stopping.patience_epochs=2"]
+    _scripted_val(monkeypatch, [0.3, 0.5, 0.45, 0.4, 0.9])
+    metrics = train.fit(compose_config(overrides), tmp_path, choices_of(overrides))
+    assert metrics["status"] == "completed" and metrics["epochs_completed"] == 4  # 2 epochs without a gain
+    assert metrics["early_stopping"] == {"best": 0.5, "best_epoch": 2, "bad_epochs": 2, "stopped": True}
+    best = checkpoint.load(tmp_path / train.BEST)  # the weights of epoch 2
+    final = checkpoint.load(tmp_path / train.LAST)
+    assert best["epoch"] == 2 and final["epoch"] == 4
+    assert all(torch.equal(best["model"][k], final["model"][k]) for k in best["model"])
+
+    again = train.fit(compose_config(overrides), tmp_path, choices_of(overrides))
+    assert again["epochs_completed"] == 4 and again["test_acc"] == metrics["test_acc"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["early_stopping"]["stopped"] is True
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["regularization=[grad_clip]", "regularization.grad_clip.by=sum"], "regularization.grad_clip.by"),
+    (["regularization=[grad_clip]", "regularization.grad_clip.threshold=0"], "regularization.grad_clip.threshold"),
+    (["regularization=[label_smoothing]", "regularization.label_smoothing.value=1.0"],
+     "regularization.label_smoothing.value"),
+    (["regularization=[early_stopping]", "regularization.early_stopping.metric=acc"],
+     "regularization.early_stopping.metric"),
+    (["regularization=[early_stopping]", "regularization.early_stopping.patience_epochs=0"],
+     "regularization.early_stopping.patience_epochs"),
+    (["regularization=[elastic_net]", "regularization.elastic_net.l1=-1"], "regularization.elastic_net.l1"),
+    (["regularization=[l1]", "regularization.l1.proximal=maybe"], "regularization.l1.proximal"),
+    (["optimizer=adamw", "regularization=[elastic_net]"], "optimizer=adamw"),
+])
+def test_bad_regularizer_settings_are_refused_at_start_up(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(compose_config(overrides))
+
+
+def test_empty_regularization_list_is_a_valid_run_config():
+    cfg = compose_config(["regularization=[]"])
+    validate(cfg)
+    assert OmegaConf.to_container(cfg.regularization) == {}

@@ -1,0 +1,87 @@
+"""The training techniques inside a real run (train.fit): what they leave in TensorBoard and metrics.json, the
+snapshot ensemble, MC dropout and TTA at the end, and an exact resume with all their state (EMA weights, the
+plateau schedule, early stopping's counters)."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import choices_of, compose_config
+from runner import checkpoint, train
+
+FAST = ["model.widths=[8,16]", "data.train_examples=700", "data.test_examples=100", "diagnostics.every_steps=0"]
+STATEFUL = [*FAST, "trainer.epochs=3", "averaging=ema", "averaging.decay=0.8", "schedule=plateau",
+            "schedule.patience_epochs=0", "schedule.metric=val_loss",
+            "regularization=[l1,grad_clip,early_stopping,label_smoothing]", "regularization.l1.value=0.01",
+            "regularization.early_stopping.patience_epochs=3", "augmentation=crop_flip_jitter", "preprocess=center"]
+
+
+def _fit(path, overrides):
+    return train.fit(compose_config(overrides), path, choices_of(overrides))
+
+
+def test_techniques_show_up_in_tensorboard_and_metrics(tmp_path):
+    metrics = _fit(tmp_path, STATEFUL)
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"lr", "train/grad_norm", "weights/zero_fraction", "weights/near_zero_fraction", "val/acc_ema",
+            "val/loss_ema", "test/acc_ema", "test/ece"} <= scalars
+    assert {"schedule/lr_plan", "augmentation/original_then_augmented", "preprocess/original_then_input"} <= images
+    assert len(events.Scalars("lr")) == metrics["steps"]  # the lr of every step
+    assert events.Scalars("weights/zero_fraction")[-1].value > 0  # L1's proximal step made exact zeros
+    assert {"test_acc_ema", "test_ece", "early_stopping"} <= metrics.keys()
+    assert all("val_acc_ema" in h for h in metrics["history"])
+
+
+def test_resume_with_every_stateful_technique_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    whole = _fit(tmp_path / "whole", STATEFUL)
+
+    real = train.train_one_epoch
+
+    def killed_in_epoch_3(*args, **kwargs):
+        if args[10] == 2:  # the epoch argument: interrupted before the third epoch's first step
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", killed_in_epoch_3)
+    assert _fit(tmp_path / "resumed", STATEFUL)["status"] == "interrupted"
+    monkeypatch.setattr(train, "train_one_epoch", real)
+    resumed = _fit(tmp_path / "resumed", STATEFUL)
+
+    def measured(history):  # all but the timings
+        return [{k: v for k, v in h.items() if k not in ("epoch_s", "img_per_s")} for h in history]
+
+    assert measured(resumed["history"]) == measured(whole["history"])
+    for key in ("test_acc", "test_loss", "test_acc_ema", "test_ece", "early_stopping"):
+        assert resumed[key] == whole[key], key
+    a, b = (checkpoint.load(tmp_path / run / train.LAST) for run in ("whole", "resumed"))
+    assert a["scheduler"]["plateau"] == b["scheduler"]["plateau"]
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+def test_snapshot_ensemble_mc_dropout_and_tta_are_reported(tmp_path):
+    overrides = [*FAST, "trainer.epochs=4", "schedule=cyclic", "schedule.half_cycle_epochs=1",
+                 "regularization=[dropout]", "evaluation.mc_dropout_passes=3", "evaluation.tta_flip=true"]
+    metrics = _fit(tmp_path, overrides)
+    snapshots = sorted(p.name for p in (tmp_path / "checkpoints").glob("snapshot_*.pt"))
+    assert snapshots == ["snapshot_1.pt", "snapshot_2.pt"]  # cycles end after epochs 2 and 4
+    assert checkpoint.load(tmp_path / "checkpoints/snapshot_1.pt")["epoch"] == 2
+    assert metrics["test_acc_snapshot_2"] == metrics["test_acc"]  # the last snapshot is the final model
+    assert {"test_acc_snapshot_ensemble", "test_mc_acc", "test_mc_nll", "test_mc_ece", "test_acc_tta"} <= set(metrics)
+    assert 0 <= metrics["test_mc_ece"] <= 1 and metrics["test_mc_nll"] > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["test_acc_tta"] == metrics["test_acc_tta"]
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert events.Scalars("test/acc_snapshot_ensemble")[-1].value == pytest.approx(
+        metrics["test_acc_snapshot_ensemble"])
+
+
+@pytest.mark.slow
+def test_the_brief_s_combination_runs_from_the_cli(tmp_path):
+    from conftest import TINY, run_cli
+
+    run = tmp_path / "run"
+    run_cli([*TINY, "optimizer=nadam", "schedule=cosine_restarts", "regularization=[l1,grad_clip,early_stopping]",
+             "augmentation=cutout", "preprocess=zca", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
