@@ -7,7 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import compose_config
 from runner import evaluation
+from runner.config import ConfigError, validate
 
 
 def test_scores_match_hand_computed_accuracy_nll_and_ece():
@@ -70,7 +72,7 @@ def test_mc_dropout_switches_on_dropout_only_and_is_seeded():
 
 def test_mc_dropout_without_dropout_is_refused():
     model = torch.nn.Linear(4, 2)
-    with pytest.raises(ValueError, match="dropout"):
+    with pytest.raises(ConfigError, match="evaluation.mc_dropout_passes"):
         evaluation.mc_dropout_probabilities(model, _scale, torch.zeros(2, 4), 2, passes=3, seed=0)
 
 
@@ -90,3 +92,12 @@ def test_final_scores_report_each_requested_evaluation():
     assert set(out) == {"test/ece", "test/mc_acc", "test/mc_nll", "test/mc_ece", "test/acc_snapshot_1",
                         "test/acc_snapshot_2", "test/acc_snapshot_ensemble"}
     assert out["test/acc_snapshot_1"] == evaluation.scores(evaluation.probabilities(model, pre, x, 8), y)["acc"]
+
+
+def test_mc_dropout_without_a_dropout_rate_is_refused_at_start_up():
+    with pytest.raises(ConfigError, match="evaluation.mc_dropout_passes"):
+        validate(compose_config(["evaluation.mc_dropout_passes=5"]))
+    with pytest.raises(ConfigError, match="evaluation.mc_dropout_passes"):
+        validate(compose_config(["evaluation.mc_dropout_passes=5", "regularization=[dropout]",
+                                 "regularization.dropout.p=0"]))
+    validate(compose_config(["evaluation.mc_dropout_passes=5", "regularization=[dropconnect]"]))

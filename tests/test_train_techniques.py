@@ -85,3 +85,14 @@ def test_the_brief_s_combination_runs_from_the_cli(tmp_path):
     run_cli([*TINY, "optimizer=nadam", "schedule=cosine_restarts", "regularization=[l1,grad_clip,early_stopping]",
              "augmentation=cutout", "preprocess=zca", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_run_can_continue_another_that_had_none_of_the_techniques(tmp_path):
+    _fit(tmp_path / "plain", [*FAST, "trainer.epochs=1"])
+    overrides = [*FAST, "trainer.epochs=2", "averaging=ema", "schedule=plateau",
+                 "regularization=[early_stopping]", f"trainer.resume={tmp_path / 'plain'}"]
+    metrics = _fit(tmp_path / "more", overrides)
+    assert metrics["status"] == "completed" and metrics["epochs_completed"] == 2
+    ema = checkpoint.load(tmp_path / "more" / train.LAST)["ema"]
+    first = checkpoint.load(tmp_path / "plain" / train.LAST)["model"]
+    assert not torch.equal(ema["head.weight"], first["head.weight"])  # averaged on from the loaded weights

@@ -326,7 +326,8 @@ def _validate_training(cfg: DictConfig) -> None:
     passes = evaluation.mc_dropout_passes
     if not _is_int(passes) or passes < 0:
         _fail("evaluation.mc_dropout_passes", passes, "must be an integer >= 0 (0: off)")
-    stochastic = [k for k in ("dropout", "gaussian_dropout", "alpha_dropout", "dropconnect") if k in regularization]
+    stochastic = [k for k in ("dropout", "gaussian_dropout", "alpha_dropout", "dropconnect") if k in regularization
+                  and any(regularization[k].get(rate, 0) > 0 for rate in ("p", "conv_p"))]
     if passes > 0 and not stochastic:
-        raise ConfigError(f"evaluation.mc_dropout_passes={passes} needs dropout in the model: add one, e.g. "
-                          "`regularization=[l2,dropout]`, or set evaluation.mc_dropout_passes=0.")
+        raise ConfigError(f"evaluation.mc_dropout_passes={passes} needs dropout in the model (a rate p > 0): add one, "
+                          "e.g. `regularization=[l2,dropout]`, or set evaluation.mc_dropout_passes=0.")

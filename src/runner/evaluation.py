@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from runner.config import ConfigError
 from runner.layers import enable_dropout
 
 
@@ -37,7 +38,9 @@ def mc_dropout_probabilities(model: nn.Module, preprocess: nn.Module, x: torch.T
     model.eval()
     if enable_dropout(model) == 0:
         model.train(was_training)
-        raise ValueError("MC dropout needs a dropout-type module in the model; there is none")
+        raise ConfigError(f"evaluation.mc_dropout_passes={passes}: the model has no dropout-type module to switch on "
+                          "(its dropout rates are 0 where it has layers): add dropout, e.g. "
+                          "`regularization=[l2,dropout]`, or set evaluation.mc_dropout_passes=0.")
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -72,7 +75,7 @@ def final_scores(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, y: to
     """The test scores beyond test/acc and test/loss (which is the NLL), keyed by TensorBoard tag: test/ece of the
     model; test/acc_ema of an averaging.EMA; test/acc_tta with evaluation.tta_flip; test/mc_acc, test/mc_nll,
     test/mc_ece with evaluation.mc_dropout_passes; test/acc_snapshot_<k> of each snapshot state dict (loaded into a
-    copy of `model`) and test/acc_snapshot_ensemble of their mean softmax."""
+    copy of `model`) and, from two on, test/acc_snapshot_ensemble of their mean softmax."""
     bins = evaluation.ece_bins
     out = {"test/ece": scores(probabilities(model, preprocess, x, batch_size), y, bins)["ece"]}
     if ema is not None:
@@ -89,5 +92,6 @@ def final_scores(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, y: to
             member.load_state_dict(state)
             members.append(probabilities(member, preprocess, x, batch_size))
             out[f"test/acc_snapshot_{k}"] = scores(members[-1], y, bins)["acc"]
-        out["test/acc_snapshot_ensemble"] = scores(ensemble(members), y, bins)["acc"]
+        if len(members) > 1:
+            out["test/acc_snapshot_ensemble"] = scores(ensemble(members), y, bins)["acc"]
     return out

@@ -269,8 +269,9 @@ def load_state_dict(scheduler, state: dict) -> None:
     state = dict(state)
     plateau_state = state.pop("plateau", None)
     scheduler.load_state_dict(state)
-    if plateau_state is not None:
-        _plateau(scheduler).state.update(plateau_state)
+    plateau = _plateau(scheduler)
+    if plateau is not None and plateau_state is not None:  # None: resumed from a run on another schedule
+        plateau.state.update(plateau_state)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -257,9 +257,9 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(scheduler, state["scheduler"])
         set_rng_states(state["rng"], generator)
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if stopper is not None:
+        if ema is not None:  # a run that had no EMA yet starts its average at the loaded weights
+            ema.load_state_dict(state.get("ema", state["model"]))
+        if stopper is not None and "early_stopping" in state:
             stopper.load_state_dict(state["early_stopping"])
         start_epoch, step, best, history, elapsed = (state["epoch"], state["step"], state["best"], state["history"],
                                                      state["elapsed"])
