@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run sweep test test-all lint bench tensorboard report clean
+.PHONY: help install run transfer-grid sweep test test-all lint bench tensorboard report clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ lint: install  ## ruff on the sources and tests
 
 bench: install  ## Speed benchmarks, side by side in one run (input pipeline, engine overhead, start-up)
 	$(PY) -m runner.bench $(ARGS)
+
+transfer-grid: install  ## The lecture's 2x2 transfer grid in one command (results.md in its run dir); ARGS=overrides
+	$(PY) -m runner.transfer_grid $(ARGS)
 
 tensorboard: install  ## TensorBoard on every run under outputs/ (http://127.0.0.1:6006)
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1

@@ -147,3 +147,15 @@ def test_augmented_grid_shows_originals_then_copies():
 def test_bad_augmentation_settings_are_refused_at_start_up(overrides, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose_config(overrides))
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    x = torch.randint(0, 256, (200, 3, 4, 4), dtype=torch.uint8)
+    e0, e1, e2 = (augment.alternating_flip(x, epoch, seed=3) for epoch in range(3))
+    flipped0 = (e0 != x).flatten(1).any(1)
+    assert torch.equal(e0, e2)  # the same pattern every two epochs
+    assert torch.equal(e1, torch.where(flipped0[:, None, None, None], x, x.flip(3)))  # the other half in epoch 1
+    assert 60 < int(flipped0.sum()) < 140
+    cfg = compose_config(["augmentation=alternating_flip"]).augmentation
+    out = augment.augment(x, cfg, torch.Generator().manual_seed(0))  # per batch: only the translation
+    assert out.shape == x.shape

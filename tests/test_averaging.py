@@ -63,3 +63,19 @@ def test_ema_state_round_trips():
 def test_decay_outside_the_open_unit_interval_is_refused():
     with pytest.raises(ConfigError, match="averaging.decay"):
         validate(compose_config(["averaging=ema", "averaging.decay=1.0"]))
+
+
+def test_lookahead_pulls_the_weights_to_the_average_every_k_steps_with_a_ramped_decay():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    ema = EMA(model, 0.8, every_steps=2, lookahead=True, total_steps=4, ramp_power=1)
+    for step in range(1, 5):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update()
+        if step == 1:
+            assert torch.equal(model.weight, torch.ones(1, 2)) and torch.equal(ema.model.weight, torch.zeros(1, 2))
+    # step 2: d = 0.8 * 2/4 = 0.4: ema = 0.6 * 2 = 1.2 = weights; step 4: d = 0.8: ema = 0.8 * 1.2 + 0.2 * 3.2
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 0.8 * 1.2 + 0.2 * 3.2))
+    assert torch.equal(model.weight, ema.model.weight)

@@ -198,3 +198,45 @@ def test_shared_copy_counts_and_channel_means(tmp_path):
     start = time.perf_counter()
     data.load_cifar10(SHARED_DATA, tmp_path, download=False)
     assert time.perf_counter() - start < 5  # from the cache (a re-decode takes far longer); the bench times it
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Task splits for transfer learning: classes, disjoint halves, labelled images per class
+
+def _id_arrays(n: int = 200) -> dict:
+    """Each image's id is its pixel value (mod 256 is avoided: n <= 256); label = id % 10."""
+    return {"train_x": np.arange(n, dtype=np.uint8).repeat(3072).reshape(n, 3, 32, 32), "train_y": np.arange(n) % 10,
+            "test_x": np.arange(50, dtype=np.uint8).repeat(3072).reshape(50, 3, 32, 32), "test_y": np.arange(50) % 10}
+
+
+def test_select_classes_keeps_those_classes_relabelled_in_order():
+    arrays, names = data.select_classes(_id_arrays(), data.CIFAR10_CLASSES, [7, 2, 5])
+    assert names == ("horse", "bird", "dog")
+    ids = arrays["train_x"][:, 0, 0, 0].astype(int)
+    assert sorted(set(ids % 10)) == [2, 5, 7] and len(ids) == 60
+    assert (arrays["train_y"] == np.select([ids % 10 == 7, ids % 10 == 2], [0, 1], 2)).all()
+    assert (arrays["test_y"] == np.select([arrays["test_x"][:, 0, 0, 0] % 10 == c for c in (7, 2, 5)], [0, 1, 2])).all()
+    assert data.select_classes(_id_arrays(), data.CIFAR10_CLASSES, None)[1] == data.CIFAR10_CLASSES
+
+
+def test_train_halves_are_disjoint_and_cover_the_training_split():
+    arrays = _id_arrays()
+    ids = lambda x: set(x[:, 0, 0, 0].tolist())  # noqa: E731
+    whole = data.split(arrays, data.CIFAR10_CLASSES, 20, None, 0, "cpu")
+    first = data.split(arrays, data.CIFAR10_CLASSES, 20, None, 0, "cpu", train_half="first")
+    second = data.split(arrays, data.CIFAR10_CLASSES, 20, None, 0, "cpu", train_half="second")
+    assert len(first.train_x) == len(second.train_x) == 90 and not ids(first.train_x) & ids(second.train_x)
+    assert ids(first.train_x) | ids(second.train_x) == ids(whole.train_x)
+    assert torch.equal(first.val_x, whole.val_x)  # the same validation images for both halves
+
+
+def test_per_class_keeps_that_many_labelled_images_of_each_class():
+    arrays = _id_arrays()
+    few = data.split(arrays, data.CIFAR10_CLASSES, 20, None, 0, "cpu", per_class=3)
+    assert torch.bincount(few.train_y, minlength=10).tolist() == [3] * 10
+    whole = data.split(arrays, data.CIFAR10_CLASSES, 20, None, 0, "cpu")
+    assert set(few.train_x[:, 0, 0, 0].tolist()) <= set(whole.train_x[:, 0, 0, 0].tolist())
+    with pytest.raises(DataError, match="data.per_class=50: fewer training images than that"):
+        data.split(arrays, data.CIFAR10_CLASSES, 20, None, 0, "cpu", per_class=50)
+    with pytest.raises(DataError, match="data.val_size=200 holds out all 200"):
+        data.split(arrays, data.CIFAR10_CLASSES, 200, None, 0, "cpu")

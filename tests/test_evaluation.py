@@ -101,3 +101,20 @@ def test_mc_dropout_without_a_dropout_rate_is_refused_at_start_up():
         validate(compose_config(["evaluation.mc_dropout_passes=5", "regularization=[dropout]",
                                  "regularization.dropout.p=0"]))
     validate(compose_config(["evaluation.mc_dropout_passes=5", "regularization=[dropconnect]"]))
+
+
+def test_tta_averages_the_flip_and_translate_views():
+    """6 views: the image and its mirror, each unshifted and shifted by (1, 1) and (-1, -1) with a zero border."""
+    from runner.augment import translate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    shifted = translate(x, 1, 1)
+    assert torch.equal(shifted[:, :, 1:, 1:], x[:, :, :-1, :-1]) and (shifted[:, :, 0] == 0).all()
+    views = [v for m in (x, x.flip(3)) for v in (m, translate(m, 1, 1), translate(m, -1, -1))]
+    expected = sum(model(_scale(v)).softmax(1) for v in views) / 6
+    tta = evaluation.probabilities(model, _scale, x, 4, tta_flip=True, tta_translate=1)
+    assert torch.allclose(tta, expected, atol=1e-6)
+    only_translate = evaluation.probabilities(model, _scale, x, 4, tta_translate=1)
+    assert torch.allclose(only_translate, sum(model(_scale(v)).softmax(1) for v in views[:3]) / 3, atol=1e-6)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_config
@@ -43,6 +44,10 @@ def test_every_init_option_composes_and_gives_its_formula(init):
     linear, conv = mlp.hidden[0].linear, cnn.features[0].conv
     if init == "default":  # PyTorch's own: Kaiming-uniform with a=sqrt(5), std 1 / sqrt(3 fan_in); bias not 0
         assert linear.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 3072), rel=0.02)
+        assert linear.bias.abs().sum() > 0
+        return
+    if init == "dirac":  # convs: the identity on the first in_channels outputs; Linear layers keep PyTorch's init
+        assert torch.equal(conv.weight[:3], nn.init.dirac_(torch.empty(3, 3, 3, 3)))
         assert linear.bias.abs().sum() > 0
         return
     assert torch.equal(linear.bias, torch.zeros_like(linear.bias))  # biases zero unless configured
@@ -169,3 +174,67 @@ def test_init_study_is_one_multirun_over_the_four_cases():
              (compose_config(["+experiment=init_study", f"+experiment/init_study={case}"]) for case in cases)]
     assert pairs == [("torch.nn.Tanh", "normal"), ("torch.nn.Tanh", "xavier_normal"),
                      ("torch.nn.ReLU", "xavier_normal"), ("torch.nn.ReLU", "he_normal")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dirac init and the whitened first layer (the fast preset's init)
+
+def test_dirac_init_makes_a_conv_the_identity():
+    conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+    initialize(nn.Sequential(conv), OmegaConf.create({"scheme": "dirac", "bias": 0.0}), {"_target_": "torch.nn.ReLU"})
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.equal(conv(x), x)
+
+
+def test_dirac_init_keeps_the_extra_output_channels_and_linear_layers():
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Flatten(), nn.Linear(8, 3))
+    head = net[2].weight.detach().clone()
+    initialize(net, OmegaConf.create({"scheme": "dirac", "bias": 0.0}), {"_target_": "torch.nn.ReLU"})
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.allclose(net[0](x)[:, :4], x)
+    assert torch.equal(net[2].weight, head)
+
+
+def test_whitened_first_layer_whitens_the_training_patches():
+    """On the patches it was fitted on, the covariance of the first n outputs is diag(l / (l + eps)) ~ I."""
+    from runner.init import patch_covariance, whiten_conv_
+
+    torch.manual_seed(0)
+    mix = torch.randn(12, 12)  # correlated patches: images made of a random linear mix of noise
+    x = torch.nn.functional.fold((torch.randn(300, 961, 12) @ mix).transpose(1, 2), (32, 32), 2) * 3.0 + 1.0
+    x = x[:, :, :32, :32]
+    conv = nn.Conv2d(3, 24, 2)
+    n = whiten_conv_(conv, x, epsilon=1e-6)
+    assert n == 12
+    out = conv(x)[:, :n].permute(1, 0, 2, 3).reshape(n, -1)
+    cov = torch.cov(out, correction=0)
+    assert torch.allclose(cov, torch.eye(n), atol=1e-3)
+    assert out.mean(1).abs().max() < 1e-3  # the bias centres each output
+    assert torch.allclose(conv.weight[n:], -conv.weight[:n])
+    mean, patch_cov = patch_covariance(x, 2)
+    assert torch.allclose(patch_cov, torch.cov(torch.nn.functional.unfold(x, 2).transpose(1, 2).reshape(-1, 12).T.double(),
+                                               correction=0), atol=1e-8)
+
+
+def test_fast_preset_whitens_the_stem_from_the_training_images():
+    from runner.build import init_inputs
+    from runner.preprocess import Preprocess
+
+    cfg = compose_config(["+experiment=fast", "model.widths=[8,8,8]", "init.whiten_images=64"])
+    validate(cfg)
+    x = torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8)
+    pre = Preprocess(torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25))
+    inputs = init_inputs(cfg, pre, x)
+    assert inputs.shape == (64, 3, 32, 32)
+    model = build_model(cfg, 10, inputs)
+    stem = model.stem.conv
+    assert not stem.weight.requires_grad  # init.first_layer_trainable=false
+    out = stem(inputs)[:, :12].permute(1, 0, 2, 3).reshape(12, -1)
+    assert torch.allclose(torch.cov(out), torch.eye(12), atol=0.05)
+
+
+def test_whitening_needs_its_keys():
+    with pytest.raises(ConfigError, match="whiten_epsilon"):
+        validate(compose_config(["init=he_normal", "+init.first_layer=whiten"]))
+    with pytest.raises(ConfigError, match="init.first_layer"):
+        validate(compose_config(["init=dirac", "init.first_layer=pca"]))

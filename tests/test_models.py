@@ -33,6 +33,7 @@ TINY_OVERRIDES = {
     "vgg": ["model.stages=[[4],[4,6],[6]]", "model.fc_widths=[6]"],
     "resnet": ["model.widths=[4,6]", "model.blocks_per_stage=1"],
     "resnet18": ["model.widths=[4,6]", "model.blocks_per_stage=1"],
+    "airbench": ["model.widths=[4,6,6]", "model.stem_width=8"],
 }
 
 
@@ -143,3 +144,16 @@ def test_flops_per_image_matches_the_formula():
 def test_bad_network_values_are_rejected_at_start_up(overrides, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose_config(overrides))
+
+
+def test_airbench_has_its_widths_resolutions_and_head_scale():
+    cfg = compose_config(["model=airbench", "activation=gelu"])
+    net = build_model(cfg, 10)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [24, 64, 64, 256, 256, 256, 256]
+    assert convs[0].kernel_size == (2, 2) and convs[0].padding == (0, 0)
+    x = torch.randn(2, 3, 32, 32)
+    assert net.stages(net.stem(x)).shape == (2, 256, 3, 3)  # 31 -> 15 -> 7 -> 3
+    assert sum(p.numel() for p in net.parameters()) == 1_972_792
+    unscaled = net.head(net.pool(net.stages(net.stem(x))).flatten(1))
+    assert torch.allclose(net(x), cfg.model.head_scale * unscaled)

@@ -146,3 +146,16 @@ def test_bad_optimizer_settings_are_refused_at_start_up(overrides, key):
 def test_adamw_with_decoupled_weight_decay_is_accepted():
     validate(compose_config(["optimizer=adamw", "regularization=[weight_decay]"]))
     validate(compose_config(["optimizer=adam", "optimizer.impl=reference", "optimizer.bias_correction=false"]))
+
+
+def test_norm_bias_lr_factor_gives_batch_norm_biases_their_own_group():
+    from runner.build import build_model
+
+    cfg = compose_config(["model=airbench", "model.widths=[4,4,4]", "optimizer=nesterov",
+                          "trainer.norm_bias_lr_factor=64"])
+    model = build_model(cfg, 10)
+    opt = build_optimizer(cfg, model)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["norm_bias"]["lr"] == pytest.approx(64 * groups["decay"]["lr"])
+    assert {id(p) for p in groups["norm_bias"]["params"]} == {id(p) for p in optim.norm_biases(model)}
+    assert not any(id(p) in {id(q) for q in groups["norm_bias"]["params"]} for p in groups["no_decay"]["params"])

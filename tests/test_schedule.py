@@ -62,6 +62,9 @@ FORMULAS = {  # name: (overrides, {step: expected factor})
                  {0: 1 / 25, 25: 1.0, MID: 1 / 25000 + (1 - 1 / 25000) * 0.5 * (1 + math.cos(math.pi * 25 / 74)),
                   LAST: 1 / 25000}),
     "plateau": ({}, {0: 1.0, MID: 1.0, LAST: 1.0}),  # no validation metric seen: the factor stays 1
+    # up from 0.2 to 1 at step 25, then linearly down to 0.05 at the last step
+    "triangular": ({"peak_fraction": 0.25, "start_factor": 0.2, "end_factor": 0.05},
+                   {0: 0.2, 10: 0.2 + 0.8 * 10 / 25, 25: 1.0, MID: 1.0 - 0.95 * 25 / 74, LAST: 0.05}),
 }
 
 
@@ -157,3 +160,12 @@ def test_planned_curve_is_the_one_the_run_follows():
 def test_bad_schedule_settings_are_refused_at_start_up(overrides, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose_config(overrides))
+
+
+def test_triangular_at_its_start_peak_and_end():
+    fn = schedule.Triangular(total_steps=101, peak_fraction=0.2, start_factor=0.2, end_factor=0.05)
+    assert fn(0) == pytest.approx(0.2)
+    assert fn(10) == pytest.approx(0.6)  # halfway up to the peak at step 20
+    assert fn(20) == pytest.approx(1.0)
+    assert fn(60) == pytest.approx(1.0 + (0.05 - 1.0) * 40 / 80)
+    assert fn(100) == pytest.approx(0.05)

@@ -1,9 +1,12 @@
 """`python -m runner` and the `runner` console script: compose the config with Hydra, then run one job."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from runner.config import CONFIG_DIR, register_resolvers
+from runner.distributed import agree_on_run_dir
 
 register_resolvers()
 
@@ -15,5 +18,11 @@ def main(cfg: DictConfig) -> float | None:
     return run_job(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command line: under torchrun, first make every rank use rank 0's run directory."""
+    sys.argv = agree_on_run_dir(sys.argv)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -25,6 +25,25 @@ def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
+def alternating_flip(x: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+    """The whole training split with each image mirrored in alternate epochs: in epoch 0 a random half (drawn once
+    from `seed`), in epoch 1 the other half, and so on. Every image is seen both ways within two epochs, where a
+    fresh coin per epoch repeats a view one time in two (Jordan 2024, airbench's alternating flip)."""
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    mask = (torch.rand(len(x), device=x.device, generator=generator) < 0.5) ^ bool(epoch % 2)
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Every image shifted by dy rows and dx columns, the uncovered border zero (like random_crop's padding)."""
+    b, c, h, w = x.shape
+    p = max(abs(dy), abs(dx))
+    if p == 0:
+        return x
+    padded = torch.nn.functional.pad(x, (p,) * 4)
+    return padded[:, :, p - dy:p - dy + h, p - dx:p - dx + w]
+
+
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Crop each image at a random offset from it zero-padded by `padding` pixels on every side
     (the standard CIFAR recipe, 32 -> 40 -> 32 for padding 4). One gather for the whole batch from a view of all
@@ -95,13 +114,13 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
 
 def augment(x: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
     """Apply the augmentation recipe `cfg` to a training batch: a random resized crop (min_area_fraction) or a
-    padded random crop (padding), a flip (flip), color jitter (brightness, contrast, saturation), cutout
+    padded random crop (padding), a flip (flip: true; flip: alternate is done per epoch by the engine), color jitter (brightness, contrast, saturation), cutout
     (cutout_pixels); each only where its key is in cfg."""
     if "min_area_fraction" in cfg:
         x = random_resized_crop(x, cfg.min_area_fraction, list(cfg.aspect_ratio), generator)
     if cfg.get("padding", 0):
         x = random_crop(x, cfg.padding, generator)
-    if cfg.get("flip", False):
+    if cfg.get("flip", False) is True:  # flip: alternate is applied to the whole split per epoch (alternating_flip)
         x = flip(x, generator)
     if "brightness" in cfg:
         x = color_jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, generator)

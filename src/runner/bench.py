@@ -5,7 +5,10 @@
     DataLoader(num_workers=2);
 (b) engine overhead: runner's train_one_epoch (TensorBoard logging on) against a bare hand-written loop, same model,
     batch size and device-resident data; alternated and repeated, the median of each reported;
-(c) start-up: seconds from process start to the first training step, and for `python -m runner --cfg job`.
+(c) start-up: seconds from process start to the first training step, and for `python -m runner --cfg job`;
+(d) speed options: img/s of the default cnn with each of trainer.channels_last / precision / compile switched on;
+(e) data parallel: img/s of `torchrun --nproc_per_node=2` against one process, same global batch;
+(f) the fast preset against the default cnn at the same wall-clock budget: test accuracy after each epoch.
 
 Data: the CIFAR-10 copy under data.root / RUNNER_DATA_DIR when there is one, else synthetic data of the same shape.
 Timings on a shared machine are noisy: read the ratios, which are measured side by side.
@@ -52,9 +55,9 @@ def bench_input_pipeline(arrays, device, images: int, batch_size: int = 256) -> 
     cfg = _config(["device=cpu"])
     x = torch.from_numpy(arrays["train_x"]).to(device)
     y = torch.from_numpy(arrays["train_y"]).to(device)
-    from runner.preprocess import Standardize, channel_stats
+    from runner.preprocess import fit
 
-    norm = Standardize(*channel_stats(x)).to(device)
+    norm = fit(cfg.preprocess, x).to(device)  # the default, per-channel standardization
     gen = torch.Generator(device=device).manual_seed(0)
 
     def runner_pipeline():
@@ -172,6 +175,72 @@ def bench_startup(root: str | None, repeats: int) -> dict:
     return {"cfg_job_s": statistics.median(cfg_times), "first_step_s": statistics.median(first_step)}
 
 
+def _run(args: list[str], run_dir: Path, launcher: list[str] | None = None) -> dict:
+    """One runner run in a subprocess; its metrics.json."""
+    cmd = [*(launcher or [sys.executable]), "-m", "runner", *args, "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _img_per_s(metrics: dict) -> float:
+    """Training img/s over the run's epochs after the first (which pays for warm-up and compilation)."""
+    epochs = metrics["history"][1:] or metrics["history"]
+    return sum(h["images"] for h in epochs) / sum(h["epoch_s"] for h in epochs)
+
+
+def bench_speed_options(data_args: list[str], device, with_compile: bool) -> dict:
+    """The default cnn for 2 short epochs with each speed option on, against all of them off."""
+    base = [*data_args, f"device={device}", "trainer.epochs=2", "data.train_size=2048", "diagnostics.every_steps=0",
+            "trainer.channels_last=false", "trainer.precision=fp32", "trainer.compile=false",
+            "trainer.fused_optimizer=false"]
+    options = {"all off (fp32)": [], "channels_last": ["trainer.channels_last=true"],
+               "bf16 autocast": ["trainer.precision=bf16"], "fused optimizer": ["trainer.fused_optimizer=true"]}
+    if with_compile:
+        options["compile"] = ["trainer.compile=true"]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, extra) in enumerate(options.items()):
+            try:
+                out[name] = _img_per_s(_run([*base, *extra], Path(tmp) / str(i)))
+            except RuntimeError as err:  # e.g. fused kernels that this torch offers on CUDA only
+                out[name] = f"not available here ({str(err).strip().splitlines()[-1][:120]})"
+    return out
+
+
+def bench_data_parallel(data_args: list[str]) -> dict:
+    """Two gloo processes (one thread each) against one process (two threads), same global batch, on the CPU."""
+    args = [*data_args, "device=cpu", "trainer.epochs=2", "data.train_size=4096", "diagnostics.every_steps=0"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    with tempfile.TemporaryDirectory() as tmp:
+        one = _run(args, Path(tmp) / "one")
+        two = _run(args, Path(tmp) / "two", launcher=torchrun)
+    return {"one_process_img_per_s": _img_per_s(one), "two_processes_img_per_s": _img_per_s(two),
+            "same_steps": one["steps"] == two["steps"], "test_acc": [one["test_acc"], two["test_acc"]]}
+
+
+def bench_preset(data_args: list[str], device, train_size: int, epochs: int) -> list[dict]:
+    """Test accuracy of +experiment=fast after 1..epochs epochs (a run per length: the schedule spans the run), and
+    of the default cnn given the same wall-clock time as each."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for e in range(1, epochs + 1):
+            fast = _run([*data_args, f"device={device}", "+experiment=fast", f"trainer.epochs={e}",
+                         f"data.train_size={train_size}", "trainer.batch_size=512"], Path(tmp) / f"fast{e}")
+            budget = fast["wall_time_s"]
+            probe = _run([*data_args, f"device={device}", "trainer.epochs=1", f"data.train_size={train_size}"],
+                         Path(tmp) / f"probe{e}")
+            cnn_epochs = max(1, round(budget / probe["wall_time_s"]))
+            cnn = probe if cnn_epochs == 1 else _run(
+                [*data_args, f"device={device}", f"trainer.epochs={cnn_epochs}", f"data.train_size={train_size}"],
+                Path(tmp) / f"cnn{e}")
+            rows.append({"fast_epochs": e, "fast_test_acc": fast["test_acc"],
+                         "fast_test_acc_tta": fast.get("test_acc_tta"), "wall_s": budget,
+                         "cnn_epochs": cnn_epochs, "cnn_test_acc": cnn["test_acc"], "cnn_wall_s": cnn["wall_time_s"]})
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default=os.environ.get("RUNNER_DATA_DIR", "data"))
@@ -179,6 +248,10 @@ def main(argv=None) -> None:
     parser.add_argument("--pipeline-images", type=int, default=50_000)
     parser.add_argument("--engine-images", type=int, default=5_000, help="training images per timed epoch")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--preset-train-size", type=int, default=2000,
+                        help="training images for (f); 0 skips (f)")
+    parser.add_argument("--preset-epochs", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="include torch.compile in (d) (slow to compile on CPU)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -200,6 +273,25 @@ def main(argv=None) -> None:
     r = results["startup"] = bench_startup(args.data_root, args.repeats)
     print(f"(c) start-up                               first training step after {r['first_step_s']:.2f} s   "
           f"`python -m runner --cfg job` {r['cfg_job_s']:.2f} s (target <= 1 s)")
+
+    has_cifar = (Path(args.data_root) / data.CIFAR10_FOLDER).is_dir()
+    data_args = [f"data.root={args.data_root}"] if has_cifar else ["data=synthetic", "data.train_examples=10000"]
+    r = results["speed_options"] = bench_speed_options(data_args, device, args.compile)
+    print("(d) speed options, default cnn            " + "   ".join(
+        f"{k} {v:,.0f} img/s" if isinstance(v, float) else f"{k}: {v}" for k, v in r.items()))
+
+    r = results["data_parallel"] = bench_data_parallel(data_args)
+    print(f"(e) data parallel on the CPU, same batch  1 process {r['one_process_img_per_s']:,.0f} img/s   "
+          f"torchrun 2 processes {r['two_processes_img_per_s']:,.0f} img/s   same steps: {r['same_steps']}")
+
+    if args.preset_train_size:
+        rows = results["preset"] = bench_preset(data_args, device, args.preset_train_size, args.preset_epochs)
+        print(f"(f) +experiment=fast vs default cnn at the same wall-clock budget, {args.preset_train_size} "
+              "training images, test accuracy:")
+        for row in rows:
+            tta = f" (tta {row['fast_test_acc_tta']:.3f})" if row["fast_test_acc_tta"] is not None else ""
+            print(f"      fast {row['fast_epochs']} epoch(s) {row['fast_test_acc']:.3f}{tta} in {row['wall_s']:.0f} s"
+                  f"   |   cnn {row['cnn_epochs']} epoch(s) {row['cnn_test_acc']:.3f} in {row['cnn_wall_s']:.0f} s")
 
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -6,34 +6,85 @@ Each function takes only the sub-configs it needs. To see what `optimizer=adam` 
 
 import logging
 
+from pathlib import Path
+
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from runner import layers, optim, preprocess, schedule
 from runner.init import initialize
 
 
-def build_model(cfg, num_classes: int) -> nn.Module:
+def build_model(cfg, num_classes: int, inputs=None) -> nn.Module:
     """The network of `model=`, with the activation of `activation=`, the normalization of `norm=`, the in-network
-    regularizers of `regularization=` (dropout family, DropConnect, stochastic depth), initialized by `init=`."""
+    regularizers of `regularization=` (dropout family, DropConnect, stochastic depth), initialized by `init=`.
+    inputs: preprocessed training images for a data-dependent init (init.first_layer=whiten), see init_inputs."""
     act = instantiate(cfg.activation, _convert_="all")
     drop = layers.Drop.from_config(cfg.regularization)
-    model = instantiate(cfg.model, _convert_="all")(num_classes=num_classes, act=act, norm=cfg.norm, drop=drop)
-    initialize(model, cfg.init, cfg.activation)
+    architecture = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "pretrained"])
+    model = instantiate(architecture, _convert_="all")(num_classes=num_classes, act=act, norm=cfg.norm, drop=drop)
+    initialize(model, cfg.init, cfg.activation, inputs)
     return model
 
 
-def build_optimizer(cfg, model: nn.Module):
+def build_pretrained(cfg, model: nn.Module, run_dir=None) -> set[str]:
+    """Load the weights of `model.pretrained=` into `model` (matched by name and shape, the output layer replaced),
+    and report what was loaded, skipped and newly initialized (log; run_dir/pretrained.json). Returns the names of
+    the reused parameters (for transfer.lr_mult); empty without model.pretrained."""
+    if not cfg.model.get("pretrained"):
+        return set()
+    from runner import checkpoint, transfer
+
+    report = transfer.load_pretrained(model, str(cfg.model.pretrained))
+    logging.getLogger("runner").info(report.summary())
+    if run_dir is not None:
+        checkpoint.write_json(report.as_dict(), Path(run_dir) / "pretrained.json")
+    return {n for n, _ in model.named_parameters() if n in set(report.loaded)}
+
+
+def build_freezer(cfg, model: nn.Module):
+    """The transfer.Freezer of `transfer=`: which layers train in each epoch; None for transfer=none, which leaves
+    every parameter's requires_grad as the model set it (e.g. a frozen whitening stem, init.first_layer_trainable)."""
+    if cfg.transfer.name == "none":
+        return None
+    from runner.transfer import Freezer
+
+    return Freezer(model, cfg.transfer)
+
+
+def init_inputs(cfg, preprocess: nn.Module, train_x):
+    """What a data-dependent init sees: the first init.whiten_images training images, preprocessed; None when
+    `init=` does not need data."""
+    if cfg.init.get("first_layer", "same") != "whiten":
+        return None
+    import torch
+
+    with torch.no_grad():
+        return preprocess(train_x[:cfg.init.whiten_images])
+
+
+def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
     """The optimizer of `optimizer=` (torch's or, with optimizer.impl=reference, the lecture's rule) over the model's
     parameter groups, with L2, weight decay and L1 from `regularization=`, its lr scaled with the batch size when
-    trainer.lr_reference_batch_size is set."""
-    groups = optim.param_groups(model, cfg.regularization, optim.is_decoupled_native(cfg.optimizer))
+    trainer.lr_reference_batch_size is set. reused: the parameters loaded from model.pretrained, which train at
+    transfer.lr_mult times their group's lr in groups of their own (transfer.lr_groups)."""
     lr = optim.scaled_lr(cfg.optimizer.lr, cfg.trainer.batch_size, cfg.trainer.lr_reference_batch_size)
     if lr != cfg.optimizer.lr:
         logging.getLogger("runner").info("linear lr scaling: optimizer.lr %g x batch_size %d / %d = %g",
                                          cfg.optimizer.lr, cfg.trainer.batch_size,
                                          cfg.trainer.lr_reference_batch_size, lr)
-    optimizer = optim.make(cfg.optimizer, groups, lr=lr)
+    factor = cfg.trainer.get("norm_bias_lr_factor", 1.0)
+    groups = optim.param_groups(model, cfg.regularization, optim.is_decoupled_native(cfg.optimizer),
+                                norm_bias_lr=lr * factor if factor != 1.0 else None)
+    if reused and "lr_mult" in cfg.transfer:
+        from runner.transfer import lr_groups
+
+        groups = lr_groups(model, groups, reused, cfg.transfer.lr_mult, lr)
+    from runner.speed import use_fused
+
+    fused = use_fused(cfg.trainer.get("fused_optimizer", "auto"), next(model.parameters()).device)
+    optimizer = optim.make(cfg.optimizer, groups, lr=lr, fused=fused and cfg.optimizer.get("impl") != "reference")
     optim.register_hooks(optimizer)
     if "max_norm" in cfg.regularization:
         optimizer.register_step_post_hook(layers.max_norm_hook(model, cfg.regularization.max_norm.value))
@@ -54,10 +105,11 @@ def build_loss(cfg) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=smoothing)
 
 
-def build_averaging(cfg, model: nn.Module):
-    """The EMA copy of `model` that `averaging=ema` asks for, or None."""
+def build_averaging(cfg, model: nn.Module, total_steps: int = 1):
+    """The EMA copy of `model` that `averaging=ema` or `averaging=lookahead` asks for, or None."""
     if cfg.averaging.name == "none":
         return None
     from runner.averaging import EMA
 
-    return EMA(model, cfg.averaging.decay)
+    return EMA(model, cfg.averaging.decay, cfg.averaging.get("every_steps", 1), cfg.averaging.name == "lookahead",
+               total_steps, cfg.averaging.get("ramp_power", 0.0))

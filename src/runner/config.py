@@ -81,6 +81,7 @@ def validate(cfg: DictConfig) -> None:
 
     _validate_network(cfg)
     _validate_training(cfg)
+    _validate_transfer(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,6 +150,17 @@ def _validate_network(cfg: DictConfig) -> None:
         _fail("init.mode", init.mode, "allowed: fan_in (keeps the forward variance), fan_out (the backward one)")
     if "gain" in init and init.gain != "auto" and (not _is_number(init.gain) or init.gain <= 0):
         _fail("init.gain", init.gain, "must be auto (matching activation=) or a positive number")
+    if init.get("first_layer", "same") not in ("same", "whiten"):
+        _fail("init.first_layer", init.first_layer, "allowed: same (like the other layers), whiten (whiten the "
+              "training patches)")
+    if init.get("first_layer") == "whiten":
+        for key in ("whiten_epsilon", "whiten_images"):
+            if key not in init:
+                raise ConfigError(f"init.first_layer=whiten needs init.{key}: add `+init.{key}=<value>` (init=dirac "
+                                  "has them: whiten_epsilon=5e-4, whiten_images=5000).")
+        _number_in("init.whiten_epsilon", init.whiten_epsilon, 0, float("inf"), low_open=True)
+        if not _is_int(init.whiten_images) or init.whiten_images < 1:
+            _fail("init.whiten_images", init.whiten_images, "must be a positive integer")
 
     norm = cfg.norm
     if norm.kind not in _options("norm"):
@@ -200,6 +212,25 @@ def _number_in(key: str, value, low: float, high: float, low_open: bool = False,
         _fail(key, value, f"must be a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
 
 
+def _validate_speed(cfg: DictConfig) -> None:
+    """trainer's speed and data-parallel keys; under torchrun (WORLD_SIZE set) the global batch must split evenly."""
+    trainer = cfg.trainer
+    if trainer.get("precision", "auto") not in ("auto", "fp32", "bf16", "fp16"):
+        _fail("trainer.precision", trainer.precision, "allowed: auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, "
+              "bf16, fp16")
+    for key in ("channels_last", "compile", "fused_optimizer"):
+        if key in trainer and trainer[key] != "auto" and not isinstance(trainer[key], bool):
+            _fail(f"trainer.{key}", trainer[key], "allowed: auto (on for CUDA only), true, false")
+    if "sync_batch_norm" in trainer and not isinstance(trainer.sync_batch_norm, bool):
+        _fail("trainer.sync_batch_norm", trainer.sync_batch_norm, "allowed: true, false")
+    if "norm_bias_lr_factor" in trainer:
+        _number_in("trainer.norm_bias_lr_factor", trainer.norm_bias_lr_factor, 0, float("inf"), low_open=True)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and trainer.batch_size % world:
+        raise ConfigError(f"trainer.batch_size={trainer.batch_size} is the global batch of {world} processes and "
+                          f"must be divisible by {world}: set trainer.batch_size={trainer.batch_size // world * world}.")
+
+
 def _validate_training(cfg: DictConfig) -> None:
     optimizer = cfg.optimizer
     if optimizer.get("impl", "torch") not in ("torch", "reference"):
@@ -226,6 +257,7 @@ def _validate_training(cfg: DictConfig) -> None:
         raise ConfigError(f"optimizer=adamw decays the weights decoupled from the gradient; regularization={coupled} "
                           "would add a coupled L2 penalty beside it (that is Adam + L2, not AdamW). Use "
                           "`optimizer=adamw regularization=[weight_decay]`, or `optimizer=adam regularization=[l2]`.")
+    _validate_speed(cfg)
     reference = cfg.trainer.get("lr_reference_batch_size")
     if reference is not None and (not _is_int(reference) or reference <= 0):
         _fail("trainer.lr_reference_batch_size", reference, "must be null or a positive integer")
@@ -250,6 +282,9 @@ def _validate_training(cfg: DictConfig) -> None:
             _fail("schedule.milestone_epochs", milestones, "must be an ascending list of positive epochs, e.g. [5,8]")
     if "cycle_mult" in schedule and (not _is_int(schedule.cycle_mult) or schedule.cycle_mult < 1):
         _fail("schedule.cycle_mult", schedule.cycle_mult, "must be an integer >= 1")
+    for key in ("peak_fraction", "start_factor", "end_factor"):
+        if key in schedule:
+            _number_in(f"schedule.{key}", schedule[key], 0, 1)
     if "pct_start" in schedule:
         _number_in("schedule.pct_start", schedule.pct_start, 0, 1, low_open=True, high_open=True)
     for key in ("div_factor", "final_div_factor"):
@@ -293,8 +328,9 @@ def _validate_training(cfg: DictConfig) -> None:
     augmentation = cfg.augmentation
     if "padding" in augmentation and (not _is_int(augmentation.padding) or augmentation.padding < 0):
         _fail("augmentation.padding", augmentation.padding, "must be an integer >= 0")
-    if "flip" in augmentation and not isinstance(augmentation.flip, bool):
-        _fail("augmentation.flip", augmentation.flip, "allowed: true, false")
+    if "flip" in augmentation and not isinstance(augmentation.flip, bool) and augmentation.flip != "alternate":
+        _fail("augmentation.flip", augmentation.flip, "allowed: true, false, alternate (each image mirrored in every "
+              "other epoch)")
     for key in ("brightness", "contrast", "saturation"):
         if key in augmentation:
             _number_in(f"augmentation.{key}", augmentation[key], 0, 1)
@@ -317,6 +353,13 @@ def _validate_training(cfg: DictConfig) -> None:
 
     if "decay" in cfg.averaging:
         _number_in("averaging.decay", cfg.averaging.decay, 0, 1, low_open=True, high_open=True)
+    if "ramp_power" in cfg.averaging:
+        _number_in("averaging.ramp_power", cfg.averaging.ramp_power, 0, float("inf"))
+    if "every_steps" in cfg.averaging and (not _is_int(cfg.averaging.every_steps) or cfg.averaging.every_steps < 1):
+        _fail("averaging.every_steps", cfg.averaging.every_steps, "must be a positive integer")
+    translate = cfg.evaluation.get("tta_translate", 0)
+    if not _is_int(translate) or not 0 <= translate <= 8:
+        _fail("evaluation.tta_translate", translate, "must be an integer in [0, 8] (pixels; 0: off)")
 
     evaluation = cfg.evaluation
     if not isinstance(evaluation.tta_flip, bool):
@@ -331,3 +374,67 @@ def _validate_training(cfg: DictConfig) -> None:
     if passes > 0 and not stochastic:
         raise ConfigError(f"evaluation.mc_dropout_passes={passes} needs dropout in the model (a rate p > 0): add one, "
                           "e.g. `regularization=[l2,dropout]`, or set evaluation.mc_dropout_passes=0.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transfer learning: the task split, the weights to start from, what trains (runner/transfer.py)
+
+_TORCHVISION_WEIGHTS = re.compile(r"^torchvision:\w+_Weights\.\w+$")
+
+
+def _validate_transfer(cfg: DictConfig) -> None:
+    data = cfg.data
+    classes = data.get("classes")
+    if classes is not None:
+        n = data.num_classes
+        if not OmegaConf.is_list(classes) or len(classes) < 2 or not all(_is_int(c) and 0 <= c < n for c in classes) \
+                or len(set(classes)) != len(classes):
+            _fail("data.classes", classes, f"must be null or a list of at least two distinct class indices in "
+                  f"[0, {n}), e.g. [0,1,2,3,4]")
+    if data.get("train_half") not in (None, "first", "second"):
+        _fail("data.train_half", data.train_half, "allowed: null, first, second")
+    per_class = data.get("per_class")
+    if per_class is not None and (not _is_int(per_class) or per_class <= 0):
+        _fail("data.per_class", per_class, "must be null or a positive integer (labelled images per class)")
+
+    source = cfg.model.get("pretrained")
+    if source is not None:
+        if not isinstance(source, str) or not source:
+            _fail("model.pretrained", source, "must be null, a path, or torchvision:<Weights>")
+        if source.startswith("torchvision:"):
+            if not _TORCHVISION_WEIGHTS.match(source):
+                _fail("model.pretrained", source, "torchvision weights are named like "
+                      "torchvision:ResNet18_Weights.IMAGENET1K_V1")
+        elif not Path(source).exists():
+            _fail("model.pretrained", source, "no such file or directory (a runner run directory, a checkpoint or a "
+                  "state dict file)")
+
+    if cfg.model._target_.endswith(".torchvision_resnet18") and (
+            not cfg.activation._target_.endswith(".ReLU") or cfg.norm.kind != "batch"):
+        raise ConfigError("model=torchvision_resnet18 is torchvision's network with its own ReLU and batch norm: "
+                          "use activation=relu norm=batch (the defaults).")
+
+    transfer = cfg.transfer
+    if transfer.name not in _options("transfer"):
+        _fail("transfer.name", transfer.name, f"allowed: {', '.join(_options('transfer'))}")
+    if transfer.name != "none" and source is None:
+        raise ConfigError(f"transfer={transfer.name} reuses trained layers, but model.pretrained is null: give the "
+                          "weights, e.g. `model.pretrained=outputs/<date>/<run>`, or use transfer=none.")
+    if "lr_mult" in transfer:
+        _number_in("transfer.lr_mult", transfer.lr_mult, 0, float("inf"), low_open=True)
+    if transfer.name == "freeze_until" and (OmegaConf.is_missing(transfer, "freeze_until")
+                                       or not isinstance(transfer.freeze_until, str)):
+        raise ConfigError("transfer=freeze_until needs the last frozen layer: `transfer.freeze_until=<layer>`, "
+                          "e.g. features.1 or blocks.3 (a wrong name is answered with the model's layers).")
+    if "unfreeze_every_epochs" in transfer and (not _is_int(transfer.unfreeze_every_epochs)
+                                                or transfer.unfreeze_every_epochs <= 0):
+        _fail("transfer.unfreeze_every_epochs", transfer.unfreeze_every_epochs, "must be a positive integer")
+
+    objective = cfg.objective
+    if objective.name not in _options("objective"):
+        _fail("objective.name", objective.name, f"allowed: {', '.join(_options('objective'))}")
+    if "decoder_width" in objective and (not _is_int(objective.decoder_width) or objective.decoder_width < 8):
+        _fail("objective.decoder_width", objective.decoder_width, "must be an integer >= 8")
+    if objective.name == "autoencoder" and transfer.name != "none":
+        raise ConfigError(f"objective=autoencoder pretrains all layers without labels; transfer={transfer.name} "
+                          "belongs to the later run that reuses them: use transfer=none here.")

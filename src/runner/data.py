@@ -271,14 +271,46 @@ def load_arrays(cfg) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
     return load_cifar10(Path(cfg.root), cache_dir, cfg.download), CIFAR10_CLASSES
 
 
+def select_classes(arrays: dict[str, np.ndarray], classes: tuple[str, ...], keep) -> tuple[dict, tuple[str, ...]]:
+    """A task of some classes (`data.classes=[5,6,7,8,9]`): the train and test images of those classes only,
+    relabelled 0..k-1 in the order listed. keep=None: all classes, unchanged."""
+    if keep is None:
+        return arrays, classes
+    keep = [int(c) for c in keep]
+    relabel = np.full(len(classes), -1, dtype=np.int64)
+    relabel[keep] = np.arange(len(keep))
+    out = {}
+    for part in ("train", "test"):
+        mask = np.isin(arrays[f"{part}_y"], keep)
+        out[f"{part}_x"], out[f"{part}_y"] = arrays[f"{part}_x"][mask], relabel[arrays[f"{part}_y"][mask]]
+    return out, tuple(classes[c] for c in keep)
+
+
 def split(arrays: dict[str, np.ndarray], classes: tuple[str, ...], val_size: int, train_size: int | None, seed: int,
-          device) -> Splits:
-    """Hold val_size training images out for validation (a seeded permutation), optionally keep train_size of the
-    rest, and move everything to the device once. The test set stays apart until the final evaluation."""
-    order = np.random.default_rng(seed).permutation(len(arrays["train_y"]))
+          device, train_half: str | None = None, per_class: int | None = None) -> Splits:
+    """Hold val_size training images out for validation (a seeded permutation), optionally keep the first or second
+    half of the rest (train_half: a pretraining run and a transfer run on disjoint images), then train_size of it,
+    then the first per_class images of each class (few labels), and move everything to the device once. The test
+    set stays apart until the final evaluation."""
+    n = len(arrays["train_y"])
+    if val_size >= n:
+        raise DataError(f"data.val_size={val_size} holds out all {n} training images of this task; lower it "
+                        "(data.val_size=<images>).")
+    order = np.random.default_rng(seed).permutation(n)
     val_idx, train_idx = order[:val_size], order[val_size:]
+    if train_half is not None:
+        half = len(train_idx) // 2
+        train_idx = train_idx[:half] if train_half == "first" else train_idx[half:]
     if train_size is not None:
         train_idx = train_idx[:train_size]
+    if per_class is not None:
+        labels = arrays["train_y"][train_idx]
+        picked = [train_idx[labels == c][:per_class] for c in range(len(classes))]
+        short = [classes[c] for c, idx in enumerate(picked) if len(idx) < per_class]
+        if short:
+            raise DataError(f"data.per_class={per_class}: fewer training images than that for {', '.join(short)} "
+                            "after the validation hold-out; lower data.per_class or data.val_size.")
+        train_idx = np.sort(np.concatenate(picked))
 
     def put(a):
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)

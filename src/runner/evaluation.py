@@ -11,19 +11,27 @@ from runner.config import ConfigError
 from runner.layers import enable_dropout
 
 
+def tta_views(x: torch.Tensor, tta_flip: bool = False, tta_translate: int = 0) -> list[torch.Tensor]:
+    """The views test-time augmentation averages over, of a uint8 batch: the image, with tta_flip its mirror image,
+    and with tta_translate = t each of these also shifted by (t, t) and (-t, -t) pixels (zero border)."""
+    from runner.augment import translate
+
+    flips = [x, x.flip(3)] if tta_flip else [x]
+    shifts = [(0, 0)] + ([(tta_translate, tta_translate), (-tta_translate, -tta_translate)] if tta_translate else [])
+    return [translate(v, dy, dx) if dy or dx else v for v in flips for dy, dx in shifts]
+
+
 @torch.inference_mode()
 def probabilities(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, batch_size: int,
-                  tta_flip: bool = False) -> torch.Tensor:
-    """Softmax outputs (N, classes) of `model` in eval mode over the uint8 images `x`; with tta_flip, the mean of
-    the softmax of each image and of its mirror image (test-time augmentation)."""
+                  tta_flip: bool = False, tta_translate: int = 0) -> torch.Tensor:
+    """Softmax outputs (N, classes) of `model` in eval mode over the uint8 images `x`; with tta_flip and/or
+    tta_translate, the mean softmax over the views of tta_views (test-time augmentation)."""
     was_training = model.training
     model.eval()
     out = []
     for xb in x.split(batch_size):
-        p = model(preprocess(xb)).float().softmax(1)
-        if tta_flip:
-            p = 0.5 * (p + model(preprocess(xb.flip(3))).float().softmax(1))
-        out.append(p)
+        views = tta_views(xb, tta_flip, tta_translate)
+        out.append(sum(model(preprocess(v)).float().softmax(1) for v in views) / len(views))
     model.train(was_training)
     return torch.cat(out)
 
@@ -73,15 +81,17 @@ def ensemble(probabilities_of_members: list[torch.Tensor]) -> torch.Tensor:
 def final_scores(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation,
                  batch_size: int, seed: int, ema=None, snapshots: list[dict] = ()) -> dict[str, float]:
     """The test scores beyond test/acc and test/loss (which is the NLL), keyed by TensorBoard tag: test/ece of the
-    model; test/acc_ema of an averaging.EMA; test/acc_tta with evaluation.tta_flip; test/mc_acc, test/mc_nll,
+    model; test/acc_ema of an averaging.EMA; test/acc_tta with evaluation.tta_flip / tta_translate; test/mc_acc, test/mc_nll,
     test/mc_ece with evaluation.mc_dropout_passes; test/acc_snapshot_<k> of each snapshot state dict (loaded into a
     copy of `model`) and, from two on, test/acc_snapshot_ensemble of their mean softmax."""
     bins = evaluation.ece_bins
     out = {"test/ece": scores(probabilities(model, preprocess, x, batch_size), y, bins)["ece"]}
     if ema is not None:
         out["test/acc_ema"] = scores(probabilities(ema.model, preprocess, x, batch_size), y, bins)["acc"]
-    if evaluation.tta_flip:
-        out["test/acc_tta"] = scores(probabilities(model, preprocess, x, batch_size, tta_flip=True), y, bins)["acc"]
+    translate = evaluation.get("tta_translate", 0)
+    if evaluation.tta_flip or translate:
+        tta = probabilities(model, preprocess, x, batch_size, evaluation.tta_flip, translate)
+        out["test/acc_tta"] = scores(tta, y, bins)["acc"]
     if evaluation.mc_dropout_passes > 0:
         mc = mc_dropout_probabilities(model, preprocess, x, batch_size, evaluation.mc_dropout_passes, seed)
         out.update({f"test/mc_{k}": v for k, v in scores(mc, y, bins).items()})

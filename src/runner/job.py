@@ -14,10 +14,19 @@ def run_job(cfg) -> float | None:
     """Returns the best validation accuracy (what a sweeper maximizes), or None when the run did not complete."""
     try:
         validate(cfg)
-        from runner.train import fit  # torch is imported from here on
+        if cfg.objective.name == "autoencoder":  # unsupervised pretraining: no labels, no accuracy
+            from runner.autoencoder import pretrain as fit
+        else:
+            from runner.train import fit  # torch is imported from here on
 
         hydra_cfg = HydraConfig.get()
-        metrics = fit(cfg, Path(hydra_cfg.runtime.output_dir), dict(hydra_cfg.runtime.choices))
+        try:
+            metrics = fit(cfg, Path(hydra_cfg.runtime.output_dir), dict(hydra_cfg.runtime.choices))
+        finally:
+            if "WORLD_SIZE" in os.environ:  # a torchrun rank: leave the process group cleanly
+                from runner.distributed import close
+
+                close()
     except UserError as err:
         # In a multirun the sweeper records the error as this trial's failure and goes on; an exit would end the
         # whole sweep.

@@ -154,6 +154,54 @@ class ResNet(nn.Module):
         return self.head(self.drop(self.pool(self.blocks(self.stem(x))).flatten(1)))
 
 
+class AirBench(nn.Module):
+    """A fast CIFAR-10 net in the style of Keller Jordan's airbench94: a 2x2 conv without padding (32 -> 31) meant to
+    be initialized by whitening the training patches (`init.first_layer=whiten`), then one stage per width of
+    conv -> 2x2 max-pool -> norm -> act -> conv -> norm -> act (31 -> 15 -> 7 -> 3), a global max-pool and a linear
+    head without bias whose logits are multiplied by head_scale (a fixed temperature; 1/9 keeps the first losses
+    near log(10) with batch-normed features).
+
+    Widths 64/256/256 with a 24-channel stem: 1.97M parameters, 0.24 GFLOPs per image (counted by flops_per_image).
+    """
+
+    def __init__(self, widths: list[int], stem_width: int, stem_kernel: int, head_scale: float, *, num_classes: int,
+                 act: Act, norm, drop: Drop = NO_DROP, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(OrderedDict(conv=nn.Conv2d(in_channels, stem_width, stem_kernel), act=act()))
+        stages, c = [], stem_width
+        bias = norm.kind == "none"
+        for width in widths:
+            stages.append(nn.Sequential(OrderedDict(
+                conv1=nn.Conv2d(c, width, 3, padding=1, bias=bias), pool=nn.MaxPool2d(2),
+                norm1=norm_layer(norm, width, spatial=True), act1=act(), drop1=drop.conv(),
+                conv2=nn.Conv2d(width, width, 3, padding=1, bias=bias),
+                norm2=norm_layer(norm, width, spatial=True), act2=act(), drop2=drop.conv())))
+            c = width
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.drop = drop.fc()
+        self.head = drop.linear(c, num_classes, bias=False)
+        self.head_scale = head_scale
+
+    def forward(self, x):  # x: (B, 3, 32, 32) -> logits (B, num_classes)
+        return self.head_scale * self.head(self.drop(self.pool(self.stages(self.stem(x))).flatten(1)))
+
+
+def torchvision_resnet18(*, num_classes: int, act: Act, norm, drop: Drop = NO_DROP) -> nn.Module:
+    """torchvision's ImageNet ResNet-18, so that its pretrained weights load by name
+    (`model.pretrained=torchvision:ResNet18_Weights.IMAGENET1K_V1`), adapted to 32x32 inputs: the 7x7 stem conv keeps
+    its weights but strides 1 instead of 2, and the 3x3 max-pool after it is dropped, so the last stage works on 4x4
+    maps as in CIFAR ResNets (with ImageNet's stride 32 a 32x32 image would shrink to 1x1). torchvision's own ReLU and
+    batch norm are used: activation= and norm= do not apply (config.validate asks for relu and batch), nor dropout.
+    11.2M parameters, 1.1 GFLOPs per image (32x32)."""
+    import torchvision  # 6 s import: only for this model
+
+    net = torchvision.models.resnet18(num_classes=num_classes)
+    net.conv1.stride = (1, 1)
+    net.maxpool = nn.Identity()
+    return net
+
+
 def flops_per_image(model: nn.Module, image_shape: tuple[int, ...] = (3, 32, 32)) -> int:
     """Floating-point operations of one forward pass on one image, counted by torch's FlopCounterMode (a multiply-add
     is 2 FLOPs; matmuls and convolutions only, the usual convention)."""

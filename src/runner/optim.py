@@ -11,6 +11,8 @@ Per parameter group, the keys the hooks below read:
                     of value * |w|, which leaves exact zeros (ISTA)
 """
 
+import inspect
+
 import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
@@ -33,10 +35,11 @@ def scaled_lr(lr: float, batch_size: int, reference_batch_size: int | None) -> f
     return lr if reference_batch_size is None else lr * batch_size / reference_batch_size
 
 
-def make(optimizer_cfg, groups, lr: float | None = None) -> torch.optim.Optimizer:
+def make(optimizer_cfg, groups, lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
     """The optimizer `optimizer_cfg` names over `groups` (parameters or parameter-group dicts): the torch class of
     `_target_`, or with impl=reference the class of the same name in runner.reference_optim. `lr` overrides the
-    config's (for the linear scaling rule)."""
+    config's (for the linear scaling rule). fused: use torch's fused kernel (one kernel for all parameters, CUDA)
+    where the class has one."""
     from runner import reference_optim
 
     cls = get_class(optimizer_cfg._target_)
@@ -49,6 +52,8 @@ def make(optimizer_cfg, groups, lr: float | None = None) -> torch.optim.Optimize
         kwargs["betas"] = tuple(kwargs["betas"])
     if lr is not None:
         kwargs["lr"] = lr
+    if fused and cls.__module__.startswith("torch.optim") and "fused" in inspect.signature(cls).parameters:
+        kwargs["fused"] = True
     return cls(groups, **kwargs)
 
 
@@ -82,13 +87,28 @@ def _coefficients(regularization, weights: bool, decoupled_native: bool) -> dict
             "l1_subgradient": l1(proximal=False), "l1_proximal": l1(proximal=True)}
 
 
-def param_groups(model: nn.Module, regularization, decoupled_native: bool = False) -> list[dict]:
+def norm_biases(model: nn.Module) -> list[nn.Parameter]:
+    """The shift (bias) parameters of the normalization layers."""
+    return [m.bias for m in model.modules()
+            if isinstance(m, _NORM_TYPES) and getattr(m, "bias", None) is not None and m.bias.requires_grad]
+
+
+def param_groups(model: nn.Module, regularization, decoupled_native: bool = False,
+                 norm_bias_lr: float | None = None) -> list[dict]:
     """Two parameter groups, "decay" (conv and linear weights) and "no_decay" (biases, norm parameters), carrying
     the coefficients of `regularization=`. decoupled_native: the optimizer's weight_decay is decoupled (AdamW), so
-    regularization.weight_decay goes there; config.validate rejects a coupled L2 beside it."""
+    regularization.weight_decay goes there; config.validate rejects a coupled L2 beside it. norm_bias_lr: the
+    normalization layers' biases go into a third group "norm_bias" with this lr (trainer.norm_bias_lr_factor)."""
     decay, no_decay = split_decay(model)
-    groups = [{"params": decay, **_coefficients(regularization, True, decoupled_native), "name": "decay"},
-              {"params": no_decay, **_coefficients(regularization, False, decoupled_native), "name": "no_decay"}]
+    coefficients = _coefficients(regularization, False, decoupled_native)
+    groups = [{"params": decay, **_coefficients(regularization, True, decoupled_native), "name": "decay"}]
+    if norm_bias_lr is None:
+        groups.append({"params": no_decay, **coefficients, "name": "no_decay"})
+    else:
+        shifts = {id(p) for p in norm_biases(model)}
+        groups += [{"params": [p for p in no_decay if id(p) not in shifts], **coefficients, "name": "no_decay"},
+                   {"params": [p for p in no_decay if id(p) in shifts], **coefficients, "name": "norm_bias",
+                    "lr": norm_bias_lr}]
     return [g for g in groups if g["params"]]
 
 

@@ -147,6 +147,24 @@ class OneCycle:
 
 
 @dataclass
+class Triangular:
+    """One triangle over the run (the schedule of fast CIFAR-10 trainers such as airbench): linear from start_factor
+    up to 1 at peak_fraction of the total steps, then linear down to end_factor at the last step."""
+
+    total_steps: int
+    peak_fraction: float
+    start_factor: float
+    end_factor: float
+
+    def __call__(self, step: int) -> float:
+        peak = max(1, round(self.peak_fraction * self.total_steps))
+        if step < peak:
+            return self.start_factor + (1.0 - self.start_factor) * step / peak
+        progress = min(1.0, (step - peak) / max(1, self.total_steps - 1 - peak))
+        return 1.0 + (self.end_factor - 1.0) * progress
+
+
+@dataclass
 class Plateau:
     """Performance scheduling (ReduceLROnPlateau): the factor starts at 1 and is multiplied by `factor` (not below
     min_factor) once the validation metric has not improved by more than `threshold` for more than
@@ -216,6 +234,8 @@ def factor_fn(cfg, total_steps: int, steps_per_epoch: int):
         fn = Cyclic(epochs(cfg.half_cycle_epochs), cfg.min_factor)
     elif name == "onecycle":
         fn = OneCycle(steps, cfg.pct_start, cfg.div_factor, cfg.final_div_factor)
+    elif name == "triangular":
+        fn = Triangular(steps, cfg.peak_fraction, cfg.start_factor, cfg.end_factor)
     elif name == "plateau":
         fn = Plateau(cfg.metric, cfg.factor, cfg.patience_epochs, cfg.threshold, cfg.min_factor)
     else:

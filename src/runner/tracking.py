@@ -19,26 +19,33 @@ class Tracker:
     """TensorBoard event files in `run_dir`. On resume, purge_step drops the events an earlier, killed process
     wrote past the checkpoint, so the curves do not double back."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None):
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+    def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True):
+        """enabled=False: write nothing (the ranks other than 0 of a data-parallel run); writer is then None."""
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step) if enabled else None
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        self.writer.add_scalar(tag, value, step)
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
     def hparams(self, hparams: dict, metrics: dict[str, float], step: int) -> None:
         """The HPARAMS tab entry, written into this run (SummaryWriter.add_hparams would open a timestamped
         sub-run apart from the curves). Every metric tag is also a scalar of this run, as TensorBoard requires."""
+        if self.writer is None:
+            return
         exp, ssi, sei = hparams_summary(hparams, metrics)
         for summary in (exp, ssi, sei):
             self.writer.file_writer.add_summary(summary, step)
         self.scalars(metrics, step)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def flat_hparams(cfg, choices: dict[str, str]) -> dict:

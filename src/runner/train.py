@@ -14,15 +14,18 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import runner
-from runner import checkpoint, data, evaluation, optim, regularize, schedule, sweep
-from runner.augment import augment, augmented_grid
+from runner import checkpoint, data, distributed, evaluation, optim, regularize, schedule, speed, sweep
+from runner.augment import alternating_flip, augment, augmented_grid
 from runner.build import (
     build_averaging,
+    build_freezer,
     build_loss,
     build_model,
     build_optimizer,
     build_preprocess,
+    build_pretrained,
     build_schedule,
+    init_inputs,
 )
 from runner.config import ConfigError
 from runner.diagnostics import Probe
@@ -88,13 +91,19 @@ class EpochResult:
 
 
 def train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cfg, generator, tracker, step,
-                    epoch, progress, probe=None, ema=None) -> EpochResult:
+                    epoch, progress, probe=None, ema=None, speedup=None, net=None, world=None) -> EpochResult:
     """Train over one shuffled pass of the training split. Running sums stay on the device and are read back
     only every log_every_steps steps (a read forces a GPU sync), which is also when divergence is detected.
     probe: a diagnostics.Probe, measuring the network at its diagnostic steps. ema: an averaging.EMA, updated
-    after every step. Gradients are clipped between backward and the step when `regularization=` has grad_clip."""
+    after every step. Gradients are clipped between backward and the step when `regularization=` has grad_clip.
+    speedup: a speed.Speed (autocast, channels_last, fp16 gradient scaling); net: the module of the forward pass
+    (`model` inside DistributedDataParallel and/or torch.compile); world: a distributed.World, whose rank trains on
+    its shard of every global batch (images counts the global batch)."""
     model.train()
     device = splits.train_x.device
+    speedup = speed.Speed(device) if speedup is None else speedup
+    net = model if net is None else net  # (a compiled module has no truth value)
+    world = distributed.World() if world is None else world
     every = cfg.trainer.log_every_steps
     total_loss = torch.zeros((), device=device)
     total_correct = torch.zeros((), device=device, dtype=torch.long)
@@ -102,19 +111,30 @@ def train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cf
     clip = cfg.regularization.get("grad_clip")
     params, window_grad_norm = list(model.parameters()), total_loss.clone()
     steps = data.steps_per_epoch(len(splits.train_x), cfg.trainer.batch_size)
+    train_x = splits.train_x
+    if cfg.augmentation.get("flip") == "alternate":
+        train_x = alternating_flip(train_x, epoch, cfg.seed)
+    timer = speed.EpochTimer(device)
+    timer.start()
     start = time.perf_counter()
-    for i, (x, y) in enumerate(data.train_batches(splits.train_x, splits.train_y, cfg.trainer.batch_size, generator)):
-        x = preprocess(augment(x, cfg.augmentation, generator))
+    for i, (x, y) in enumerate(data.train_batches(train_x, splits.train_y, cfg.trainer.batch_size, generator)):
+        # Every rank augments the whole global batch with the shared generator, then keeps its shard: the same
+        # images and views as one process with the same batch size.
+        x = speedup.layout(distributed.shard(preprocess(augment(x, cfg.augmentation, generator)), world))
+        y = distributed.shard(y, world)
         diagnose = probe is not None and probe.start(step)
-        logits = model(x)
-        loss = loss_fn(logits, y)
+        forward = getattr(net, "_orig_mod", net) if diagnose else net  # hooks would recompile a compiled net
+        with speedup.autocast():
+            logits = forward(x)
+            loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        speedup.backward(loss)
         if diagnose:
             probe.gradients()
         if clip is not None:
+            speedup.unscale(optimizer)
             window_grad_norm += clip_gradients(params, clip.by, clip.threshold)
-        optimizer.step()
+        speedup.step(optimizer)
         if ema is not None:
             ema.update()
         if diagnose:
@@ -126,7 +146,7 @@ def train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cf
             first_step_at = time.time()
 
         n = len(y)
-        images += n
+        images += n * world.size
         with torch.no_grad():
             batch_loss = loss.detach() * n
             batch_correct = (logits.argmax(1) == y).sum()
@@ -134,13 +154,15 @@ def train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cf
         window_correct += batch_correct
         window_n += n
         if (i + 1) % every == 0 or i + 1 == steps:
+            distributed.sum_(window_loss, window_correct)  # over the ranks; window_n counted this rank's images
+            window_n *= world.size
             mean_loss = window_loss.item() / window_n
             if not math.isfinite(mean_loss):
                 return EpochResult(mean_loss, float("nan"), images, time.perf_counter() - start, first_step_at,
                                    diverged=True)
             tracker.scalars({"train/loss": mean_loss, "train/acc": window_correct.item() / window_n}, step)
             if clip is not None:
-                tracker.scalar("train/grad_norm", window_grad_norm.item() * len(y) / window_n, step)
+                tracker.scalar("train/grad_norm", window_grad_norm.item() * len(y) * world.size / window_n, step)
                 window_grad_norm.zero_()
             progress.update(epoch, i + 1, mean_loss, images / (time.perf_counter() - start))
             total_loss += window_loss
@@ -148,7 +170,7 @@ def train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cf
             window_loss.zero_()
             window_correct.zero_()
             window_n = 0
-    seconds = time.perf_counter() - start
+    seconds = timer.seconds()
     progress.end_epoch()
     return EpochResult(total_loss.item() / images, total_correct.item() / images, images, seconds, first_step_at)
 
@@ -213,7 +235,12 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     """Train, validate every epoch, checkpoint every epoch, test at the end. Returns the final metrics, also
     written to run_dir/metrics.json."""
     run_dir = Path(run_dir)
+    world = distributed.world()  # under torchrun: this rank's place; rank 0 of 1 otherwise
+    if world.size > 1:
+        distributed.init()
     device = pick_device(cfg.device)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
     resume_from = _resume_path(cfg, run_dir)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -221,19 +248,28 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     wall_start = time.perf_counter()
     consistency_warnings(cfg.activation, cfg.init, cfg.norm, cfg.regularization)
 
-    arrays, classes = data.load_arrays(cfg.data)
-    splits = data.split(arrays, classes, cfg.data.val_size, cfg.data.train_size, cfg.data.split_seed, device)
+    arrays, classes = data.select_classes(*data.load_arrays(cfg.data), cfg.data.get("classes"))
+    splits = data.split(arrays, classes, cfg.data.val_size, cfg.data.train_size, cfg.data.split_seed, device,
+                        train_half=cfg.data.get("train_half"), per_class=cfg.data.get("per_class"))
     del arrays
     log.info("data=%s: %d train, %d val, %d test images on %s", cfg.data.name, len(splits.train_y),
              len(splits.val_y), len(splits.test_y), device)
 
     preprocess = build_preprocess(cfg, splits.train_x).to(device)
-    model = build_model(cfg, len(classes)).to(device)
-    optimizer = build_optimizer(cfg, model)
+    speedup = speed.setup(cfg.trainer, device)
+    model = speed.prepare(build_model(cfg, len(classes), init_inputs(cfg, preprocess, splits.train_x)).to(device),
+                          speedup)
+    net = model
+    if world.size > 1:
+        model, net = distributed.wrap(model, world, device, cfg.trainer.sync_batch_norm)
+    net = speed.compiled(net, speedup)
+    reused = build_pretrained(cfg, model, run_dir if world.main else None)
+    optimizer = build_optimizer(cfg, model, reused)  # before freezing: gradual unfreezing needs every parameter in it
+    freezer = build_freezer(cfg, model)
     steps = data.steps_per_epoch(len(splits.train_x), cfg.trainer.batch_size)
     scheduler = build_schedule(cfg, optimizer, steps * cfg.trainer.epochs, steps)
     loss_fn = build_loss(cfg)
-    ema = build_averaging(cfg, model)
+    ema = build_averaging(cfg, model, steps * cfg.trainer.epochs)
     stopper = (regularize.EarlyStopping(**cfg.regularization.early_stopping)
                if "early_stopping" in cfg.regularization else None)
     snapshot_ends = (schedule.cycle_ends(scheduler, steps * cfg.trainer.epochs)
@@ -259,22 +295,25 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         set_rng_states(state["rng"], generator)
         if ema is not None:  # a run that had no EMA yet starts its average at the loaded weights
             ema.load_state_dict(state.get("ema", state["model"]))
+        if speedup.scaler is not None and "scaler" in state:
+            speedup.scaler.load_state_dict(state["scaler"])
         if stopper is not None and "early_stopping" in state:
             stopper.load_state_dict(state["early_stopping"])
         start_epoch, step, best, history, elapsed = (state["epoch"], state["step"], state["best"], state["history"],
                                                      state["elapsed"])
         log.info("resumed from %s at epoch %d (step %d)", resume_from, start_epoch, step)
 
-    checkpoint.write_json(environment(device), run_dir / "environment.json")
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tracker = Tracker(run_dir, purge_step=step if resume_from else None)
-    if resume_from is None:
+    if world.main:
+        checkpoint.write_json({**environment(device), "world_size": world.size}, run_dir / "environment.json")
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tracker = Tracker(run_dir, purge_step=step if resume_from else None, enabled=world.main)
+    if resume_from is None and world.main:
         tracker.scalars({"model/params": n_params, "model/flops_per_image": flops}, 0)
         tracker.writer.add_text("model", f"{n_params:,} parameters, {flops / 1e6:.1f} MFLOPs per image\n\n"
                                 + "\n".join("    " + line for line in str(model).splitlines()), 0)
         _start_pictures(tracker, cfg, splits.train_x, preprocess, scheduler.base_lrs[0], steps)
-    probe = Probe(model, cfg.diagnostics, tracker)
-    tty = sys.stderr.isatty() if cfg.trainer.progress == "auto" else bool(cfg.trainer.progress)
+    probe = Probe(model, cfg.diagnostics, tracker) if world.main else None
+    tty = world.main and (sys.stderr.isatty() if cfg.trainer.progress == "auto" else bool(cfg.trainer.progress))
     progress = Progress(tty, steps, cfg.trainer.epochs)
     report_to_sweep = sweep.trial_reporter()  # None unless this run is a trial of an Optuna sweep
 
@@ -289,6 +328,9 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
             "first_step_at": first_step_at,
             "startup_s": None if first_step_at is None else first_step_at - runner.IMPORTED_AT,
             "history": history,
+            "images_seen": sum(h.get("images", 0) for h in history),
+            "world_size": world.size,
+            "precision": speedup.precision,
         }
         if history:
             metrics.update({f"final_{k}": v for k, v in history[-1].items() if k != "epoch"})
@@ -299,7 +341,8 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
             metrics["early_stopping"] = {k: v for k, v in stopper.state_dict().items() if k != "best_weights"}
         if message:
             metrics["message"] = message
-        checkpoint.write_json(metrics, run_dir / "metrics.json")
+        if world.main:
+            checkpoint.write_json(metrics, run_dir / "metrics.json")
         scalars = {"test/acc": test["acc"], "test/loss": test["loss"], **(extra or {})} if test else {}
         if best["epoch"] >= 0:
             scalars["val/best_acc"] = best["acc"]
@@ -307,12 +350,18 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         tracker.close()
         return metrics
 
+    def save(state: dict, path: Path) -> None:
+        if world.main:
+            checkpoint.save(state, path)
+
     try:
         for epoch in range(start_epoch, cfg.trainer.epochs):
             if stopper is not None and stopper.stopped:
                 break  # resumed from a run that had already stopped early
+            if freezer is not None:
+                freezer.set_epoch(epoch, tracker, step)
             result = train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cfg, generator,
-                                     tracker, step, epoch, progress, probe, ema)
+                                     tracker, step, epoch, progress, probe, ema, speedup, net, world)
             step += data.steps_per_epoch(len(splits.train_x), cfg.trainer.batch_size)
             if first_step_at is None:
                 first_step_at = result.first_step_at
@@ -321,16 +370,19 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
                            "Lower optimizer.lr, add a warmup (schedule.warmup_epochs) or clip gradients.")
                 log.error(message)
                 return finish("diverged", message)
-            val = evaluate(model, preprocess, splits.val_x, splits.val_y, cfg.trainer.eval_batch_size)
+            with speedup.autocast():
+                val = distributed.from_main(  # rank 0's, so that every rank takes the same decisions
+                    evaluate(model, preprocess, splits.val_x, splits.val_y, cfg.trainer.eval_batch_size))
             img_per_s = result.images / result.seconds
             tracker.scalars({"val/loss": val["loss"], "val/acc": val["acc"], "perf/img_per_s": img_per_s,
                              "perf/epoch_s": result.seconds}, step)
             history.append({"epoch": epoch + 1, "train_loss": result.loss, "train_acc": result.acc,
                             "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
-                            "epoch_s": result.seconds, "img_per_s": img_per_s})
+                            "epoch_s": result.seconds, "img_per_s": img_per_s, "images": result.images})
             tracker.scalars(regularize.sparsity(optim.split_decay(model)[0]), step)
             if ema is not None:
-                val_ema = evaluate(ema.model, preprocess, splits.val_x, splits.val_y, cfg.trainer.eval_batch_size)
+                with speedup.autocast():
+                    val_ema = evaluate(ema.model, preprocess, splits.val_x, splits.val_y, cfg.trainer.eval_batch_size)
                 tracker.scalars({"val/loss_ema": val_ema["loss"], "val/acc_ema": val_ema["acc"]}, step)
                 history[-1].update(val_loss_ema=val_ema["loss"], val_acc_ema=val_ema["acc"])
             val_metrics = {"val_acc": val["acc"], "val_loss": val["loss"]}
@@ -339,15 +391,15 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
                 stopper.observe(val_metrics, epoch + 1, model)
             for k, end in enumerate(snapshot_ends, 1):
                 if step - steps < end <= step:  # the k-th cycle ended in this epoch
-                    checkpoint.save({"model": model.state_dict(), "preprocess": preprocess.state_dict(),
-                                     "epoch": epoch + 1}, run_dir / f"checkpoints/snapshot_{k}.pt")
+                    save({"model": model.state_dict(), "preprocess": preprocess.state_dict(), "epoch": epoch + 1},
+                         run_dir / f"checkpoints/snapshot_{k}.pt")
             improved = val["acc"] > best["acc"]
             if improved:
                 best = {"acc": val["acc"], "epoch": epoch + 1}
                 if cfg.trainer.save_best:
-                    checkpoint.save({"model": model.state_dict(), "preprocess": preprocess.state_dict(),
-                                     "epoch": epoch + 1}, run_dir / BEST)
-            checkpoint.save({
+                    save({"model": model.state_dict(), "preprocess": preprocess.state_dict(), "epoch": epoch + 1},
+                         run_dir / BEST)
+            save({
                 "model": model.state_dict(), "preprocess": preprocess.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": schedule.state_dict(scheduler),
@@ -355,6 +407,7 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
                 "elapsed": elapsed + time.perf_counter() - wall_start,
                 **({"ema": ema.state_dict()} if ema is not None else {}),
                 **({"early_stopping": stopper.state_dict()} if stopper is not None else {}),
+                **({"scaler": speedup.scaler.state_dict()} if speedup.scaler is not None else {}),
             }, run_dir / LAST)
             log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
                      epoch + 1, cfg.trainer.epochs, result.loss, result.acc, val["loss"], val["acc"],
@@ -372,16 +425,19 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         log.warning(message)
         return finish("interrupted", message)
 
+    if not world.main:  # rank 0 alone tests and writes the final metrics
+        return finish("completed")
     if stopper is not None and stopper.best_weights is not None:
         stopper.restore(model)  # early stopping returns the weights of the best validation epoch
         checkpoint.save({**checkpoint.load(run_dir / LAST, map_location=device), "model": model.state_dict()},
                         run_dir / LAST)
         log.info("restored the weights of epoch %d (%s %.4f)", stopper.best_epoch, stopper.metric, stopper.best)
-    test = evaluate(model, preprocess, splits.test_x, splits.test_y, cfg.trainer.eval_batch_size)
     snapshots = [checkpoint.load(run_dir / f"checkpoints/snapshot_{k}.pt", map_location=device)["model"]
                  for k in range(1, len(snapshot_ends) + 1) if (run_dir / f"checkpoints/snapshot_{k}.pt").is_file()]
-    extra = evaluation.final_scores(model, preprocess, splits.test_x, splits.test_y, cfg.evaluation,
-                                    cfg.trainer.eval_batch_size, cfg.seed, ema, snapshots)
+    with speedup.autocast():
+        test = evaluate(model, preprocess, splits.test_x, splits.test_y, cfg.trainer.eval_batch_size)
+        extra = evaluation.final_scores(model, preprocess, splits.test_x, splits.test_y, cfg.evaluation,
+                                        cfg.trainer.eval_batch_size, cfg.seed, ema, snapshots)
     log.info("test loss %.4f acc %.4f  (best val acc %.4f at epoch %d)", test["loss"], test["acc"], best["acc"],
              best["epoch"])
     log.info("test %s", "  ".join(f"{tag[5:]} {value:.4f}" for tag, value in extra.items()))

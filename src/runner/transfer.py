@@ -1,0 +1,264 @@
+"""Transfer learning (the lecture: "most people don't train from scratch"): reuse the weights of a trained network
+(`model.pretrained=`), replace its output layer, and train it as `transfer=` says: a linear probe (everything frozen
+but the new head), fine-tuning with a lower lr for the reused layers, frozen up to a layer, or unfrozen gradually.
+
+Weights are read with weights_only=True (tensors and containers, never arbitrary pickled objects), matched to the
+model by name and shape, and what was loaded, skipped and newly initialized is reported (log, pretrained.json in
+the run directory, TensorBoard text). torchvision's pretrained weights (`model.pretrained=torchvision:<Weights>`)
+are downloaded where there is network and read from torch's hub cache or a local file where there is not.
+"""
+
+import logging
+import pickle
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from runner import checkpoint
+from runner.config import ConfigError
+
+log = logging.getLogger("runner")
+
+TORCHVISION_PREFIX = "torchvision:"
+# Wrappers whose prefix a state dict may carry: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The layers of a model, in forward order: what freezing counts
+
+def units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's layers in forward order, as freeze_until and gradual unfreezing count them: each child of a
+    top-level nn.Sequential (a CNN's `features.3`, a ResNet's `blocks.5`, torchvision's `layer2.1`), else the
+    top-level child itself (`stem`, `head`); layers without parameters (pooling) are left out. The last is the
+    output layer, which transfer replaces."""
+    out = []
+    for name, child in model.named_children():
+        parts = list(child.named_children()) if isinstance(child, nn.Sequential) else [("", child)]
+        for sub, module in parts:
+            if any(True for _ in module.parameters()):
+                out.append((f"{name}.{sub}" if sub else name, module))
+    return out
+
+
+def output_layer(model: nn.Module) -> str:
+    """The name of the output layer (runner's models: `head`; torchvision's: `fc`)."""
+    return units(model)[-1][0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading weights safely
+
+def read_state_dict(source: str) -> dict[str, torch.Tensor]:
+    """The weights `model.pretrained=<source>` names: a runner run directory (its checkpoints/last.pt), a runner
+    checkpoint (its "model" entry), or a plain state dict (torchvision's .pth files are plain state dicts)."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained={source!r}: no such file (give a runner run directory, a checkpoint "
+                          "file or a state dict file).")
+    try:
+        obj = checkpoint.load(path, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"model.pretrained={source!r}: refused to load {path}: it holds pickled objects other than "
+                          f"tensors, which could run code when loaded (weights_only=True): {err}") from None
+    except (RuntimeError, OSError, EOFError) as err:
+        raise ConfigError(f"model.pretrained={source!r}: cannot read {path} as a PyTorch file ({err})") from None
+    state = obj.get("model", obj) if isinstance(obj, dict) else obj
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"model.pretrained={source!r}: {path} is neither a state dict (name -> tensor) nor a "
+                          "runner checkpoint holding one under 'model'.")
+    return {_strip_wrappers(k): v for k, v in state.items()}
+
+
+def _strip_wrappers(key: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The weights `torchvision:<name>` names (e.g. ResNet18_Weights.IMAGENET1K_V1): from torch's hub cache
+    (~/.cache/torch/hub/checkpoints) when there, downloaded (hash checked) when not, loaded with weights_only."""
+    from torchvision.models import get_weight
+
+    try:
+        weights = get_weight(name)
+    except (ValueError, KeyError, AttributeError) as err:
+        raise ConfigError(f"model.pretrained={TORCHVISION_PREFIX}{name}: not a torchvision weights name ({err}); "
+                          "e.g. torchvision:ResNet18_Weights.IMAGENET1K_V1") from None
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True,
+                                                  weights_only=True)
+    except (OSError, RuntimeError) as err:  # no network (URLError is an OSError), or a corrupt download
+        file = weights.url.rsplit("/", 1)[-1]
+        raise ConfigError(
+            f"model.pretrained={TORCHVISION_PREFIX}{name}: cannot download {weights.url} ({err}). Offline, copy "
+            f"{file} into {Path(torch.hub.get_dir()) / 'checkpoints'} or give its path: model.pretrained=/path/{file}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Matching by name and shape
+
+@dataclass
+class LoadReport:
+    """What loading did: loaded (model keys filled from the weights), skipped (weights keys -> why not used),
+    new (model keys left as initialized by init=)."""
+
+    source: str
+    loaded: list[str]
+    skipped: dict[str, str]
+    new: list[str]
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "loaded": self.loaded, "skipped": self.skipped, "new": self.new}
+
+    def summary(self) -> str:
+        lines = [f"model.pretrained={self.source}: loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, "
+                 f"{len(self.new)} newly initialized"]
+        lines += [f"  skipped {k}: {why}" for k, why in self.skipped.items()]
+        lines += [f"  newly initialized {k}" for k in self.new]
+        return "\n".join(lines)
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Copy every tensor of `state` whose name and shape match the model's into it, except the output layer's,
+    which transfer always replaces (a new task has new classes). A layer loads whole or not at all: where one of its
+    tensors does not fit, its others (a batch norm's step counter) are skipped too. BN running statistics load with
+    their layers."""
+    head = output_layer(model) + "."
+    own = model.state_dict()
+    loaded, skipped = {}, {}
+    for key, value in state.items():
+        if key.startswith(head):
+            skipped[key] = "the output layer is replaced by a new one"
+        elif key not in own:
+            skipped[key] = "no layer of that name in this model"
+        elif value.shape != own[key].shape:
+            skipped[key] = f"shape {tuple(value.shape)} does not fit this model's {tuple(own[key].shape)}"
+        else:
+            loaded[key] = value
+    misfits = {k.rsplit(".", 1)[0] for k, why in skipped.items() if why.startswith("shape")}
+    for key in [k for k in loaded if k.rsplit(".", 1)[0] in misfits]:
+        del loaded[key]
+        skipped[key] = "another tensor of its layer does not fit this model"
+    model.load_state_dict(loaded, strict=False)
+    return LoadReport(source, list(loaded), skipped, [k for k in own if k not in loaded])
+
+
+def load_pretrained(model: nn.Module, source: str) -> LoadReport:
+    """Load the weights `model.pretrained=<source>` names into `model` (see read_state_dict, torchvision_state_dict)."""
+    if source.startswith(TORCHVISION_PREFIX):
+        state = torchvision_state_dict(source[len(TORCHVISION_PREFIX):])
+    else:
+        state = read_state_dict(source)
+    report = load_matching(model, state, source)
+    if not report.loaded:
+        raise ConfigError(f"model.pretrained={source!r}: no tensor matches this model by name and shape; the weights "
+                          f"come from another architecture (first keys: {', '.join(list(state)[:3])}). Use the same "
+                          "model= (and its sizes) as the pretraining run.")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The lr multiplier of the reused layers
+
+def lr_groups(model: nn.Module, groups: list[dict], reused: set[str], lr_mult: float, lr: float) -> list[dict]:
+    """Split each parameter group into its new parameters (at the group's lr, default `lr`) and its reused ones, at
+    lr_mult times that, named `<group>_reused` (the lecture: fine-tune reused layers with a smaller lr, e.g. 0.1x).
+    The new groups come first, so the logged `lr` (group 0) is the head's. Schedules scale every group's lr alike."""
+    reused_ids = {id(p) for n, p in model.named_parameters() if n in reused}
+    new, old = [], []
+    for group in groups:
+        fresh = [p for p in group["params"] if id(p) not in reused_ids]
+        kept = [p for p in group["params"] if id(p) in reused_ids]
+        if fresh:
+            new.append({**group, "params": fresh})
+        if kept:
+            old.append({**group, "params": kept, "lr": group.get("lr", lr) * lr_mult,
+                        "name": f"{group.get('name', 'params')}_reused"})
+    return new + old
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Freezing
+
+def _stay_in_eval(self, mode: bool = True):
+    return nn.Module.train(self, False)
+
+
+def _hold_eval(module: nn.Module, hold: bool) -> None:
+    """A frozen batch-norm layer stays in eval mode whatever calls model.train(): it normalizes with the running
+    statistics it was trained with, and does not update them from the new data (train() is overridden on the
+    instance, so it also holds inside the EMA's deep copy)."""
+    if hold:
+        module.train = types.MethodType(_stay_in_eval, module)
+        module.train(False)
+    elif "train" in module.__dict__:
+        del module.train
+
+
+class Freezer:
+    """Which layers train, epoch by epoch, as `transfer=` says (units() counts the layers; the last is the head):
+      none             all layers
+      linear_probe     the head only
+      finetune         all layers (the reused ones at transfer.lr_mult times the lr, see lr_groups)
+      freeze_until     the layers after transfer.freeze_until
+      gradual_unfreeze the head, then one more layer from the top every transfer.unfreeze_every_epochs epochs
+                       (Howard & Ruder 2018, ULMFiT)
+    Frozen parameters keep requires_grad=False (no gradient, so no update and no weight decay); frozen batch-norm
+    layers stay in eval mode."""
+
+    def __init__(self, model: nn.Module, transfer_cfg):
+        self.model, self.cfg = model, transfer_cfg
+        self.units = units(model)
+        self.trainable_units = None
+        if transfer_cfg.name == "freeze_until":
+            names = [n for n, _ in self.units]
+            if transfer_cfg.freeze_until not in names[:-1]:
+                raise ConfigError(f"transfer.freeze_until={transfer_cfg.freeze_until!r} is not a layer of this model "
+                                  f"(the head excepted); allowed: {', '.join(names[:-1])}. Change it with "
+                                  "`transfer.freeze_until=<layer>`.")
+            self.first_trained = names.index(transfer_cfg.freeze_until) + 1
+
+    def count(self, epoch: int) -> int:
+        """How many layers, from the top, train in `epoch` (0-based)."""
+        name, n = self.cfg.name, len(self.units)
+        if name == "linear_probe":
+            return 1
+        if name == "freeze_until":
+            return n - self.first_trained
+        if name == "gradual_unfreeze":
+            return min(n, 1 + epoch // self.cfg.unfreeze_every_epochs)
+        return n
+
+    def set_epoch(self, epoch: int, tracker=None, step: int = 0) -> int:
+        """Freeze and unfreeze for `epoch`; log and record (model/trainable_params) when it changes. Returns the
+        number of trainable parameters."""
+        k = self.count(epoch)
+        if k != self.trainable_units:
+            self.trainable_units = k
+            first = len(self.units) - k
+            for i, (_, module) in enumerate(self.units):
+                frozen = i < first
+                for p in module.parameters():
+                    p.requires_grad_(not frozen)
+                for m in module.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        _hold_eval(m, frozen)
+            trainable = self.trainable()
+            total = sum(p.numel() for p in self.model.parameters())
+            log.info("transfer=%s, epoch %d: training %d of %d layers (from %s): %s of %s parameters trainable",
+                     self.cfg.name, epoch + 1, k, len(self.units), self.units[first][0], f"{trainable:,}", f"{total:,}")
+            if tracker is not None:
+                tracker.scalar("model/trainable_params", trainable, step)
+        return self.trainable()
+
+    def trainable(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
