@@ -124,7 +124,8 @@ def setup(source, overrides):
     reused = build_pretrained(cfg, model)
     optimizer = build_optimizer(cfg, model, reused)
     freezer = build_freezer(cfg, model)
-    freezer.set_epoch(0)
+    if freezer is not None:  # transfer=none: nothing to freeze
+        freezer.set_epoch(0)
     return cfg, model, optimizer, freezer
 
 
@@ -250,7 +251,10 @@ def test_no_network_gives_the_offline_instructions(monkeypatch):
 def test_every_transfer_option_composes_and_builds(source, option):
     extra = ["transfer.freeze_until=features.0"] if option == "freeze_until" else []
     _, model, _, freezer = setup(source, [f"transfer={option}", *extra])
-    expected = {"none": 3, "finetune": 3, "linear_probe": 1, "gradual_unfreeze": 1, "freeze_until": 2}[option]
+    if option == "none":
+        assert freezer is None and all(p.requires_grad for p in model.parameters())
+        return
+    expected = { "finetune": 3, "linear_probe": 1, "gradual_unfreeze": 1, "freeze_until": 2}[option]
     assert freezer.trainable_units == expected
     assert freezer.trainable() == sum(p.numel() for _, m in transfer.units(model)[-expected:] for p in m.parameters())
 

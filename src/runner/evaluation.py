@@ -79,13 +79,17 @@ def ensemble(probabilities_of_members: list[torch.Tensor]) -> torch.Tensor:
 
 
 def final_scores(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation,
-                 batch_size: int, seed: int, ema=None, snapshots: list[dict] = ()) -> dict[str, float]:
+                 batch_size: int, seed: int, ema=None, snapshots: list[dict] = (),
+                 probs: torch.Tensor | None = None) -> dict[str, float]:
     """The test scores beyond test/acc and test/loss (which is the NLL), keyed by TensorBoard tag: test/ece of the
     model; test/acc_ema of an averaging.EMA; test/acc_tta with evaluation.tta_flip / tta_translate; test/mc_acc, test/mc_nll,
     test/mc_ece with evaluation.mc_dropout_passes; test/acc_snapshot_<k> of each snapshot state dict (loaded into a
-    copy of `model`) and, from two on, test/acc_snapshot_ensemble of their mean softmax."""
+    copy of `model`) and, from two on, test/acc_snapshot_ensemble of their mean softmax. probs: the model's
+    test probabilities when the caller has them already (saves a pass)."""
     bins = evaluation.ece_bins
-    out = {"test/ece": scores(probabilities(model, preprocess, x, batch_size), y, bins)["ece"]}
+    if probs is None:
+        probs = probabilities(model, preprocess, x, batch_size)
+    out = {"test/ece": scores(probs, y, bins)["ece"]}
     if ema is not None:
         out["test/acc_ema"] = scores(probabilities(ema.model, preprocess, x, batch_size), y, bins)["acc"]
     translate = evaluation.get("tta_translate", 0)

@@ -434,10 +434,12 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         log.info("restored the weights of epoch %d (%s %.4f)", stopper.best_epoch, stopper.metric, stopper.best)
     snapshots = [checkpoint.load(run_dir / f"checkpoints/snapshot_{k}.pt", map_location=device)["model"]
                  for k in range(1, len(snapshot_ends) + 1) if (run_dir / f"checkpoints/snapshot_{k}.pt").is_file()]
-    with speedup.autocast():
-        test = evaluate(model, preprocess, splits.test_x, splits.test_y, cfg.trainer.eval_batch_size)
+    with speedup.autocast():  # one pass over the test set gives test/acc, test/loss (the NLL) and test/ece
+        probs = evaluation.probabilities(model, preprocess, splits.test_x, cfg.trainer.eval_batch_size)
+        test = evaluation.scores(probs, splits.test_y, cfg.evaluation.ece_bins)
+        test["loss"] = test.pop("nll")
         extra = evaluation.final_scores(model, preprocess, splits.test_x, splits.test_y, cfg.evaluation,
-                                        cfg.trainer.eval_batch_size, cfg.seed, ema, snapshots)
+                                        cfg.trainer.eval_batch_size, cfg.seed, ema, snapshots, probs)
     log.info("test loss %.4f acc %.4f  (best val acc %.4f at epoch %d)", test["loss"], test["acc"], best["acc"],
              best["epoch"])
     log.info("test %s", "  ".join(f"{tag[5:]} {value:.4f}" for tag, value in extra.items()))
