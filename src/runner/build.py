@@ -5,7 +5,6 @@ Each function takes only the sub-configs it needs. To see what `optimizer=adam` 
 """
 
 import logging
-
 from pathlib import Path
 
 from hydra.utils import instantiate

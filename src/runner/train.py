@@ -354,6 +354,10 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         if world.main:
             checkpoint.save(state, path)
 
+    def weights(epoch: int) -> dict:
+        """What a model checkpoint (best, snapshot, last) holds to be evaluated or transferred on its own."""
+        return {"model": model.state_dict(), "preprocess": preprocess.state_dict(), "epoch": epoch}
+
     try:
         for epoch in range(start_epoch, cfg.trainer.epochs):
             if stopper is not None and stopper.stopped:
@@ -391,19 +395,17 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
                 stopper.observe(val_metrics, epoch + 1, model)
             for k, end in enumerate(snapshot_ends, 1):
                 if step - steps < end <= step:  # the k-th cycle ended in this epoch
-                    save({"model": model.state_dict(), "preprocess": preprocess.state_dict(), "epoch": epoch + 1},
-                         run_dir / f"checkpoints/snapshot_{k}.pt")
+                    save(weights(epoch + 1), run_dir / f"checkpoints/snapshot_{k}.pt")
             improved = val["acc"] > best["acc"]
             if improved:
                 best = {"acc": val["acc"], "epoch": epoch + 1}
                 if cfg.trainer.save_best:
-                    save({"model": model.state_dict(), "preprocess": preprocess.state_dict(), "epoch": epoch + 1},
-                         run_dir / BEST)
+                    save(weights(epoch + 1), run_dir / BEST)
             save({
-                "model": model.state_dict(), "preprocess": preprocess.state_dict(),
+                **weights(epoch + 1),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": schedule.state_dict(scheduler),
-                "rng": rng_states(generator), "epoch": epoch + 1, "step": step, "best": best, "history": history,
+                "rng": rng_states(generator), "step": step, "best": best, "history": history,
                 "elapsed": elapsed + time.perf_counter() - wall_start,
                 **({"ema": ema.state_dict()} if ema is not None else {}),
                 **({"early_stopping": stopper.state_dict()} if stopper is not None else {}),
