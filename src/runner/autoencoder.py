@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from runner import checkpoint, data
 from runner.augment import augment
 from runner.build import build_model, build_optimizer, build_preprocess, build_schedule
-from runner.tracking import Tracker, environment
+from runner.tracking import Tracker, record_run
 from runner.transfer import output_layer
 
 log = logging.getLogger("runner")
@@ -86,21 +85,17 @@ def pretrain(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    arrays, classes = data.select_classes(*data.load_arrays(cfg.data), cfg.data.get("classes"))
-    splits = data.split(arrays, classes, cfg.data.val_size, cfg.data.train_size, cfg.data.split_seed, device,
-                        train_half=cfg.data.get("train_half"), per_class=cfg.data.get("per_class"))
-    del arrays
+    splits = data.load_splits(cfg.data, device)
     log.info("objective=autoencoder on %d unlabelled training images (%d held out)", len(splits.train_x),
              len(splits.val_x))
     preprocess = build_preprocess(cfg, splits.train_x).to(device)
-    net = AutoEncoder(build_model(cfg, len(classes)), cfg.objective.decoder_width).to(device)
+    net = AutoEncoder(build_model(cfg, len(splits.classes)), cfg.objective.decoder_width).to(device)
     optimizer = build_optimizer(cfg, net)
     steps = data.steps_per_epoch(len(splits.train_x), cfg.trainer.batch_size)
     scheduler = build_schedule(cfg, optimizer, steps * cfg.trainer.epochs, steps)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
-    checkpoint.write_json(environment(device), run_dir / "environment.json")
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    record_run(cfg, run_dir, device)
     tracker = Tracker(run_dir)
 
     history, step = [], 0

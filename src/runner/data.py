@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runner import checkpoint
 from runner.config import DataError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -192,13 +193,7 @@ def _load_cache(path: Path, fingerprint: list) -> dict[str, np.ndarray] | None:
 def _save_cache(path: Path, fingerprint: list, arrays: dict[str, np.ndarray]) -> None:
     header = json.dumps({"version": CACHE_VERSION, "fingerprint": fingerprint, "crc32": _checksums(arrays)})
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, header=np.array(header), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        checkpoint.atomic_write(path, lambda f: np.savez(f, header=np.array(header), **arrays))
     except OSError:
         pass  # a read-only or full cache location only costs the next run a re-decode
 
@@ -284,6 +279,14 @@ def select_classes(arrays: dict[str, np.ndarray], classes: tuple[str, ...], keep
         mask = np.isin(arrays[f"{part}_y"], keep)
         out[f"{part}_x"], out[f"{part}_y"] = arrays[f"{part}_x"][mask], relabel[arrays[f"{part}_y"][mask]]
     return out, tuple(classes[c] for c in keep)
+
+
+def load_splits(cfg, device) -> Splits:
+    """The splits the data config `cfg` names (its class subset, validation hold-out, training subset), on the
+    device: what every command that trains or evaluates on a config's data starts from."""
+    arrays, classes = select_classes(*load_arrays(cfg), cfg.get("classes"))
+    return split(arrays, classes, cfg.val_size, cfg.train_size, cfg.split_seed, device,
+                 train_half=cfg.get("train_half"), per_class=cfg.get("per_class"))
 
 
 def split(arrays: dict[str, np.ndarray], classes: tuple[str, ...], val_size: int, train_size: int | None, seed: int,

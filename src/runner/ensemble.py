@@ -59,13 +59,11 @@ def evaluate_ensemble(runs: list[Path], device_name: str = "auto", batch_size: i
             raise ConfigError(f"{run} was trained on other data than {runs[0]} ({OmegaConf.to_container(cfg.data)} "
                               f"vs {first}): an ensemble needs one test split")
     device = pick_device(device_name)
-    arrays, classes = data.load_arrays(configs[0].data)
-    splits = data.split(arrays, classes, configs[0].data.val_size, configs[0].data.train_size,
-                        configs[0].data.split_seed, device)
+    splits = data.load_splits(configs[0].data, device)
     members, probs = [], []
     for run, cfg in zip(runs, configs, strict=True):
         state = checkpoint.load(run / LAST, map_location=device)
-        model = build_model(cfg, len(classes)).to(device)
+        model = build_model(cfg, len(splits.classes)).to(device)
         model.load_state_dict(state["model"])
         preprocess = Preprocess(**state["preprocess"]).to(device)
         probs.append(evaluation.probabilities(model, preprocess, splits.test_x, batch_size))

@@ -9,9 +9,10 @@ functions that need it, so a run that is not a trial never imports it.
 import csv
 import io
 import json
-import os
 from collections import Counter
 from pathlib import Path
+
+from runner import checkpoint
 
 JOURNAL = "optuna.journal"
 TABLE = "trials.csv"
@@ -82,13 +83,6 @@ def assign_devices(n_jobs: int, device_count: int, device: str) -> list[str | No
 # ---------------------------------------------------------------------------------------------------------------
 # The end of a trial
 
-def _write_text(path: Path, text: str) -> None:
-    """Replace `path` atomically (a reader never sees half a file); no torch import, unlike runner.checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_outcome(job_dir: Path, error: str | None = None) -> dict:
     """A trial's status and final metrics from its metrics.json. A job that left no final status (an exception, a
     config error, a killed or interrupted process) is recorded as failed, and its metrics.json says so.
@@ -103,7 +97,7 @@ def read_outcome(job_dir: Path, error: str | None = None) -> dict:
         message = metrics.get("message") if interrupted else error
         metrics = {**metrics, "status": "failed", "message": message or f"the job left no final status in {path}"}
         if path.parent.is_dir():
-            _write_text(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            checkpoint.write_json(metrics, path)
     outcome = {"status": metrics["status"], "message": metrics.get("message"), "interrupted": interrupted}
     outcome.update({key: metrics.get(key) for key in METRICS})
     return outcome
@@ -169,7 +163,7 @@ def write_table(path: Path, rows: list[dict], param_keys: list[str]) -> None:
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(path, text.getvalue())
+    checkpoint.write_text(text.getvalue(), path)
 
 
 def summary(rows: list[dict]) -> str:

@@ -92,6 +92,14 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def record_run(cfg, run_dir: Path, device: torch.device, **extra) -> None:
+    """What reproduces a run, beside its events and metrics: config.yaml (resolved) and environment.json."""
+    from runner import checkpoint
+
+    checkpoint.write_json({**environment(device), **extra}, Path(run_dir) / "environment.json")
+    checkpoint.write_text(OmegaConf.to_yaml(cfg, resolve=True), Path(run_dir) / "config.yaml")
+
+
 class Progress:
     """A one-line progress bar on a terminal (rewritten in place); silent otherwise, where per-epoch log lines
     are the record."""

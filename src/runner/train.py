@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 import runner
@@ -33,7 +32,7 @@ from runner.init import consistency_warnings
 from runner.models import flops_per_image
 from runner.preprocess import input_grid
 from runner.regularize import clip_gradients
-from runner.tracking import Progress, Tracker, environment, flat_hparams
+from runner.tracking import Progress, Tracker, flat_hparams, record_run
 
 log = logging.getLogger("runner")
 
@@ -248,16 +247,13 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     wall_start = time.perf_counter()
     consistency_warnings(cfg.activation, cfg.init, cfg.norm, cfg.regularization)
 
-    arrays, classes = data.select_classes(*data.load_arrays(cfg.data), cfg.data.get("classes"))
-    splits = data.split(arrays, classes, cfg.data.val_size, cfg.data.train_size, cfg.data.split_seed, device,
-                        train_half=cfg.data.get("train_half"), per_class=cfg.data.get("per_class"))
-    del arrays
+    splits = data.load_splits(cfg.data, device)
     log.info("data=%s: %d train, %d val, %d test images on %s", cfg.data.name, len(splits.train_y),
              len(splits.val_y), len(splits.test_y), device)
 
     preprocess = build_preprocess(cfg, splits.train_x).to(device)
     speedup = speed.setup(cfg.trainer, device)
-    model = speed.prepare(build_model(cfg, len(classes), init_inputs(cfg, preprocess, splits.train_x)).to(device),
+    model = speed.prepare(build_model(cfg, len(splits.classes), init_inputs(cfg, preprocess, splits.train_x)).to(device),
                           speedup)
     net = model
     if world.size > 1:
@@ -304,8 +300,7 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         log.info("resumed from %s at epoch %d (step %d)", resume_from, start_epoch, step)
 
     if world.main:
-        checkpoint.write_json({**environment(device), "world_size": world.size}, run_dir / "environment.json")
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        record_run(cfg, run_dir, device, world_size=world.size)
     tracker = Tracker(run_dir, purge_step=step if resume_from else None, enabled=world.main)
     if resume_from is None and world.main:
         tracker.scalars({"model/params": n_params, "model/flops_per_image": flops}, 0)
