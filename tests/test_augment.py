@@ -159,3 +159,32 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     cfg = compose_config(["augmentation=alternating_flip"]).augmentation
     out = augment.augment(x, cfg, torch.Generator().manual_seed(0))  # per batch: only the translation
     assert out.shape == x.shape
+
+
+def test_reflect_padding_mirrors_the_edge_like_torch_reflect_pad_on_floats():
+    x = _batch(3)
+    for p in (1, 2, 4):
+        expected = torch.nn.functional.pad(x.float(), (p,) * 4, mode="reflect").to(torch.uint8)
+        assert torch.equal(augment.pad(x, p, "reflect"), expected)
+    assert torch.equal(augment.pad(x, 2, "zeros")[:, :, :2], torch.zeros(3, 3, 2, 36, dtype=torch.uint8))
+
+
+def test_reflect_crop_stays_inside_the_reflect_padded_image_and_has_no_black_frame():
+    p = 2
+    x = torch.randint(1, 256, (8, 3, 32, 32), dtype=torch.uint8)  # no zero pixel anywhere
+    out = augment.random_crop(x, p, torch.Generator().manual_seed(2), pad_mode="reflect")
+    assert (out > 0).all()  # a zero border would show as black pixels
+    padded = augment.pad(x, p, "reflect")
+    for i in range(len(x)):
+        assert any(torch.equal(padded[i, :, dy:dy + 32, dx:dx + 32], out[i])
+                   for dy in range(2 * p + 1) for dx in range(2 * p + 1))
+    cfg = compose_config(["augmentation=alternating_flip"])
+    assert cfg.augmentation.pad_mode == "reflect"
+    assert (augment.augment(x, cfg.augmentation, torch.Generator().manual_seed(0)) > 0).all()
+
+
+def test_a_bad_pad_mode_is_refused_at_start_up():
+    with pytest.raises(ConfigError, match="augmentation.pad_mode"):
+        validate(compose_config(["augmentation.pad_mode=wrap"]))
+    with pytest.raises(ConfigError, match="evaluation.tta_pad_mode"):
+        validate(compose_config(["evaluation.tta_pad_mode=edge"]))

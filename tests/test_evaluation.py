@@ -118,3 +118,19 @@ def test_tta_averages_the_flip_and_translate_views():
     assert torch.allclose(tta, expected, atol=1e-6)
     only_translate = evaluation.probabilities(model, _scale, x, 4, tta_translate=1)
     assert torch.allclose(only_translate, sum(model(_scale(v)).softmax(1) for v in views[:3]) / 3, atol=1e-6)
+
+
+def test_tta_translated_views_take_the_reflect_border_when_asked():
+    from runner.augment import pad, translate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    shifted = translate(x, 1, 1, "reflect")
+    assert torch.equal(shifted, pad(x, 1, "reflect")[:, :, :8, :8])  # the crop at (0, 0): shifted down-right
+    views = [v for m in (x, x.flip(3)) for v in (m, translate(m, 1, 1, "reflect"), translate(m, -1, -1, "reflect"))]
+    expected = sum(model(_scale(v)).softmax(1) for v in views) / 6
+    tta = evaluation.probabilities(model, _scale, x, 4, tta_flip=True, tta_translate=1, pad_mode="reflect")
+    assert torch.allclose(tta, expected, atol=1e-6)
+    zeros = evaluation.probabilities(model, _scale, x, 4, tta_flip=True, tta_translate=1)
+    assert not torch.allclose(tta, zeros, atol=1e-6)

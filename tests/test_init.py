@@ -238,3 +238,30 @@ def test_whitening_needs_its_keys():
         validate(compose_config(["init=he_normal", "+init.first_layer=whiten"]))
     with pytest.raises(ConfigError, match="init.first_layer"):
         validate(compose_config(["init=dirac", "init.first_layer=pca"]))
+
+
+def test_whitening_bias_trains_for_first_layer_bias_epochs_then_stays(tmp_path):
+    """init.first_layer_bias_epochs=N: the stem's bias moves in the first N epochs only (held by optim.hold, which
+    drops its gradient, so momentum and decay cannot move it either)."""
+    from conftest import choices_of
+    from runner import checkpoint, train
+
+    base = ["model=airbench", "model.widths=[8,16,16]", "init=dirac", "init.first_layer=whiten",
+            "init.first_layer_trainable=false", "init.whiten_images=200", "diagnostics.every_steps=0",
+            "optimizer=nesterov", "regularization=[l2]", "regularization.l2.decay_norm_and_bias=true"]
+
+    def stem_bias(bias_epochs, epochs):
+        overrides = [*base, f"init.first_layer_bias_epochs={bias_epochs}", f"trainer.epochs={epochs}"]
+        run_dir = tmp_path / f"{bias_epochs}_{epochs}"
+        train.fit(compose_config(overrides), run_dir, choices_of(overrides))
+        return checkpoint.load(run_dir / train.LAST)["model"]["stem.conv.bias"]
+
+    held = stem_bias(0, 1)
+    assert torch.equal(held, stem_bias(0, 2))  # held from the start: the whitening init, after 1 or 2 epochs
+    trained_one = stem_bias(1, 2)
+    assert not torch.equal(trained_one, held)  # trained in epoch 1 of 2
+    assert not torch.equal(stem_bias("null", 1), stem_bias("null", 2))  # null: trained all run
+    with pytest.raises(ConfigError, match="init.first_layer=whiten"):
+        validate(compose_config(["init=dirac", "init.first_layer_bias_epochs=3"]))
+    with pytest.raises(ConfigError, match="init.first_layer_bias_epochs"):
+        validate(compose_config(["init=dirac", "init.first_layer=whiten", "init.first_layer_bias_epochs=-1"]))

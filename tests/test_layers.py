@@ -223,6 +223,17 @@ def test_max_norm_holds_after_a_step_and_leaves_short_units_alone():
                                   / unconstrained[long].norm(dim=1, keepdim=True), atol=1e-6)
 
 
+def test_max_norm_leaves_frozen_weights_alone():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.fill_(2.0)  # every row far above the max norm
+    model[0].weight.requires_grad_(False)
+    layers.apply_max_norm(model, 0.5)
+    assert (model[0].weight == 2.0).all()
+    assert torch.allclose(model[1].weight.norm(dim=1), torch.full((2,), 0.5))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Every in-network regularization option, composed and built
 
@@ -264,3 +275,24 @@ def test_drop_from_config_reads_each_regularizer():
     cfg = compose_config(["regularization=[gaussian_dropout,dropconnect]", "regularization.gaussian_dropout.conv_p=0.1"])
     drop = layers.Drop.from_config(cfg.regularization)
     assert (drop.kind, drop.p, drop.conv_p, drop.dropconnect_p) == ("gaussian_dropout", 0.5, 0.1, 0.5)
+
+
+@pytest.mark.parametrize("kind", ["batch", "layer", "group"])
+def test_a_fixed_norm_scale_stays_one_while_the_shift_trains(kind):
+    cfg = compose_config([f"norm={kind}", "norm.learn_scale=false", "norm.eps=1e-12", "model.widths=[4,8]",
+                          "regularization=[]"])
+    validate(cfg)
+    model = build_model(cfg, 10)
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm))]
+    assert norms and all(m.eps == 1e-12 and not m.weight.requires_grad and m.bias.requires_grad for m in norms)
+    optimizer = build_optimizer(cfg, model)
+    assert not any(p is m.weight for g in optimizer.param_groups for p in g["params"] for m in norms)
+    shifts = [m.bias.detach().clone() for m in norms]
+    torch.nn.functional.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.arange(8)).backward()
+    optimizer.step()
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    assert any(not torch.equal(m.bias, s) for m, s in zip(norms, shifts, strict=True))
+    with pytest.raises(ConfigError, match="norm.learn_scale"):
+        validate(compose_config(["norm.learn_scale=sometimes"]))
+    with pytest.raises(ConfigError, match="norm.eps"):
+        validate(compose_config(["norm.eps=0"]))

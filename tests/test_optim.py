@@ -159,3 +159,25 @@ def test_norm_bias_lr_factor_gives_batch_norm_biases_their_own_group():
     assert groups["norm_bias"]["lr"] == pytest.approx(64 * groups["decay"]["lr"])
     assert {id(p) for p in groups["norm_bias"]["params"]} == {id(p) for p in optim.norm_biases(model)}
     assert not any(id(p) in {id(q) for q in groups["norm_bias"]["params"]} for p in groups["no_decay"]["params"])
+
+
+def test_norm_bias_lr_factor_speeds_up_the_gradient_step_but_not_the_decay():
+    """With decay_norm_and_bias, a norm bias and a plain bias start equal, get the same gradient and the same
+    coupled L2: after one SGD step the norm bias moved `factor` times as far along the gradient, and both shrank
+    by the same lr * l2."""
+    factor, lr, l2 = 8.0, 0.1, 0.05
+    reg = OmegaConf.create({"l2": {"value": l2, "decay_norm_and_bias": True}})
+    model = _model()
+    groups = {g["name"]: g for g in optim.param_groups(model, reg, lr=lr, norm_bias_lr_factor=factor)}
+    assert groups["norm_bias"]["weight_decay"] == pytest.approx(l2 / factor)
+    assert groups["no_decay"]["weight_decay"] == pytest.approx(l2)
+    norm_bias, plain_bias = model[1].bias, model[2].bias
+    with torch.no_grad():
+        norm_bias.fill_(1.0)
+        plain_bias.fill_(1.0)
+    opt = torch.optim.SGD(list(groups.values()), lr=lr)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    assert norm_bias[0].item() == pytest.approx(1.0 - lr * l2 - factor * lr * 0.5)
+    assert plain_bias[0].item() == pytest.approx(1.0 - lr * l2 - lr * 0.5)

@@ -382,3 +382,12 @@ def test_transfer_none_leaves_a_frozen_layer_frozen(tmp_path):
         last = [v for k, v in weights.items() if k.endswith("weight")][-1]
     assert torch.equal(stems[0], stems[1])  # frozen: the whitening init, untouched by either run
     assert last.abs().sum() > 0
+
+
+def test_unfreezing_keeps_the_parameters_the_model_fixed(source):
+    """Gradual unfreezing reaches every layer, but a norm scale fixed by norm.learn_scale=false stays fixed."""
+    _, model, _, freezer = setup(source, ["transfer=gradual_unfreeze", "norm.learn_scale=false"])
+    freezer.set_epoch(99)  # every layer unfrozen
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.weight.requires_grad for m in norms)
+    assert all(m.bias.requires_grad for m in norms) and model.head.weight.requires_grad

@@ -34,24 +34,43 @@ def alternating_flip(x: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
-def translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Every image shifted by dy rows and dx columns, the uncovered border zero (like random_crop's padding)."""
+PAD_MODES = ("zeros", "reflect")
+
+
+def pad(x: torch.Tensor, p: int, mode: str = "zeros") -> torch.Tensor:
+    """A batch (B, C, H, W) padded by p pixels on every side: zeros (black, as torchvision's RandomCrop pads), or
+    reflect (the image mirrored at its edge without repeating the edge pixel, as airbench pads: the border looks
+    like image, not like a frame). Reflect is done by indexing, so it works for uint8 on every device."""
+    if mode == "zeros":
+        return F.pad(x, (p,) * 4)
+    if mode != "reflect":
+        raise ValueError(f"pad mode {mode!r} is not one of {PAD_MODES}")
+
+    def index(n):  # p, p-1, ..., 1, 0, 1, ..., n-1, n-2, ..., n-1-p
+        i = torch.arange(-p, n + p, device=x.device).abs()
+        return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+    return x.index_select(2, index(x.shape[2])).index_select(3, index(x.shape[3]))
+
+
+def translate(x: torch.Tensor, dy: int, dx: int, pad_mode: str = "zeros") -> torch.Tensor:
+    """Every image shifted by dy rows and dx columns, the uncovered border filled as `pad` does in pad_mode."""
     b, c, h, w = x.shape
     p = max(abs(dy), abs(dx))
     if p == 0:
         return x
-    padded = torch.nn.functional.pad(x, (p,) * 4)
+    padded = pad(x, p, pad_mode)
     return padded[:, :, p - dy:p - dy + h, p - dx:p - dx + w]
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Crop each image at a random offset from it zero-padded by `padding` pixels on every side
-    (the standard CIFAR recipe, 32 -> 40 -> 32 for padding 4). One gather for the whole batch from a view of all
-    (2p+1)^2 windows (unfold makes no copy): 2x faster on CPU than gathering rows and columns."""
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, pad_mode: str = "zeros") -> torch.Tensor:
+    """Crop each image at a random offset from it padded by `padding` pixels on every side (zeros or reflect, see
+    `pad`; the standard CIFAR recipe is 32 -> 40 -> 32 with zeros for padding 4). One gather for the whole batch
+    from a view of all (2p+1)^2 windows (unfold makes no copy): 2x faster on CPU than gathering rows and columns."""
     if padding == 0:
         return x
     b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    padded = pad(x, padding, pad_mode)
     windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W), a view
     dy = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
@@ -114,12 +133,12 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
 
 def augment(x: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
     """Apply the augmentation recipe `cfg` to a training batch: a random resized crop (min_area_fraction) or a
-    padded random crop (padding), a flip (flip: true; flip: alternate is done per epoch by the engine), color jitter (brightness, contrast, saturation), cutout
+    padded random crop (padding, its border by pad_mode), a flip (flip: true; flip: alternate is done per epoch by the engine), color jitter (brightness, contrast, saturation), cutout
     (cutout_pixels); each only where its key is in cfg."""
     if "min_area_fraction" in cfg:
         x = random_resized_crop(x, cfg.min_area_fraction, list(cfg.aspect_ratio), generator)
     if cfg.get("padding", 0):
-        x = random_crop(x, cfg.padding, generator)
+        x = random_crop(x, cfg.padding, generator, cfg.get("pad_mode", "zeros"))
     if cfg.get("flip", False) is True:  # flip: alternate is applied to the whole split per epoch (alternating_flip)
         x = flip(x, generator)
     if "brightness" in cfg:

@@ -74,8 +74,7 @@ def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
                                          cfg.optimizer.lr, cfg.trainer.batch_size,
                                          cfg.trainer.lr_reference_batch_size, lr)
     factor = cfg.trainer.get("norm_bias_lr_factor", 1.0)
-    groups = optim.param_groups(model, cfg.regularization, optim.is_decoupled_native(cfg.optimizer),
-                                norm_bias_lr=lr * factor if factor != 1.0 else None)
+    groups = optim.param_groups(model, cfg.regularization, optim.is_decoupled_native(cfg.optimizer), lr, factor)
     if reused and "lr_mult" in cfg.transfer:
         from runner.transfer import lr_groups
 

@@ -161,6 +161,13 @@ def _validate_network(cfg: DictConfig) -> None:
         _number_in("init.whiten_epsilon", init.whiten_epsilon, 0, float("inf"), low_open=True)
         if not _is_int(init.whiten_images) or init.whiten_images < 1:
             _fail("init.whiten_images", init.whiten_images, "must be a positive integer")
+    bias_epochs = init.get("first_layer_bias_epochs")
+    if bias_epochs is not None:
+        if init.get("first_layer") != "whiten":
+            raise ConfigError(f"init.first_layer_bias_epochs={bias_epochs} is for the whitening layer: set "
+                              "init.first_layer=whiten, or init.first_layer_bias_epochs=null.")
+        if not _is_int(bias_epochs) or bias_epochs < 0:
+            _fail("init.first_layer_bias_epochs", bias_epochs, "must be null (trained all run) or an integer >= 0")
 
     norm = cfg.norm
     if norm.kind not in _options("norm"):
@@ -171,6 +178,10 @@ def _validate_network(cfg: DictConfig) -> None:
         _fail("norm.momentum", norm.momentum, "must be a number in (0, 1]")
     if "groups" in norm and (not _is_int(norm.groups) or norm.groups <= 0):
         _fail("norm.groups", norm.groups, "must be a positive integer")
+    if "eps" in norm:
+        _number_in("norm.eps", norm.eps, 0, 1, low_open=True)
+    if "learn_scale" in norm and not isinstance(norm.learn_scale, bool):
+        _fail("norm.learn_scale", norm.learn_scale, "allowed: true (a learnt scale), false (fixed at 1)")
 
     regularization = cfg.regularization
     dropouts = [k for k in ("dropout", "gaussian_dropout", "alpha_dropout") if k in regularization]
@@ -328,6 +339,9 @@ def _validate_training(cfg: DictConfig) -> None:
     augmentation = cfg.augmentation
     if "padding" in augmentation and (not _is_int(augmentation.padding) or augmentation.padding < 0):
         _fail("augmentation.padding", augmentation.padding, "must be an integer >= 0")
+    if augmentation.get("pad_mode", "zeros") not in ("zeros", "reflect"):
+        _fail("augmentation.pad_mode", augmentation.pad_mode, "allowed: zeros (a black border), reflect (the image "
+              "mirrored at its edge)")
     if "flip" in augmentation and not isinstance(augmentation.flip, bool) and augmentation.flip != "alternate":
         _fail("augmentation.flip", augmentation.flip, "allowed: true, false, alternate (each image mirrored in every "
               "other epoch)")
@@ -362,6 +376,9 @@ def _validate_training(cfg: DictConfig) -> None:
         _fail("evaluation.tta_translate", translate, "must be an integer in [0, 8] (pixels; 0: off)")
 
     evaluation = cfg.evaluation
+    if evaluation.get("tta_pad_mode", "zeros") not in ("zeros", "reflect"):
+        _fail("evaluation.tta_pad_mode", evaluation.tta_pad_mode, "allowed: zeros, reflect (the border of translated "
+              "views)")
     if not isinstance(evaluation.tta_flip, bool):
         _fail("evaluation.tta_flip", evaluation.tta_flip, "allowed: true, false")
     if not _is_int(evaluation.ece_bins) or evaluation.ece_bins < 1:

@@ -11,26 +11,28 @@ from runner.config import ConfigError
 from runner.layers import enable_dropout
 
 
-def tta_views(x: torch.Tensor, tta_flip: bool = False, tta_translate: int = 0) -> list[torch.Tensor]:
+def tta_views(x: torch.Tensor, tta_flip: bool = False, tta_translate: int = 0,
+              pad_mode: str = "zeros") -> list[torch.Tensor]:
     """The views test-time augmentation averages over, of a uint8 batch: the image, with tta_flip its mirror image,
-    and with tta_translate = t each of these also shifted by (t, t) and (-t, -t) pixels (zero border)."""
+    and with tta_translate = t each of these also shifted by (t, t) and (-t, -t) pixels (the border filled as
+    augment.pad does in pad_mode)."""
     from runner.augment import translate
 
     flips = [x, x.flip(3)] if tta_flip else [x]
     shifts = [(0, 0)] + ([(tta_translate, tta_translate), (-tta_translate, -tta_translate)] if tta_translate else [])
-    return [translate(v, dy, dx) if dy or dx else v for v in flips for dy, dx in shifts]
+    return [translate(v, dy, dx, pad_mode) if dy or dx else v for v in flips for dy, dx in shifts]
 
 
 @torch.inference_mode()
 def probabilities(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, batch_size: int,
-                  tta_flip: bool = False, tta_translate: int = 0) -> torch.Tensor:
+                  tta_flip: bool = False, tta_translate: int = 0, pad_mode: str = "zeros") -> torch.Tensor:
     """Softmax outputs (N, classes) of `model` in eval mode over the uint8 images `x`; with tta_flip and/or
     tta_translate, the mean softmax over the views of tta_views (test-time augmentation)."""
     was_training = model.training
     model.eval()
     out = []
     for xb in x.split(batch_size):
-        views = tta_views(xb, tta_flip, tta_translate)
+        views = tta_views(xb, tta_flip, tta_translate, pad_mode)
         out.append(sum(model(preprocess(v)).float().softmax(1) for v in views) / len(views))
     model.train(was_training)
     return torch.cat(out)
@@ -94,7 +96,8 @@ def final_scores(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, y: to
         out["test/acc_ema"] = scores(probabilities(ema.model, preprocess, x, batch_size), y, bins)["acc"]
     translate = evaluation.get("tta_translate", 0)
     if evaluation.tta_flip or translate:
-        tta = probabilities(model, preprocess, x, batch_size, evaluation.tta_flip, translate)
+        tta = probabilities(model, preprocess, x, batch_size, evaluation.tta_flip, translate,
+                            evaluation.get("tta_pad_mode", "zeros"))
         out["test/acc_tta"] = scores(tta, y, bins)["acc"]
     if evaluation.mc_dropout_passes > 0:
         mc = mc_dropout_probabilities(model, preprocess, x, batch_size, evaluation.mc_dropout_passes, seed)

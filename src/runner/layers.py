@@ -26,17 +26,23 @@ def norm_layer(norm, channels: int, spatial: bool) -> nn.Module:
 
     layer: over all features of one example (for a conv, over C, H and W: GroupNorm with one group, as in
     Ba et al. 2016 and Wu & He 2018). group: over groups of channels (Wu & He 2018), `norm.groups` of them.
+    norm.eps is added to the variance; with norm.learn_scale=false the scale (gamma) is fixed at 1 and only the
+    shift (beta) trains, as in airbench.
     """
-    kind = norm.kind
+    kind, eps = norm.kind, getattr(norm, "eps", 1e-5)
     if kind == "none":
         return nn.Identity()
     if kind == "batch":
-        return (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(channels, momentum=norm.momentum)
-    if kind == "layer":
-        return nn.GroupNorm(1, channels) if spatial else nn.LayerNorm(channels)
-    if kind == "group":
-        return nn.GroupNorm(group_count(channels, norm.groups), channels)
-    raise ValueError(f"norm.kind={kind!r} is not one of {NORM_KINDS}")
+        layer = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(channels, eps=eps, momentum=norm.momentum)
+    elif kind == "layer":
+        layer = nn.GroupNorm(1, channels, eps=eps) if spatial else nn.LayerNorm(channels, eps=eps)
+    elif kind == "group":
+        layer = nn.GroupNorm(group_count(channels, norm.groups), channels, eps=eps)
+    else:
+        raise ValueError(f"norm.kind={kind!r} is not one of {NORM_KINDS}")
+    if not getattr(norm, "learn_scale", True):
+        layer.weight.requires_grad_(False)  # the scale stays 1: only the shift learns
+    return layer
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,9 +207,11 @@ class Drop:
 @torch.no_grad()
 def apply_max_norm(model: nn.Module, value: float) -> None:
     """Max-norm constraint (Srivastava et al. 2014): rescale each unit's incoming weight vector (a row of a Linear
-    weight, one filter of a conv) whose L2 norm exceeds `value` back onto the ball of radius `value`."""
+    weight, one filter of a conv) whose L2 norm exceeds `value` back onto the ball of radius `value`. Frozen
+    weights (requires_grad=False: a transfer=linear_probe body, a fixed whitening stem) are not trained, so left
+    alone."""
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and module.weight.requires_grad:
             w = module.weight.view(module.weight.shape[0], -1)  # (units, fan_in)
             norms = w.norm(dim=1, keepdim=True)
             w.mul_(torch.clamp(value / norms.clamp_min(1e-12), max=1.0))

@@ -93,22 +93,27 @@ def norm_biases(model: nn.Module) -> list[nn.Parameter]:
             if isinstance(m, _NORM_TYPES) and getattr(m, "bias", None) is not None and m.bias.requires_grad]
 
 
-def param_groups(model: nn.Module, regularization, decoupled_native: bool = False,
-                 norm_bias_lr: float | None = None) -> list[dict]:
+def param_groups(model: nn.Module, regularization, decoupled_native: bool = False, lr: float | None = None,
+                 norm_bias_lr_factor: float = 1.0) -> list[dict]:
     """Two parameter groups, "decay" (conv and linear weights) and "no_decay" (biases, norm parameters), carrying
     the coefficients of `regularization=`. decoupled_native: the optimizer's weight_decay is decoupled (AdamW), so
-    regularization.weight_decay goes there; config.validate rejects a coupled L2 beside it. norm_bias_lr: the
-    normalization layers' biases go into a third group "norm_bias" with this lr (trainer.norm_bias_lr_factor)."""
+    regularization.weight_decay goes there; config.validate rejects a coupled L2 beside it.
+    norm_bias_lr_factor != 1 (trainer.norm_bias_lr_factor): the normalization layers' biases go into a third group
+    "norm_bias" whose lr is lr times the factor, and whose regularization coefficients are divided by it, so that
+    the factor speeds up what the loss's gradient does to them but not their decay (each coefficient acts through
+    lr * coefficient; as in airbench, whose "bias_scaler" scales the lr but not the weight decay)."""
     decay, no_decay = split_decay(model)
     coefficients = _coefficients(regularization, False, decoupled_native)
     groups = [{"params": decay, **_coefficients(regularization, True, decoupled_native), "name": "decay"}]
-    if norm_bias_lr is None:
+    if norm_bias_lr_factor == 1.0:
         groups.append({"params": no_decay, **coefficients, "name": "no_decay"})
     else:
+        if lr is None:
+            raise ValueError("param_groups: norm_bias_lr_factor needs the lr it multiplies")
         shifts = {id(p) for p in norm_biases(model)}
         groups += [{"params": [p for p in no_decay if id(p) not in shifts], **coefficients, "name": "no_decay"},
-                   {"params": [p for p in no_decay if id(p) in shifts], **coefficients, "name": "norm_bias",
-                    "lr": norm_bias_lr}]
+                   {"params": [p for p in no_decay if id(p) in shifts], "name": "norm_bias",
+                    **{k: v / norm_bias_lr_factor for k, v in coefficients.items()}, "lr": lr * norm_bias_lr_factor}]
     return [g for g in groups if g["params"]]
 
 
@@ -148,8 +153,24 @@ def l1_proximal_hook(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
                     p.copy_(p.sign() * (p.abs() - threshold).clamp_min_(0.0))
 
 
+def hold(optimizer: torch.optim.Optimizer, params) -> None:
+    """From the next step on, `params` (and only they, of those held before) are not updated: their gradients
+    are dropped before each step, and torch's optimizers skip a parameter without one (no step, no momentum, no
+    decay). Unlike requires_grad=False this leaves the set of trained parameters alone, as DistributedDataParallel
+    needs (init.first_layer_bias_epochs)."""
+    optimizer.held_params = list(params)
+
+
+def hold_hook(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """Before each step (and before the regularizers' hooks): drop the gradients of the parameters `hold` named."""
+    for p in getattr(optimizer, "held_params", ()):
+        p.grad = None
+
+
 def register_hooks(optimizer: torch.optim.Optimizer) -> None:
-    """The weight regularizers every optimizer gets; each does nothing for a group whose coefficient is 0."""
+    """The weight regularizers every optimizer gets (each does nothing for a group whose coefficient is 0), after
+    the hook that keeps held parameters still."""
+    optimizer.register_step_pre_hook(hold_hook)
     optimizer.register_step_pre_hook(decoupled_weight_decay_hook)
     optimizer.register_step_pre_hook(l1_subgradient_hook)
     optimizer.register_step_post_hook(l1_proximal_hook)

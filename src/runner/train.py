@@ -28,7 +28,7 @@ from runner.build import (
 )
 from runner.config import ConfigError
 from runner.diagnostics import Probe
-from runner.init import consistency_warnings
+from runner.init import consistency_warnings, first_conv
 from runner.models import flops_per_image
 from runner.preprocess import input_grid
 from runner.regularize import clip_gradients
@@ -262,6 +262,8 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     reused = build_pretrained(cfg, model, run_dir if world.main else None)
     optimizer = build_optimizer(cfg, model, reused)  # before freezing: gradual unfreezing needs every parameter in it
     freezer = build_freezer(cfg, model)
+    bias_epochs = cfg.init.get("first_layer_bias_epochs")
+    stem_bias = first_conv(model).bias if cfg.init.get("first_layer") == "whiten" and bias_epochs is not None else None
     steps = data.steps_per_epoch(len(splits.train_x), cfg.trainer.batch_size)
     scheduler = build_schedule(cfg, optimizer, steps * cfg.trainer.epochs, steps)
     loss_fn = build_loss(cfg)
@@ -359,6 +361,11 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
                 break  # resumed from a run that had already stopped early
             if freezer is not None:
                 freezer.set_epoch(epoch, tracker, step)
+            if stem_bias is not None:
+                optim.hold(optimizer, [stem_bias] if epoch >= bias_epochs else [])
+                if epoch == bias_epochs:
+                    log.info("epoch %d: the whitening layer's bias stays as it is from now on "
+                             "(init.first_layer_bias_epochs=%d)", epoch + 1, bias_epochs)
             result = train_one_epoch(model, preprocess, splits, optimizer, scheduler, loss_fn, cfg, generator,
                                      tracker, step, epoch, progress, probe, ema, speedup, net, world)
             step += data.steps_per_epoch(len(splits.train_x), cfg.trainer.batch_size)

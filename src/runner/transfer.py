@@ -213,10 +213,12 @@ class Freezer:
       gradual_unfreeze the head, then one more layer from the top every transfer.unfreeze_every_epochs epochs
                        (Howard & Ruder 2018, ULMFiT)
     Frozen parameters keep requires_grad=False (no gradient, so no update and no weight decay); frozen batch-norm
-    layers stay in eval mode."""
+    layers stay in eval mode. Parameters the model itself keeps fixed (a whitening stem with
+    init.first_layer_trainable=false, norm scales with norm.learn_scale=false) stay fixed in every layer."""
 
     def __init__(self, model: nn.Module, transfer_cfg):
         self.model, self.cfg = model, transfer_cfg
+        self.fixed = {id(p) for p in model.parameters() if not p.requires_grad}
         self.units = units(model)
         self.trainable_units = None
         if transfer_cfg.name == "freeze_until":
@@ -248,7 +250,7 @@ class Freezer:
             for i, (_, module) in enumerate(self.units):
                 frozen = i < first
                 for p in module.parameters():
-                    p.requires_grad_(not frozen)
+                    p.requires_grad_(not frozen and id(p) not in self.fixed)
                 for m in module.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         _hold_eval(m, frozen)
