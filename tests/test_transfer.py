@@ -303,6 +303,34 @@ def test_autoencoder_reconstructs_and_its_encoder_transfers(tmp_path):
     assert set(report.new) == {"head.weight", "head.bias"} and not any("decoder" in k for k in report.loaded)
 
 
+def test_autoencoder_run_resumes_where_a_crash_left_it(tmp_path, monkeypatch):
+    """A crash after epoch 1's checkpoint, then the same command again: the same history as an uninterrupted run."""
+    from runner import autoencoder
+
+    overrides = ["model.widths=[4,8]", "objective=autoencoder", "data.train_examples=200", "data.val_size=40",
+                 "trainer.epochs=2", "trainer.batch_size=40", "schedule=constant", "objective.decoder_width=8"]
+    whole = pretrain(compose_config(overrides), tmp_path / "whole", {})
+    save = checkpoint.save
+
+    def crash_after_first_save(state, path):
+        save(state, path)
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(autoencoder.checkpoint, "save", crash_after_first_save)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(compose_config(overrides), tmp_path / "crashed", {})
+    saved_epochs = []
+
+    def record(state, path):
+        saved_epochs.append(state["epoch"])
+        save(state, path)
+
+    monkeypatch.setattr(autoencoder.checkpoint, "save", record)
+    resumed = pretrain(compose_config(overrides), tmp_path / "crashed", {})
+    assert saved_epochs == [2]  # epoch 1 was not trained again
+    assert resumed["history"] == whole["history"] and resumed["steps"] == whole["steps"]
+
+
 def test_autoencoder_output_has_the_image_shape():
     net = AutoEncoder(small_model(), 16)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)

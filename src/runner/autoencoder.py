@@ -17,6 +17,7 @@ from torch import nn
 from runner import checkpoint, data
 from runner.augment import augment
 from runner.build import build_model, build_optimizer, build_preprocess, build_schedule
+from runner.config import ConfigError
 from runner.tracking import Tracker, record_run
 from runner.transfer import output_layer
 
@@ -78,8 +79,10 @@ def reconstruction_loss(net: AutoEncoder, preprocess: nn.Module, x: torch.Tensor
 def pretrain(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     """Train the autoencoder for trainer.epochs on the training images; checkpoints/last.pt holds the encoder as
     "model" (what model.pretrained reads). TensorBoard: ae/train_loss, ae/val_loss, original and reconstructed
-    images. Returns the metrics, also in run_dir/metrics.json."""
-    from runner.train import LAST, pick_device, seed_everything
+    images. Resumes from its own checkpoint like a classifier run (trainer.resume). Returns the metrics, also in
+    run_dir/metrics.json."""
+    from runner import schedule
+    from runner.train import LAST, _resume_path, pick_device, rng_states, seed_everything, set_rng_states
 
     run_dir = Path(run_dir)
     device = pick_device(cfg.device)
@@ -95,11 +98,25 @@ def pretrain(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     scheduler = build_schedule(cfg, optimizer, steps * cfg.trainer.epochs, steps)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
+    history, step, start_epoch = [], 0, 0
+    resume_from = _resume_path(cfg, run_dir)
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, map_location=device)
+        if "optimizer" not in state:
+            raise ConfigError(f"trainer.resume: {resume_from} is not an autoencoder checkpoint to continue "
+                              "(objective=autoencoder); use trainer.resume=never to start afresh.")
+        net.encoder.load_state_dict(state["model"])
+        net.decoder.load_state_dict(state["decoder"])
+        preprocess.load_state_dict(state["preprocess"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(scheduler, state["scheduler"])
+        set_rng_states(state["rng"], generator)
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        log.info("resumed from %s at epoch %d (step %d)", resume_from, start_epoch, step)
     record_run(cfg, run_dir, device)
-    tracker = Tracker(run_dir)
+    tracker = Tracker(run_dir, purge_step=step if resume_from else None)
 
-    history, step = [], 0
-    for epoch in range(cfg.trainer.epochs):
+    for epoch in range(start_epoch, cfg.trainer.epochs):
         net.train()
         total, images = torch.zeros((), device=device), 0
         for x, _ in data.train_batches(splits.train_x, splits.train_y, cfg.trainer.batch_size, generator):
@@ -117,7 +134,9 @@ def pretrain(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         tracker.scalars({"ae/train_loss": train_loss, "ae/val_loss": val_loss}, step)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
         checkpoint.save({"model": net.encoder.state_dict(), "decoder": net.decoder.state_dict(),
-                         "preprocess": preprocess.state_dict(), "epoch": epoch + 1}, run_dir / LAST)
+                         "preprocess": preprocess.state_dict(), "epoch": epoch + 1, "step": step,
+                         "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(scheduler),
+                         "rng": rng_states(generator), "history": history}, run_dir / LAST)
         log.info("epoch %d/%d  reconstruction mse: train %.4f  val %.4f", epoch + 1, cfg.trainer.epochs, train_loss,
                  val_loss)
     tracker.writer.add_images("ae/original_then_reconstructed", _picture(net, preprocess, splits.val_x[:8]), step)

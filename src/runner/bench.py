@@ -255,6 +255,7 @@ def main(argv=None) -> None:
                         help="training images for (f); 0 skips (f)")
     parser.add_argument("--preset-epochs", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="include torch.compile in (d) (slow to compile on CPU)")
+    parser.add_argument("--only", default="abcdef", help="the parts to run, e.g. --only f (default: all, abcdef)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -264,30 +265,32 @@ def main(argv=None) -> None:
     print(f"runner bench on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, {source}\n")
     results = {}
 
-    r = results["input_pipeline"] = bench_input_pipeline(arrays, device, args.pipeline_images)
-    print(f"(a) input pipeline, crop+flip+normalize    runner {r['runner_img_per_s']:>10,.0f} img/s   "
-          f"torchvision DataLoader(num_workers=2) {r['torchvision_img_per_s']:>8,.0f} img/s   "
-          f"-> {r['speedup']:.1f}x (target >= 10x)")
-
-    r = results["engine"] = bench_engine(arrays, device, args.engine_images, args.repeats)
-    print(f"(b) engine, default cnn, batch {r['batch_size']}         runner {r['runner_img_per_s']:>10,.0f} img/s   "
-          f"bare loop {r['bare_img_per_s']:>8,.0f} img/s   -> overhead {r['overhead_pct']:+.1f}% (target <= 3%)")
-
-    r = results["startup"] = bench_startup(args.data_root, args.repeats)
-    print(f"(c) start-up                               first training step after {r['first_step_s']:.2f} s   "
-          f"`python -m runner --cfg job` {r['cfg_job_s']:.2f} s (target <= 1 s)")
+    if "a" in args.only:
+        r = results["input_pipeline"] = bench_input_pipeline(arrays, device, args.pipeline_images)
+        print(f"(a) input pipeline, crop+flip+normalize    runner {r['runner_img_per_s']:>10,.0f} img/s   "
+              f"torchvision DataLoader(num_workers=2) {r['torchvision_img_per_s']:>8,.0f} img/s   "
+              f"-> {r['speedup']:.1f}x (target >= 10x)")
+    if "b" in args.only:
+        r = results["engine"] = bench_engine(arrays, device, args.engine_images, args.repeats)
+        print(f"(b) engine, default cnn, batch {r['batch_size']}         runner {r['runner_img_per_s']:>10,.0f} "
+              f"img/s   bare loop {r['bare_img_per_s']:>8,.0f} img/s   -> overhead {r['overhead_pct']:+.1f}% "
+              "(target <= 3%)")
+    if "c" in args.only:
+        r = results["startup"] = bench_startup(args.data_root, args.repeats)
+        print(f"(c) start-up                               first training step after {r['first_step_s']:.2f} s   "
+              f"`python -m runner --cfg job` {r['cfg_job_s']:.2f} s (target <= 1 s)")
 
     has_cifar = (Path(args.data_root) / data.CIFAR10_FOLDER).is_dir()
     data_args = [f"data.root={args.data_root}"] if has_cifar else ["data=synthetic", "data.train_examples=10000"]
-    r = results["speed_options"] = bench_speed_options(data_args, device, args.compile)
-    print("(d) speed options, default cnn            " + "   ".join(
-        f"{k} {v:,.0f} img/s" if isinstance(v, float) else f"{k}: {v}" for k, v in r.items()))
-
-    r = results["data_parallel"] = bench_data_parallel(data_args)
-    print(f"(e) data parallel on the CPU, same batch  1 process {r['one_process_img_per_s']:,.0f} img/s   "
-          f"torchrun 2 processes {r['two_processes_img_per_s']:,.0f} img/s   same steps: {r['same_steps']}")
-
-    if args.preset_train_size:
+    if "d" in args.only:
+        r = results["speed_options"] = bench_speed_options(data_args, device, args.compile)
+        print("(d) speed options, default cnn            " + "   ".join(
+            f"{k} {v:,.0f} img/s" if isinstance(v, float) else f"{k}: {v}" for k, v in r.items()))
+    if "e" in args.only:
+        r = results["data_parallel"] = bench_data_parallel(data_args)
+        print(f"(e) data parallel on the CPU, same batch  1 process {r['one_process_img_per_s']:,.0f} img/s   "
+              f"torchrun 2 processes {r['two_processes_img_per_s']:,.0f} img/s   same steps: {r['same_steps']}")
+    if "f" in args.only and args.preset_train_size:
         rows = results["preset"] = bench_preset(data_args, device, args.preset_train_size, args.preset_epochs)
         print(f"(f) +experiment=fast vs default cnn at the same wall-clock budget, {args.preset_train_size} "
               "training images, test accuracy:")

@@ -1,6 +1,7 @@
 """The training engine: one run, from the config to a run directory holding checkpoints, TensorBoard events and
 metrics.json. Reads top to bottom: set-up, resume, the epoch loop, the final test evaluation."""
 
+import json
 import logging
 import math
 import random
@@ -300,6 +301,14 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         start_epoch, step, best, history, elapsed = (state["epoch"], state["step"], state["best"], state["history"],
                                                      state["elapsed"])
         log.info("resumed from %s at epoch %d (step %d)", resume_from, start_epoch, step)
+        done = run_dir / "metrics.json"
+        if start_epoch >= cfg.trainer.epochs and resume_from.parent.parent == run_dir and done.is_file():
+            metrics = json.loads(done.read_text())
+            if metrics.get("status") == "completed":  # nothing left to do: keep its files (and HPARAMS entry) as they are
+                log.info("this run completed all %d epochs already (test acc %s): nothing to do. To train it again "
+                         "use trainer.resume=never, or raise trainer.epochs to continue it", cfg.trainer.epochs,
+                         metrics.get("test_acc"))
+                return metrics
 
     if world.main:
         record_run(cfg, run_dir, device, world_size=world.size)
