@@ -96,3 +96,23 @@ def test_a_run_can_continue_another_that_had_none_of_the_techniques(tmp_path):
     ema = checkpoint.load(tmp_path / "more" / train.LAST)["ema"]
     first = checkpoint.load(tmp_path / "plain" / train.LAST)["model"]
     assert not torch.equal(ema["head.weight"], first["head.weight"])  # averaged on from the loaded weights
+
+
+def test_the_fast_preset_runs_from_the_cli_with_every_piece_in_place(tmp_path):
+    """+experiment=fast end to end (small widths, synthetic data): the norm scales stay 1, the norm shifts train at
+    64x the lr, the run directory's config records the fixed scale, and the TTA accuracy is reported."""
+    from conftest import TINY, run_cli
+
+    run = tmp_path / "run"
+    run_cli([*TINY, "+experiment=fast", "model.widths=[8,16,16]", "init.whiten_images=200", "trainer.batch_size=200",
+             "trainer.epochs=2", f"hydra.run.dir={run}"], cwd=tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and "test_acc_tta" in metrics
+    state = checkpoint.load(run / train.LAST)
+    scales = [v for k, v in state["model"].items() if k.endswith(("norm1.weight", "norm2.weight"))]
+    shifts = [v for k, v in state["model"].items() if k.endswith(("norm1.bias", "norm2.bias"))]
+    assert len(scales) == 6 and all(torch.equal(s, torch.ones_like(s)) for s in scales)
+    assert any(s.abs().sum() > 0 for s in shifts)
+    groups = {g["name"]: g for g in state["optimizer"]["param_groups"]}
+    assert groups["norm_bias"]["initial_lr"] == pytest.approx(64 * groups["decay"]["initial_lr"])
+    assert (run / "config.yaml").read_text().count("learn_scale: false") == 1
