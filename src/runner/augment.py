@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from runner.config import PAD_MODES
+
 # Cutout's fill: mid-gray, close to the CIFAR mean, so about 0 after standardization, like the zeroed patch of
 # normalized input in DeVries & Taylor 2017.
 CUTOUT_FILL = 128
@@ -32,9 +34,6 @@ def alternating_flip(x: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
     generator = torch.Generator(device=x.device).manual_seed(seed)
     mask = (torch.rand(len(x), device=x.device, generator=generator) < 0.5) ^ bool(epoch % 2)
     return torch.where(mask[:, None, None, None], x.flip(3), x)
-
-
-PAD_MODES = ("zeros", "reflect")
 
 
 def pad(x: torch.Tensor, p: int, mode: str = "zeros") -> torch.Tensor:

@@ -82,7 +82,7 @@ def pretrain(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     images. Resumes from its own checkpoint like a classifier run (trainer.resume). Returns the metrics, also in
     run_dir/metrics.json."""
     from runner import schedule
-    from runner.train import LAST, _resume_path, pick_device, rng_states, seed_everything, set_rng_states
+    from runner.train import LAST, pick_device, resume_path, rng_states, seed_everything, set_rng_states
 
     run_dir = Path(run_dir)
     device = pick_device(cfg.device)
@@ -99,7 +99,7 @@ def pretrain(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     history, step, start_epoch = [], 0, 0
-    resume_from = _resume_path(cfg, run_dir)
+    resume_from = resume_path(cfg, run_dir)
     if resume_from is not None:
         state = checkpoint.load(resume_from, map_location=device)
         if "optimizer" not in state:

@@ -258,6 +258,8 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default="abcdef", help="the parts to run, e.g. --only f (default: all, abcdef)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
+    if not args.only or set(args.only) - set("abcdef"):
+        parser.error(f"--only {args.only!r}: give letters of abcdef, e.g. --only f or --only abc")
     device = torch.device(args.device)
     torch.set_num_threads(torch.get_num_threads())
 

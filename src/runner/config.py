@@ -13,6 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
+# The borders a padded image can have (augmentation.pad_mode, evaluation.tta_pad_mode; augment.pad draws them).
+PAD_MODES = ("zeros", "reflect")
+
 # One token per process: `${now:}` alone lets two jobs started in the same second share a run directory.
 _PROCESS_UID = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"
 
@@ -339,7 +342,7 @@ def _validate_training(cfg: DictConfig) -> None:
     augmentation = cfg.augmentation
     if "padding" in augmentation and (not _is_int(augmentation.padding) or augmentation.padding < 0):
         _fail("augmentation.padding", augmentation.padding, "must be an integer >= 0")
-    if augmentation.get("pad_mode", "zeros") not in ("zeros", "reflect"):
+    if augmentation.get("pad_mode", "zeros") not in PAD_MODES:
         _fail("augmentation.pad_mode", augmentation.pad_mode, "allowed: zeros (a black border), reflect (the image "
               "mirrored at its edge)")
     if "flip" in augmentation and not isinstance(augmentation.flip, bool) and augmentation.flip != "alternate":
@@ -376,7 +379,7 @@ def _validate_training(cfg: DictConfig) -> None:
         _fail("evaluation.tta_translate", translate, "must be an integer in [0, 8] (pixels; 0: off)")
 
     evaluation = cfg.evaluation
-    if evaluation.get("tta_pad_mode", "zeros") not in ("zeros", "reflect"):
+    if evaluation.get("tta_pad_mode", "zeros") not in PAD_MODES:
         _fail("evaluation.tta_pad_mode", evaluation.tta_pad_mode, "allowed: zeros, reflect (the border of translated "
               "views)")
     if not isinstance(evaluation.tta_flip, bool):

@@ -194,7 +194,7 @@ def evaluate(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, y: torch.
 # ---------------------------------------------------------------------------------------------------------------
 # Resume
 
-def _resume_path(cfg, run_dir: Path) -> Path | None:
+def resume_path(cfg, run_dir: Path) -> Path | None:
     """The checkpoint to continue from: trainer.resume=auto finds this run directory's own; a path names a run
     directory or a checkpoint file."""
     resume = cfg.trainer.resume
@@ -241,7 +241,7 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     device = pick_device(cfg.device)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
-    resume_from = _resume_path(cfg, run_dir)
+    resume_from = resume_path(cfg, run_dir)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed)
@@ -422,9 +422,10 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
                 **({"early_stopping": stopper.state_dict()} if stopper is not None else {}),
                 **({"scaler": speedup.scaler.state_dict()} if speedup.scaler is not None else {}),
             }, run_dir / LAST)
-            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
-                     epoch + 1, cfg.trainer.epochs, result.loss, result.acc, val["loss"], val["acc"],
-                     optimizer.param_groups[0]["lr"], result.seconds, img_per_s)
+            val_text = f"val loss {val['loss']:.4f} acc {val['acc']:.4f}" if len(splits.val_y) else "no val split"
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  %s  lr %.3g  %.1fs  %.0f img/s", epoch + 1,
+                     cfg.trainer.epochs, result.loss, result.acc, val_text, optimizer.param_groups[0]["lr"],
+                     result.seconds, img_per_s)
             if report_to_sweep is not None and report_to_sweep(epoch + 1, val["acc"]) == "prune":
                 message = f"pruned by the sweep's pruner after epoch {epoch + 1} (val acc {val['acc']:.4f})"
                 log.info(message)
@@ -453,7 +454,7 @@ def fit(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
         test["loss"] = test.pop("nll")
         extra = evaluation.final_scores(model, preprocess, splits.test_x, splits.test_y, cfg.evaluation,
                                         cfg.trainer.eval_batch_size, cfg.seed, ema, snapshots, probs)
-    log.info("test loss %.4f acc %.4f  (best val acc %.4f at epoch %d)", test["loss"], test["acc"], best["acc"],
-             best["epoch"])
+    log.info("test loss %.4f acc %.4f%s", test["loss"], test["acc"],
+             f"  (best val acc {best['acc']:.4f} at epoch {best['epoch']})" if len(splits.val_y) else "")
     log.info("test %s", "  ".join(f"{tag[5:]} {value:.4f}" for tag, value in extra.items()))
     return finish("completed", test=test, extra=extra)
