@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import compose_config
-from runner import augment
 from runner.config import CONFIG_DIR, ConfigError, validate
+from runner.data import augment
 
 
 def _batch(n=16, seed=0):

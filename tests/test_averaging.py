@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import compose_config
-from runner.averaging import EMA
-from runner.build import build_averaging
 from runner.config import CONFIG_DIR, ConfigError, validate
+from runner.engine.averaging import EMA
+from runner.engine.build import build_averaging
 
 OPTIONS = sorted(p.stem for p in (CONFIG_DIR / "averaging").glob("*.yaml"))
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from runner import data
 from runner.config import DataError
+from runner.data import loading as data
 
 PER_BATCH = 20
 

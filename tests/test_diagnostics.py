@@ -12,9 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from conftest import choices_of, compose_config
-from runner import train
-from runner.build import build_model
-from runner.diagnostics import Probe, batch_norm_losses, dead_fraction, saturated_fraction
+from runner.engine import train
+from runner.engine.build import build_model
+from runner.nets.diagnostics import Probe, batch_norm_losses, dead_fraction, saturated_fraction
 
 
 class FakeTracker:

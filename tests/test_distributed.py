@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import compose_config
-from runner import distributed
 from runner.config import ConfigError, validate
+from runner.engine import distributed
 
 ARGS = ["data=synthetic", "data.train_examples=1200", "data.test_examples=400", "data.val_size=200", "device=cpu",
         "trainer.epochs=2", "trainer.batch_size=100", "trainer.log_every_steps=5", "trainer.progress=false",

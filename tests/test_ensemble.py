@@ -7,8 +7,9 @@ import shutil
 import pytest
 
 from conftest import choices_of, compose_config
-from runner import ensemble, train
+from runner import ensemble
 from runner.config import ConfigError
+from runner.engine import train
 
 FAST = ["model.widths=[8,16]", "data.train_examples=700", "data.test_examples=100", "trainer.epochs=1",
         "diagnostics.every_steps=0"]

@@ -8,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from runner import evaluation
 from runner.config import ConfigError, validate
+from runner.engine import evaluation
 
 
 def test_scores_match_hand_computed_accuracy_nll_and_ece():
@@ -105,7 +105,7 @@ def test_mc_dropout_without_a_dropout_rate_is_refused_at_start_up():
 
 def test_tta_averages_the_flip_and_translate_views():
     """6 views: the image and its mirror, each unshifted and shifted by (1, 1) and (-1, -1) with a zero border."""
-    from runner.augment import translate
+    from runner.data.augment import translate
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
@@ -121,7 +121,7 @@ def test_tta_averages_the_flip_and_translate_views():
 
 
 def test_tta_translated_views_take_the_reflect_border_when_asked():
-    from runner.augment import pad, translate
+    from runner.data.augment import pad, translate
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))

@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_config
-from runner.build import build_model
 from runner.config import CONFIG_DIR, ConfigError, validate
-from runner.init import activation_gain, consistency_warnings, initialize
+from runner.engine.build import build_model
+from runner.nets.init import activation_gain, consistency_warnings, initialize
 
 INITS = sorted(p.stem for p in (CONFIG_DIR / "init").glob("*.yaml"))
 RELU_GAIN = math.sqrt(2.0)
@@ -197,7 +197,7 @@ def test_dirac_init_keeps_the_extra_output_channels_and_linear_layers():
 
 def test_whitened_first_layer_whitens_the_training_patches():
     """On the patches it was fitted on, the covariance of the first n outputs is diag(l / (l + eps)) ~ I."""
-    from runner.init import patch_covariance, whiten_conv_
+    from runner.nets.init import patch_covariance, whiten_conv_
 
     torch.manual_seed(0)
     mix = torch.randn(12, 12)  # correlated patches: images made of a random linear mix of noise
@@ -217,8 +217,8 @@ def test_whitened_first_layer_whitens_the_training_patches():
 
 
 def test_fast_preset_whitens_the_stem_from_the_training_images():
-    from runner.build import init_inputs
-    from runner.preprocess import Preprocess
+    from runner.data.preprocess import Preprocess
+    from runner.engine.build import init_inputs
 
     cfg = compose_config(["+experiment=fast", "model.widths=[8,8,8]", "init.whiten_images=64"])
     validate(cfg)
@@ -244,7 +244,7 @@ def test_whitening_bias_trains_for_first_layer_bias_epochs_then_stays(tmp_path):
     """init.first_layer_bias_epochs=N: the stem's bias moves in the first N epochs only (held by optim.hold, which
     drops its gradient, so momentum and decay cannot move it either)."""
     from conftest import choices_of
-    from runner import checkpoint, train
+    from runner.engine import checkpoint, train
 
     base = ["model=airbench", "model.widths=[8,16,16]", "init=dirac", "init.first_layer=whiten",
             "init.first_layer_trainable=false", "init.whiten_images=200", "diagnostics.every_steps=0",

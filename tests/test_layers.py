@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from conftest import compose_config
-from runner import layers
-from runner.build import build_model, build_optimizer
 from runner.config import ConfigError, validate
-from runner.layers import (
+from runner.engine.build import build_model, build_optimizer
+from runner.nets import layers
+from runner.nets.layers import (
     Drop,
     DropConnectLinear,
     GaussianDropout,
@@ -22,7 +22,7 @@ from runner.layers import (
     group_count,
     norm_layer,
 )
-from runner.models import MLP, BasicBlock, ResNet
+from runner.nets.models import MLP, BasicBlock, ResNet
 
 
 def _norm(kind="none", position="before"):

@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_config
-from runner.build import build_model
 from runner.config import CONFIG_DIR, ConfigError, validate
-from runner.layers import Maxout
-from runner.models import CNN, MLP, VGG, ResNet, flops_per_image
+from runner.engine.build import build_model
+from runner.nets.layers import Maxout
+from runner.nets.models import CNN, MLP, VGG, ResNet, flops_per_image
 
 ACTIVATIONS = sorted(p.stem for p in (CONFIG_DIR / "activation").glob("*.yaml"))
 NORMS = sorted(p.stem for p in (CONFIG_DIR / "norm").glob("*.yaml"))

@@ -6,9 +6,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from runner import optim
-from runner.build import build_optimizer
 from runner.config import CONFIG_DIR, ConfigError, validate
+from runner.engine.build import build_optimizer
+from runner.optimization import optimizers as optim
 
 OPTIMIZERS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml"))
 
@@ -31,7 +31,7 @@ def test_every_optimizer_option_composes_builds_and_lowers_a_quadratic(name, imp
     a, b, f = _quadratic_problem()
     x = torch.zeros(5, dtype=torch.float64, requires_grad=True)
     opt = optim.make(cfg.optimizer, [x])
-    expected_module = "torch.optim" if impl == "torch" else "runner.reference_optim"
+    expected_module = "torch.optim" if impl == "torch" else "runner.optimization.reference"
     assert type(opt).__module__.startswith(expected_module)
     assert type(opt).__name__ == cfg.optimizer._target_.rsplit(".", 1)[-1]
     start = f(x).item()
@@ -149,7 +149,7 @@ def test_adamw_with_decoupled_weight_decay_is_accepted():
 
 
 def test_norm_bias_lr_factor_gives_batch_norm_biases_their_own_group():
-    from runner.build import build_model
+    from runner.engine.build import build_model
 
     cfg = compose_config(["model=airbench", "model.widths=[4,4,4]", "optimizer=nesterov",
                           "trainer.norm_bias_lr_factor=64"])

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import choices_of, compose_config
-from runner import preprocess, train
 from runner.config import CONFIG_DIR, ConfigError, validate
+from runner.data import preprocess
+from runner.engine import train
 
 OPTIONS = sorted(p.stem for p in (CONFIG_DIR / "preprocess").glob("*.yaml"))
 

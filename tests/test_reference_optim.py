@@ -4,7 +4,7 @@ equivalent, and Adam without bias correction follows its own formula."""
 import pytest
 import torch
 
-from runner import reference_optim
+from runner.optimization import reference as reference_optim
 
 
 def _loss(params):
@@ -82,7 +82,7 @@ def test_adam_without_bias_correction_follows_its_formula():
 
 def test_reference_state_round_trips_through_a_checkpoint(tmp_path):
     """Resume needs the optimizer state: save, load into a fresh optimizer, continue identically."""
-    from runner import checkpoint
+    from runner.engine import checkpoint
 
     def make():
         torch.manual_seed(0)

@@ -8,9 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import choices_of, compose_config
-from runner import checkpoint, regularize, train
-from runner.build import build_loss, build_optimizer
 from runner.config import ConfigError, validate
+from runner.engine import checkpoint, train
+from runner.engine.build import build_loss, build_optimizer
+from runner.optimization import regularizers as regularize
 
 MINE = ["l1", "elastic_net", "label_smoothing", "grad_clip", "early_stopping", "l2", "weight_decay"]
 # 500 training images (5 steps of 100), 200 validation, 100 test images, a narrow net: seconds per run.

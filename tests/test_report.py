@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from runner import report
-from runner.sweep import METRICS, write_table
+from runner.sweeps.study import METRICS, write_table
 
 
 def make_sweep(path, trials, space):

@@ -9,8 +9,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from runner import checkpoint, schedule
 from runner.config import CONFIG_DIR, ConfigError, validate
+from runner.engine import checkpoint
+from runner.optimization import schedules as schedule
 
 SCHEDULES = sorted(p.stem for p in (CONFIG_DIR / "schedule").glob("*.yaml"))
 SPE, EPOCHS = 10, 10  # steps per epoch, epochs

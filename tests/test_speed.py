@@ -8,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from runner import speed
 from runner.config import ConfigError, validate
+from runner.engine import speed
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -69,7 +69,7 @@ def test_channels_last_layout():
 
 
 def test_fused_kernel_is_asked_for_only_where_the_class_has_one():
-    from runner import optim
+    from runner.optimization import optimizers as optim
 
     cfg = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9})
     p = [torch.nn.Parameter(torch.ones(2))]

@@ -23,7 +23,7 @@ from hydra_plugins.runner_optuna_sweeper.optuna_sweeper import (
     trial_dirname,
 )
 from runner.config import CONFIG_DIR, ConfigError, validate
-from runner.sweep import assign_devices, open_storage, read_outcome, summary
+from runner.sweeps.study import assign_devices, open_storage, read_outcome, summary
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -132,7 +132,7 @@ def test_a_job_without_a_final_status_is_recorded_as_failed(tmp_path):
 def test_config_error_in_a_multirun_job_raises_for_the_sweeper_instead_of_exiting():
     from hydra import compose, initialize_config_dir
 
-    from runner.job import run_job
+    from runner.engine.job import run_job
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*TINY, "trainer.epochs=0", "hydra.mode=MULTIRUN"],
@@ -278,7 +278,7 @@ def test_pruned_diverged_and_crashed_trials_are_recorded_and_the_sweep_goes_on(t
     sweep_dir = tmp_path / "sweep"
     storage = f"sqlite:///{tmp_path / 'study.db'}"  # an RDB, as workers on several machines would share
     proc = run_cli(["-m", *FAST, "trainer.epochs=2", "optimizer=sgd", "optimizer.lr=1e10,0.05",
-                    "model._target_=runner.models.CNN,runner.models.NoSuchModel",
+                    "model._target_=runner.nets.models.CNN,runner.nets.models.NoSuchModel",
                     # a threshold no trial reaches: every trial that finishes an epoch is pruned after it
                     "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.1",
                     "hydra.sweeper.pruner.n_warmup_steps=0", f"hydra.sweeper.storage={storage}",

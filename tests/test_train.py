@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import choices_of, compose_config, run_cli
-from runner import checkpoint, train
 from runner.config import ConfigError
+from runner.engine import checkpoint, train
 
 
 def _fit(tmp_path, overrides=()):

@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import choices_of, compose_config
-from runner import checkpoint, train
+from runner.engine import checkpoint, train
 
 FAST = ["model.widths=[8,16]", "data.train_examples=700", "data.test_examples=100", "diagnostics.every_steps=0"]
 STATEFUL = [*FAST, "trainer.epochs=3", "averaging=ema", "averaging.decay=0.8", "schedule=plateau",

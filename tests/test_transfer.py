@@ -11,10 +11,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config, run_cli
-from runner import checkpoint, transfer
-from runner.autoencoder import AutoEncoder, pretrain
-from runner.build import build_freezer, build_model, build_optimizer, build_pretrained, build_schedule
 from runner.config import CONFIG_DIR, ConfigError, validate
+from runner.engine import checkpoint
+from runner.engine.autoencoder import AutoEncoder, pretrain
+from runner.engine.build import build_freezer, build_model, build_optimizer, build_pretrained, build_schedule
+from runner.nets import transfer
 
 SMALL = ["model.widths=[4,8]", "trainer.batch_size=16"]
 
@@ -305,7 +306,7 @@ def test_autoencoder_reconstructs_and_its_encoder_transfers(tmp_path):
 
 def test_autoencoder_run_resumes_where_a_crash_left_it(tmp_path, monkeypatch):
     """A crash after epoch 1's checkpoint, then the same command again: the same history as an uninterrupted run."""
-    from runner import autoencoder
+    from runner.engine import autoencoder
 
     overrides = ["model.widths=[4,8]", "objective=autoencoder", "data.train_examples=200", "data.val_size=40",
                  "trainer.epochs=2", "trainer.batch_size=40", "schedule=constant", "objective.decoder_width=8"]
@@ -394,7 +395,7 @@ def test_transfer_none_leaves_a_frozen_layer_frozen(tmp_path):
     """transfer=none must not touch requires_grad: the fast preset's whitened stem is frozen by its init
     (init.first_layer_trainable=false) and stays so through training, whatever the learning rate."""
     from conftest import choices_of
-    from runner import train
+    from runner.engine import train
 
     overrides = ["model=airbench", "model.widths=[8,16,16]", "init=dirac", "init.first_layer=whiten",
                  "init.first_layer_trainable=false", "init.whiten_images=200", "trainer.epochs=1",

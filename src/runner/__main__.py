@@ -6,14 +6,14 @@ import hydra
 from omegaconf import DictConfig
 
 from runner.config import CONFIG_DIR, register_resolvers
-from runner.distributed import agree_on_run_dir
+from runner.engine.distributed import agree_on_run_dir
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from runner.job import run_job  # deferred: torch is imported only once a job really runs
+    from runner.engine.job import run_job  # deferred: torch is imported only once a job really runs
 
     return run_job(cfg)
 

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runner import data, train
-from runner.augment import augment
 from runner.config import CONFIG_DIR, register_resolvers
+from runner.data import loading as data
+from runner.data.augment import augment
+from runner.engine import train
 
 
 def _config(overrides):
@@ -55,7 +56,7 @@ def bench_input_pipeline(arrays, device, images: int, batch_size: int = 256) -> 
     cfg = _config(["device=cpu"])
     x = torch.from_numpy(arrays["train_x"]).to(device)
     y = torch.from_numpy(arrays["train_y"]).to(device)
-    from runner.preprocess import fit
+    from runner.data.preprocess import fit
 
     norm = fit(cfg.preprocess, x).to(device)  # the default, per-channel standardization
     gen = torch.Generator(device=device).manual_seed(0)
@@ -104,7 +105,7 @@ def bench_engine(arrays, device, train_size: int, repeats: int, overrides=()) ->
     """One epoch over train_size images: runner's train_one_epoch (logging on) against a bare loop."""
     cfg = _config([f"device={device}", "trainer.progress=false", *overrides])
     splits = data.split(arrays, data.CIFAR10_CLASSES, 0, train_size, 0, device)
-    from runner.build import build_model, build_optimizer, build_preprocess, build_schedule
+    from runner.engine.build import build_model, build_optimizer, build_preprocess, build_schedule
 
     def fresh():
         torch.manual_seed(0)
@@ -138,7 +139,7 @@ def bench_engine(arrays, device, train_size: int, repeats: int, overrides=()) ->
         loss.item()  # wait for the device
         return n / (time.perf_counter() - start)
 
-    from runner.tracking import Tracker
+    from runner.engine.tracking import Tracker
 
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(Path(tmp))

@@ -62,7 +62,7 @@ def trajectory(optimizer_cfg, surface, start, steps: int, noise_std: float, seed
     each gradient gets N(0, noise_std^2) noise per coordinate, from a generator seeded with `seed`."""
     import torch
 
-    from runner import optim
+    from runner.optimization import optimizers as optim
 
     point = torch.tensor(start, dtype=torch.float64, requires_grad=True)
     opt = optim.make(optimizer_cfg, [point], lr=lr)
@@ -123,7 +123,7 @@ def draw(cfg: DictConfig, run_dir: Path) -> dict:
     fig = figure(paths, title)
     fig.savefig(run_dir / "optimizer_pictures.png")
 
-    from runner.tracking import Tracker
+    from runner.engine.tracking import Tracker
 
     tracker = Tracker(run_dir)
     tracker.writer.add_figure("pictures/optimizers", fig, 0)

@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from runner.sweep import METRICS, SPACE, STATUSES, TABLE
+from runner.sweeps.study import METRICS, SPACE, STATUSES, TABLE
 
 EDGE = 0.1  # "near the edge": in the outer 10% of the range (of log10 of it for a log-uniform parameter)
 SEED_KEYS = ("seed", "+seed", "++seed")

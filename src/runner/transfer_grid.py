@@ -86,8 +86,8 @@ def write_tables(rows: list[dict], grid_dir: Path, settings: list[str]) -> str:
 
 
 def run_grid(grid: DictConfig, grid_dir: Path) -> list[dict]:
-    from runner.autoencoder import pretrain
-    from runner.train import fit
+    from runner.engine.autoencoder import pretrain
+    from runner.engine.train import fit
 
     user = list(grid.overrides)
     runs = plan(grid, grid_dir / "pretrain")

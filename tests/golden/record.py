@@ -10,6 +10,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from cases import CASES, SMALL, comparable  # noqa: E402
+
 from conftest import choices_of, compose_config  # noqa: E402
 
 
@@ -17,8 +18,8 @@ def run_case(name, overrides, run_dir: Path, source_dir: Path | None):
     try:
         from runner.engine.job import fit_for
     except ImportError:  # the engine before its restructuring
-        from runner.train import fit
-        from runner.autoencoder import pretrain
+        from runner.engine.autoencoder import pretrain
+        from runner.engine.train import fit
 
         def fit_for(cfg):
             return pretrain if cfg.objective.name == "autoencoder" else fit

@@ -1,5 +1,5 @@
 """The sweeper: each multirun job is a trial of an Optuna study kept in the sweep directory (a journal file, or an
-RDB for workers on several machines). It maximizes the best validation accuracy (what runner.job.run_job returns).
+RDB for workers on several machines). It maximizes the best validation accuracy (what runner.engine.job.run_job returns).
 
 The search space is written in Hydra's override grammar, in `hydra.sweeper.params` (configs/sweep/*.yaml) and on
 the command line (which wins for the same key):
@@ -10,7 +10,7 @@ the command line (which wins for the same key):
 Any other override (`trainer.epochs=3`) is given to every trial as it is.
 
 A trial's job reports its validation accuracy every epoch and stops itself when the pruner says so
-(runner.sweep.trial_reporter). Whatever the job does -- complete, get pruned, diverge, crash, exit on a config
+(runner.sweeps.study.trial_reporter). Whatever the job does -- complete, get pruned, diverge, crash, exit on a config
 error -- is recorded in the study and in trials.csv, and the sweep goes on.
 """
 
@@ -198,7 +198,7 @@ class OptunaSweeper(Sweeper):
         import optuna
         from hydra.utils import instantiate
 
-        from runner.sweep import JOURNAL, open_storage
+        from runner.sweeps.study import JOURNAL, open_storage
 
         self.storage_spec = self.storage or str((sweep_dir / JOURNAL).resolve())
         name = self.study_name or sweep_dir.name
@@ -244,7 +244,7 @@ class OptunaSweeper(Sweeper):
         return os.cpu_count() or 1 if n == -1 else int(n)
 
     def _devices(self, n: int, space: SearchSpace) -> list[str | None]:
-        from runner.sweep import assign_devices
+        from runner.sweeps.study import assign_devices
 
         submitit = "submitit" in str(self.config.hydra.launcher.get("_target_", ""))
         if (self.spread_gpus is False or (self.spread_gpus == "auto" and submitit) or "device" in space.params
@@ -262,7 +262,7 @@ class OptunaSweeper(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
-        from runner import sweep as glue
+        from runner.sweeps import study as glue
 
         # Optuna logs every trial at INFO; this sweeper logs each one with its status and job directory instead.
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -343,7 +343,7 @@ class OptunaSweeper(Sweeper):
     def _run_batch(self, study, batch: list, space: SearchSpace, sweep_dir: Path) -> None:
         from optuna.trial import TrialState
 
-        from runner import sweep as glue
+        from runner.sweeps import study as glue
 
         jobs, dirs, names = [], [], short_keys(list(space.params))
         for trial, device in zip(batch, self._devices(len(batch), space), strict=True):

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from runner import checkpoint, data
-from runner.augment import augment
-from runner.build import build_model, build_optimizer, build_preprocess, build_schedule
 from runner.config import ConfigError
-from runner.tracking import Tracker, record_run
-from runner.transfer import output_layer
+from runner.data import loading as data
+from runner.data.augment import augment
+from runner.engine import checkpoint
+from runner.engine.build import build_model, build_optimizer, build_preprocess, build_schedule
+from runner.engine.tracking import Tracker, record_run
+from runner.nets.transfer import output_layer
 
 log = logging.getLogger("runner")
 
@@ -81,8 +82,15 @@ def pretrain(cfg, run_dir: Path, choices: dict[str, str]) -> dict:
     "model" (what model.pretrained reads). TensorBoard: ae/train_loss, ae/val_loss, original and reconstructed
     images. Resumes from its own checkpoint like a classifier run (trainer.resume). Returns the metrics, also in
     run_dir/metrics.json."""
-    from runner import schedule
-    from runner.train import LAST, pick_device, resume_path, rng_states, seed_everything, set_rng_states
+    from runner.engine.train import (
+        LAST,
+        pick_device,
+        resume_path,
+        rng_states,
+        seed_everything,
+        set_rng_states,
+    )
+    from runner.optimization import schedules as schedule
 
     run_dir = Path(run_dir)
     device = pick_device(cfg.device)

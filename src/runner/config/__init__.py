@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 
 # The borders a padded image can have (augmentation.pad_mode, evaluation.tta_pad_mode; augment.pad draws them).
 PAD_MODES = ("zeros", "reflect")
@@ -248,7 +248,7 @@ def _validate_speed(cfg: DictConfig) -> None:
 def _validate_training(cfg: DictConfig) -> None:
     optimizer = cfg.optimizer
     if optimizer.get("impl", "torch") not in ("torch", "reference"):
-        _fail("optimizer.impl", optimizer.impl, "allowed: torch (torch.optim), reference (runner.reference_optim)")
+        _fail("optimizer.impl", optimizer.impl, "allowed: torch (torch.optim), reference (runner.optimization.reference)")
     if "bias_correction" in optimizer and not isinstance(optimizer.bias_correction, bool):
         _fail("optimizer.bias_correction", optimizer.bias_correction, "allowed: true, false")
     if optimizer.get("bias_correction", True) is False and optimizer.get("impl", "torch") != "reference":

@@ -1,6 +1,6 @@
 """The regularizers that live in the training loop rather than in the network or the optimizer: gradient clipping,
 early stopping, and the sparsity measure that makes L1's effect visible. (L2, weight decay and L1 act through the
-optimizer's parameter groups, see runner.optim; dropout and friends are layers, see runner.layers.)"""
+optimizer's parameter groups, see runner.optimization.optimizers; dropout and friends are layers, see runner.nets.layers.)"""
 
 import torch
 from torch import nn

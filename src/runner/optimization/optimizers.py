@@ -1,5 +1,5 @@
 """Optimizer plumbing: the optimizer an `optimizer=` config names (torch's, or with `impl=reference` the lecture's
-update rules of runner.reference_optim), which parameters are decayed, linear lr scaling with the batch size, and
+update rules of runner.optimization.reference), which parameters are decayed, linear lr scaling with the batch size, and
 the regularizers that act on the weights at each step (decoupled weight decay, L1) for any optimizer.
 
 Per parameter group, the keys the hooks below read:
@@ -37,10 +37,10 @@ def scaled_lr(lr: float, batch_size: int, reference_batch_size: int | None) -> f
 
 def make(optimizer_cfg, groups, lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
     """The optimizer `optimizer_cfg` names over `groups` (parameters or parameter-group dicts): the torch class of
-    `_target_`, or with impl=reference the class of the same name in runner.reference_optim. `lr` overrides the
+    `_target_`, or with impl=reference the class of the same name in runner.optimization.reference. `lr` overrides the
     config's (for the linear scaling rule). fused: use torch's fused kernel (one kernel for all parameters, CUDA)
     where the class has one."""
-    from runner import reference_optim
+    from runner.optimization import reference as reference_optim
 
     cls = get_class(optimizer_cfg._target_)
     kwargs = {k: v for k, v in OmegaConf.to_container(optimizer_cfg, resolve=True).items() if k not in _RUNNER_KEYS}

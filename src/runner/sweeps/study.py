@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from runner import checkpoint
+from runner.engine import checkpoint
 
 JOURNAL = "optuna.journal"
 TABLE = "trials.csv"
@@ -108,7 +108,7 @@ def read_outcome(job_dir: Path, error: str | None = None) -> dict:
 
 def write_experiment(sweep_dir: Path, job_dirs: list[Path]) -> None:
     """One HPARAMS experiment for the sweep, in its own directory: the union of the trials' hyperparameters and
-    final metrics. Each trial writes its own (runner.tracking), but TensorBoard takes its columns from a single
+    final metrics. Each trial writes its own (runner.engine.tracking), but TensorBoard takes its columns from a single
     one, arbitrarily chosen, whose keys and metrics may not cover the others' (a pruned trial has no test/acc,
     optimizer=adam has no optimizer.momentum). The sweep directory's run is read first, so this one is used."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader

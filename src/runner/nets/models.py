@@ -1,6 +1,6 @@
 """The networks a `model=` option names. Each takes its activation factory (`activation=`), its normalization
 (`norm=`) and its dropout settings (`regularization=`, as a layers.Drop) at construction, so that every technique
-applies to every model; `init=` is applied afterwards by runner.init. All take CIFAR-shaped input (B, 3, 32, 32)."""
+applies to every model; `init=` is applied afterwards by runner.nets.init. All take CIFAR-shaped input (B, 3, 32, 32)."""
 
 from collections import OrderedDict
 from collections.abc import Callable
@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from runner.layers import NO_DROP, Drop, Maxout, StochasticDepth, block, norm_layer
+from runner.nets.layers import NO_DROP, Drop, Maxout, StochasticDepth, block, norm_layer
 
 Act = Callable[[], nn.Module]
 

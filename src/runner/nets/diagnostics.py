@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from runner.layers import Maxout
+from runner.nets.layers import Maxout
 
 log = logging.getLogger("runner")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runner import checkpoint
 from runner.config import DataError
+from runner.engine import checkpoint
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # of the archive, as published on the CIFAR-10 page

@@ -15,16 +15,16 @@ def run_job(cfg) -> float | None:
     try:
         validate(cfg)
         if cfg.objective.name == "autoencoder":  # unsupervised pretraining: no labels, no accuracy
-            from runner.autoencoder import pretrain as fit
+            from runner.engine.autoencoder import pretrain as fit
         else:
-            from runner.train import fit  # torch is imported from here on
+            from runner.engine.train import fit  # torch is imported from here on
 
         hydra_cfg = HydraConfig.get()
         try:
             metrics = fit(cfg, Path(hydra_cfg.runtime.output_dir), dict(hydra_cfg.runtime.choices))
         finally:
             if "WORLD_SIZE" in os.environ:  # a torchrun rank: leave the process group cleanly
-                from runner.distributed import close
+                from runner.engine.distributed import close
 
                 close()
     except UserError as err:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from runner import checkpoint
 from runner.config import ConfigError
+from runner.engine import checkpoint
 
 log = logging.getLogger("runner")
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from runner.config import ConfigError
-from runner.layers import enable_dropout
+from runner.nets.layers import enable_dropout
 
 
 def tta_views(x: torch.Tensor, tta_flip: bool = False, tta_translate: int = 0,
@@ -16,7 +16,7 @@ def tta_views(x: torch.Tensor, tta_flip: bool = False, tta_translate: int = 0,
     """The views test-time augmentation averages over, of a uint8 batch: the image, with tta_flip its mirror image,
     and with tta_translate = t each of these also shifted by (t, t) and (-t, -t) pixels (the border filled as
     augment.pad does in pad_mode)."""
-    from runner.augment import translate
+    from runner.data.augment import translate
 
     flips = [x, x.flip(3)] if tta_flip else [x]
     shifts = [(0, 0)] + ([(tta_translate, tta_translate), (-tta_translate, -tta_translate)] if tta_translate else [])

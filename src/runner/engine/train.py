@@ -14,9 +14,12 @@ import torch
 from torch import nn
 
 import runner
-from runner import checkpoint, data, distributed, evaluation, optim, regularize, schedule, speed, sweep
-from runner.augment import alternating_flip, augment, augmented_grid
-from runner.build import (
+from runner.config import ConfigError
+from runner.data import loading as data
+from runner.data.augment import alternating_flip, augment, augmented_grid
+from runner.data.preprocess import input_grid
+from runner.engine import checkpoint, distributed, evaluation, speed
+from runner.engine.build import (
     build_averaging,
     build_freezer,
     build_loss,
@@ -27,13 +30,15 @@ from runner.build import (
     build_schedule,
     init_inputs,
 )
-from runner.config import ConfigError
-from runner.diagnostics import Probe
-from runner.init import consistency_warnings, first_conv
-from runner.models import flops_per_image
-from runner.preprocess import input_grid
-from runner.regularize import clip_gradients
-from runner.tracking import Progress, Tracker, flat_hparams, record_run
+from runner.engine.tracking import Progress, Tracker, flat_hparams, record_run
+from runner.nets.diagnostics import Probe
+from runner.nets.init import consistency_warnings, first_conv
+from runner.nets.models import flops_per_image
+from runner.optimization import optimizers as optim
+from runner.optimization import regularizers as regularize
+from runner.optimization import schedules as schedule
+from runner.optimization.regularizers import clip_gradients
+from runner.sweeps import study as sweep
 
 log = logging.getLogger("runner")
 

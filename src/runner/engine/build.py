@@ -11,8 +11,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from runner import layers, optim, preprocess, schedule
-from runner.init import initialize
+from runner.data import preprocess
+from runner.nets import layers
+from runner.nets.init import initialize
+from runner.optimization import optimizers as optim
+from runner.optimization import schedules as schedule
 
 
 def build_model(cfg, num_classes: int, inputs=None) -> nn.Module:
@@ -33,7 +36,8 @@ def build_pretrained(cfg, model: nn.Module, run_dir=None) -> set[str]:
     the reused parameters (for transfer.lr_mult); empty without model.pretrained."""
     if not cfg.model.get("pretrained"):
         return set()
-    from runner import checkpoint, transfer
+    from runner.engine import checkpoint
+    from runner.nets import transfer
 
     report = transfer.load_pretrained(model, str(cfg.model.pretrained))
     logging.getLogger("runner").info(report.summary())
@@ -47,7 +51,7 @@ def build_freezer(cfg, model: nn.Module):
     every parameter's requires_grad as the model set it (e.g. a frozen whitening stem, init.first_layer_trainable)."""
     if cfg.transfer.name == "none":
         return None
-    from runner.transfer import Freezer
+    from runner.nets.transfer import Freezer
 
     return Freezer(model, cfg.transfer)
 
@@ -76,10 +80,10 @@ def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
     factor = cfg.trainer.get("norm_bias_lr_factor", 1.0)
     groups = optim.param_groups(model, cfg.regularization, optim.is_decoupled_native(cfg.optimizer), lr, factor)
     if reused and "lr_mult" in cfg.transfer:
-        from runner.transfer import lr_groups
+        from runner.nets.transfer import lr_groups
 
         groups = lr_groups(model, groups, reused, cfg.transfer.lr_mult, lr)
-    from runner.speed import use_fused
+    from runner.engine.speed import use_fused
 
     fused = use_fused(cfg.trainer.get("fused_optimizer", "auto"), next(model.parameters()).device)
     optimizer = optim.make(cfg.optimizer, groups, lr=lr, fused=fused and cfg.optimizer.get("impl") != "reference")
@@ -107,7 +111,7 @@ def build_averaging(cfg, model: nn.Module, total_steps: int = 1):
     """The EMA copy of `model` that `averaging=ema` or `averaging=lookahead` asks for, or None."""
     if cfg.averaging.name == "none":
         return None
-    from runner.averaging import EMA
+    from runner.engine.averaging import EMA
 
     return EMA(model, cfg.averaging.decay, cfg.averaging.get("every_steps", 1), cfg.averaging.name == "lookahead",
                total_steps, cfg.averaging.get("ramp_power", 0.0))

@@ -1,0 +1,1 @@
+"""Networks: models, their layers, initialization, diagnostics and transfer of trained weights."""

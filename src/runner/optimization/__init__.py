@@ -1,0 +1,1 @@
+"""Optimization: optimizers (torch's and the lecture's rules), schedules and regularizers."""

@@ -1,0 +1,1 @@
+"""Sweeps: the glue between runner's Optuna sweeper plugin and its runs (storage, trials, tables)."""
