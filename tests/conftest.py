@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from runner.config import CONFIG_DIR, register_resolvers
+from runner.config import CONFIG_DIR, register_resolvers, validate
 
 register_resolvers()
 
@@ -27,10 +27,15 @@ TINY = [
 ]
 
 
-def compose_config(overrides=(), tiny=True):
-    """The real root config with `overrides` (after the tiny ones), as Hydra would compose it for a run."""
+def compose_config(overrides=(), tiny=True, checked=True):
+    """The real root config with `overrides` (after the tiny ones), as Hydra would compose it for a run, and with
+    checked, completed and checked by config.validate as a run is (checked=False: as Hydra composed it, for a test
+    of the validation itself)."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=[*(TINY if tiny else []), *overrides], return_hydra_config=False)
+        cfg = compose("config", overrides=[*(TINY if tiny else []), *overrides], return_hydra_config=False)
+    if checked:
+        validate(cfg)
+    return cfg
 
 
 def choices_of(overrides=()):

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import compose_config
 from runner.config import ConfigError, validate
@@ -87,7 +86,8 @@ def test_final_scores_report_each_requested_evaluation():
     pre = _scale
     x, y = torch.randint(0, 256, (20, 8), dtype=torch.uint8), torch.randint(0, 3, (20,))
     snapshots = [model.state_dict(), {k: v * 0.5 for k, v in model.state_dict().items()}]
-    cfg = OmegaConf.create({"ece_bins": 10, "tta_flip": False, "mc_dropout_passes": 4})
+    cfg = compose_config(["evaluation.ece_bins=10", "evaluation.mc_dropout_passes=4",
+                          "regularization=[dropout]"]).evaluation
     out = evaluation.final_scores(model, pre, x, y, cfg, 8, seed=0, snapshots=snapshots)
     assert set(out) == {"test/ece", "test/mc_acc", "test/mc_nll", "test/mc_ece", "test/acc_snapshot_1",
                         "test/acc_snapshot_2", "test/acc_snapshot_ensemble"}
@@ -96,11 +96,11 @@ def test_final_scores_report_each_requested_evaluation():
 
 def test_mc_dropout_without_a_dropout_rate_is_refused_at_start_up():
     with pytest.raises(ConfigError, match="evaluation.mc_dropout_passes"):
-        validate(compose_config(["evaluation.mc_dropout_passes=5"]))
+        validate(compose_config(["evaluation.mc_dropout_passes=5"], checked=False))
     with pytest.raises(ConfigError, match="evaluation.mc_dropout_passes"):
         validate(compose_config(["evaluation.mc_dropout_passes=5", "regularization=[dropout]",
-                                 "regularization.dropout.p=0"]))
-    validate(compose_config(["evaluation.mc_dropout_passes=5", "regularization=[dropconnect]"]))
+                                 "regularization.dropout.p=0"], checked=False))
+    validate(compose_config(["evaluation.mc_dropout_passes=5", "regularization=[dropconnect]"], checked=False))
 
 
 def test_tta_averages_the_flip_and_translate_views():

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runner.config import CONFIG_DIR, register_resolvers
+from runner.config import CONFIG_DIR, register_resolvers, validate
+from runner.config.schema import CIFAR10_TRAIN_IMAGES
 from runner.data import loading as data
 from runner.data.augment import augment
 from runner.engine import train
@@ -38,13 +39,15 @@ def _config(overrides):
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        cfg = compose("config", overrides=overrides)
+    validate(cfg)  # completes it with the schema's defaults, as a run's config is
+    return cfg
 
 
 def _arrays(root: str | None):
     if root and (Path(root) / data.CIFAR10_FOLDER).is_dir():
         return data.load_cifar10(Path(root), data.default_cache_dir(), download=False), f"CIFAR-10 at {root}"
-    arrays = data.make_synthetic(50_000, 10_000, 40.0, seed=0)
+    arrays = data.make_synthetic(CIFAR10_TRAIN_IMAGES, 10_000, 40.0, seed=0)
     return arrays, "synthetic data (no CIFAR-10 copy found)"
 
 
@@ -249,7 +252,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default=os.environ.get("RUNNER_DATA_DIR", "data"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--pipeline-images", type=int, default=50_000)
+    parser.add_argument("--pipeline-images", type=int, default=CIFAR10_TRAIN_IMAGES)
     parser.add_argument("--engine-images", type=int, default=5_000, help="training images per timed epoch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--preset-train-size", type=int, default=5000,

@@ -86,7 +86,6 @@ def write_tables(rows: list[dict], grid_dir: Path, settings: list[str]) -> str:
 
 
 def run_grid(grid: DictConfig, grid_dir: Path) -> list[dict]:
-    from runner.engine.autoencoder import pretrain
     from runner.engine.train import fit
 
     user = list(grid.overrides)
@@ -98,7 +97,7 @@ def run_grid(grid: DictConfig, grid_dir: Path) -> list[dict]:
         run_dir = grid_dir / r["name"]
         run_dir.mkdir(parents=True, exist_ok=True)
         log.info("transfer grid: run %d/%d %s (%s)", i + 1, len(runs), r["name"], " ".join(r["overrides"]))
-        metrics = (pretrain if cfg.objective.name == "autoencoder" else fit)(cfg, run_dir, choices)
+        metrics = fit(cfg, run_dir, choices)
         rows.append({**r, **metrics, "run_dir": str(run_dir)})
         write_tables(rows, grid_dir, list(grid.settings))
     log.info("transfer grid results (%s):\n%s", grid_dir / "results.md",

@@ -15,17 +15,11 @@ from conftest import choices_of, compose_config  # noqa: E402
 
 
 def run_case(name, overrides, run_dir: Path, source_dir: Path | None):
-    try:
-        from runner.engine.job import fit_for
-    except ImportError:  # the engine before its restructuring
-        from runner.engine.autoencoder import pretrain
-        from runner.engine.train import fit
+    from runner.engine.train import fit
 
-        def fit_for(cfg):
-            return pretrain if cfg.objective.name == "autoencoder" else fit
     overrides = [o.replace("SOURCE", str(source_dir)) for o in overrides]
     cfg = compose_config([*SMALL, *overrides], tiny=False)
-    return fit_for(cfg)(cfg, run_dir, choices_of([*SMALL, *overrides]))
+    return fit(cfg, run_dir, choices_of([*SMALL, *overrides]))
 
 
 def main(out: Path) -> None:

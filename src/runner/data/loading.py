@@ -284,9 +284,9 @@ def select_classes(arrays: dict[str, np.ndarray], classes: tuple[str, ...], keep
 def load_splits(cfg, device) -> Splits:
     """The splits the data config `cfg` names (its class subset, validation hold-out, training subset), on the
     device: what every command that trains or evaluates on a config's data starts from."""
-    arrays, classes = select_classes(*load_arrays(cfg), cfg.get("classes"))
+    arrays, classes = select_classes(*load_arrays(cfg), cfg.classes)
     return split(arrays, classes, cfg.val_size, cfg.train_size, cfg.split_seed, device,
-                 train_half=cfg.get("train_half"), per_class=cfg.get("per_class"))
+                 train_half=cfg.train_half, per_class=cfg.per_class)
 
 
 def split(arrays: dict[str, np.ndarray], classes: tuple[str, ...], val_size: int, train_size: int | None, seed: int,

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from runner.config.regularizers import decays_decoupled
 from runner.data import preprocess
 from runner.nets import layers
 from runner.nets.init import initialize
@@ -34,7 +35,7 @@ def build_pretrained(cfg, model: nn.Module, run_dir=None) -> set[str]:
     """Load the weights of `model.pretrained=` into `model` (matched by name and shape, the output layer replaced),
     and report what was loaded, skipped and newly initialized (log; run_dir/pretrained.json). Returns the names of
     the reused parameters (for transfer.lr_mult); empty without model.pretrained."""
-    if not cfg.model.get("pretrained"):
+    if cfg.model.pretrained is None:
         return set()
     from runner.engine import checkpoint
     from runner.nets import transfer
@@ -59,7 +60,7 @@ def build_freezer(cfg, model: nn.Module):
 def init_inputs(cfg, preprocess: nn.Module, train_x):
     """What a data-dependent init sees: the first init.whiten_images training images, preprocessed; None when
     `init=` does not need data."""
-    if cfg.init.get("first_layer", "same") != "whiten":
+    if cfg.init.first_layer != "whiten":
         return None
     import torch
 
@@ -77,16 +78,16 @@ def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
         logging.getLogger("runner").info("linear lr scaling: optimizer.lr %g x batch_size %d / %d = %g",
                                          cfg.optimizer.lr, cfg.trainer.batch_size,
                                          cfg.trainer.lr_reference_batch_size, lr)
-    factor = cfg.trainer.get("norm_bias_lr_factor", 1.0)
-    groups = optim.param_groups(model, cfg.regularization, optim.is_decoupled_native(cfg.optimizer), lr, factor)
+    groups = optim.param_groups(model, cfg.regularization, decays_decoupled(cfg.optimizer), lr,
+                                cfg.trainer.norm_bias_lr_factor)
     if reused and "lr_mult" in cfg.transfer:
         from runner.nets.transfer import lr_groups
 
         groups = lr_groups(model, groups, reused, cfg.transfer.lr_mult, lr)
     from runner.engine.speed import use_fused
 
-    fused = use_fused(cfg.trainer.get("fused_optimizer", "auto"), next(model.parameters()).device)
-    optimizer = optim.make(cfg.optimizer, groups, lr=lr, fused=fused and cfg.optimizer.get("impl") != "reference")
+    fused = use_fused(cfg.trainer.fused_optimizer, next(model.parameters()).device)
+    optimizer = optim.make(cfg.optimizer, groups, lr=lr, fused=fused and cfg.optimizer.impl != "reference")
     optim.register_hooks(optimizer)
     if "max_norm" in cfg.regularization:
         optimizer.register_step_post_hook(layers.max_norm_hook(model, cfg.regularization.max_norm.value))
@@ -113,5 +114,5 @@ def build_averaging(cfg, model: nn.Module, total_steps: int = 1):
         return None
     from runner.engine.averaging import EMA
 
-    return EMA(model, cfg.averaging.decay, cfg.averaging.get("every_steps", 1), cfg.averaging.name == "lookahead",
-               total_steps, cfg.averaging.get("ramp_power", 0.0))
+    return EMA(model, cfg.averaging.decay, cfg.averaging.every_steps, cfg.averaging.name == "lookahead",
+               total_steps, cfg.averaging.ramp_power)

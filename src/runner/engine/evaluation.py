@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from runner.config import ConfigError
+from runner.config.regularizers import MC_DROPOUT_KINDS, REGULARIZERS, chosen
 from runner.nets.layers import enable_dropout
 
 
@@ -49,7 +50,8 @@ def mc_dropout_probabilities(model: nn.Module, preprocess: nn.Module, x: torch.T
     if enable_dropout(model) == 0:
         model.train(was_training)
         raise ConfigError(f"evaluation.mc_dropout_passes={passes}: the model has no dropout-type module to switch on "
-                          "(its dropout rates are 0 where it has layers): add dropout, e.g. "
+                          f"(its dropout rates are 0 where it has layers): add one of "
+                          f"{', '.join(chosen(REGULARIZERS, *MC_DROPOUT_KINDS))}, e.g. "
                           "`regularization=[l2,dropout]`, or set evaluation.mc_dropout_passes=0.")
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -94,10 +96,9 @@ def final_scores(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, y: to
     out = {"test/ece": scores(probs, y, bins)["ece"]}
     if ema is not None:
         out["test/acc_ema"] = scores(probabilities(ema.model, preprocess, x, batch_size), y, bins)["acc"]
-    translate = evaluation.get("tta_translate", 0)
-    if evaluation.tta_flip or translate:
-        tta = probabilities(model, preprocess, x, batch_size, evaluation.tta_flip, translate,
-                            evaluation.get("tta_pad_mode", "zeros"))
+    if evaluation.tta_flip or evaluation.tta_translate:
+        tta = probabilities(model, preprocess, x, batch_size, evaluation.tta_flip, evaluation.tta_translate,
+                            evaluation.tta_pad_mode)
         out["test/acc_tta"] = scores(tta, y, bins)["acc"]
     if evaluation.mc_dropout_passes > 0:
         mc = mc_dropout_probabilities(model, preprocess, x, batch_size, evaluation.mc_dropout_passes, seed)

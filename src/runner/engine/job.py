@@ -14,14 +14,15 @@ def run_job(cfg) -> float | None:
     """Returns the best validation accuracy (what a sweeper maximizes), or None when the run did not complete."""
     try:
         validate(cfg)
-        if cfg.objective.name == "autoencoder":  # unsupervised pretraining: no labels, no accuracy
-            from runner.engine.autoencoder import pretrain as fit
-        else:
-            from runner.engine.train import fit  # torch is imported from here on
+        from runner.engine.components import SweepReport
+        from runner.engine.train import fit  # torch is imported from here on
+        from runner.sweeps.study import trial_reporter
 
         hydra_cfg = HydraConfig.get()
+        report = trial_reporter()  # None unless this run is a trial of an Optuna sweep
         try:
-            metrics = fit(cfg, Path(hydra_cfg.runtime.output_dir), dict(hydra_cfg.runtime.choices))
+            metrics = fit(cfg, Path(hydra_cfg.runtime.output_dir), dict(hydra_cfg.runtime.choices),
+                          [SweepReport(report)] if report is not None else [])
         finally:
             if "WORLD_SIZE" in os.environ:  # a torchrun rank: leave the process group cleanly
                 from runner.engine.distributed import close

@@ -13,24 +13,34 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 import runner
+from runner.engine.records import check_tag
 
 
 class Tracker:
     """TensorBoard event files in `run_dir`. On resume, purge_step drops the events an earlier, killed process
     wrote past the checkpoint, so the curves do not double back."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True):
-        """enabled=False: write nothing (the ranks other than 0 of a data-parallel run); writer is then None."""
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step) if enabled else None
+    def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True, lazy: bool = False):
+        """enabled=False: write nothing (the ranks other than 0 of a data-parallel run); writer is then None.
+        lazy=True: open the event file only with `open`, once the step to purge from is known (a resumed run)."""
+        self.run_dir, self.enabled, self.writer = Path(run_dir), enabled, None
+        if not lazy:
+            self.open(purge_step)
+
+    def open(self, purge_step: int | None = None) -> None:
+        if self.enabled:
+            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
+            check_tag(tag)
             self.writer.add_scalar(tag, value, step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is None:
             return
         for tag, value in values.items():
+            check_tag(tag)
             self.writer.add_scalar(tag, value, step)
 
     def hparams(self, hparams: dict, metrics: dict[str, float], step: int) -> None:

@@ -126,8 +126,9 @@ class Probe:
         self._before = {n: m.weight.detach().clone() for n, m in self.layers}
 
     @torch.no_grad()
-    def finish(self, step: int, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Measure what needs the updated weights, read everything back at once and write it. Returns the scalars."""
+    def finish(self, step: int, x: torch.Tensor, logits: torch.Tensor | None, y: torch.Tensor | None) -> dict[str, float]:
+        """Measure what needs the updated weights, read everything back at once and write it. Returns the scalars.
+        logits and y are None for an objective without labels (the autoencoder): the loss checks are skipped."""
         values: dict[str, torch.Tensor] = {}
         for name, stats in self._acts.items():
             for key, v in stats.items():
@@ -141,11 +142,11 @@ class Probe:
             values[f"diag/update_ratio/{name}"] = (w - self._before[name]).norm() / self._before[name].norm()
             if w.shape[0] > 1:
                 symmetric[name] = identical_units(w)
-        losses = batch_norm_losses(self.model, x, y)
+        losses = batch_norm_losses(self.model, x, y) if y is not None else None
         if losses is not None:
             values["diag/loss_batch_stats"], values["diag/loss_running_stats"] = losses
             values["diag/bn_train_eval_gap"] = losses[1] - losses[0]
-        if step == 0:
+        if step == 0 and logits is not None:
             values["diag/initial_loss"] = F.cross_entropy(logits.detach().float(), y)
         hists = {n: s["_hist"] for n, s in self._acts.items() if "_hist" in s}
         self._acts, self._grads, self._before = {}, {}, {}
@@ -172,7 +173,7 @@ class Probe:
                 self.reported_symmetric.add(name)
                 log.warning("layer %s: all its units are identical after step %d: the initialization did not break "
                             "the symmetry (constant or zero init?), so they compute the same thing.", name, step)
-        if step == 0:
+        if step == 0 and logits is not None:
             self._initial_report(out, logits.shape[1])
         return out
 

@@ -43,18 +43,18 @@ def activation_gain(activation) -> float:
     if name in ("ReLU", "ELU", "GELU", "SiLU"):
         return calculate("relu")
     if name == "LeakyReLU":
-        return calculate("leaky_relu", activation.get("negative_slope", 0.01))
+        return calculate("leaky_relu", activation.negative_slope)
     if name == "PReLU":
-        return calculate("leaky_relu", activation.get("init", 0.25))
+        return calculate("leaky_relu", activation.init)
     if name == "RReLU":
-        return calculate("leaky_relu", (activation.get("lower", 1 / 8) + activation.get("upper", 1 / 3)) / 2)
+        return calculate("leaky_relu", (activation.lower + activation.upper) / 2)
     if name in ("Tanh", "Sigmoid", "SELU"):
         return calculate(name.lower())
     return 1.0
 
 
 def gain_of(init, activation) -> float:
-    gain = init.get("gain", 1.0)
+    gain = init.gain if "gain" in init else 1.0  # the schemes without a gain key are the ones it does not scale
     return activation_gain(activation) if gain == "auto" else float(gain)
 
 
@@ -158,12 +158,12 @@ def initialize(model: nn.Module, init, activation, inputs: torch.Tensor | None =
             if isinstance(module, _LAYERS) and not (init.scheme == "dirac" and isinstance(module, nn.Linear)):
                 init_weight(module.weight, init, gain)
                 if module.bias is not None:
-                    nn.init.constant_(module.bias, init.get("bias", 0.0))
+                    nn.init.constant_(module.bias, init.bias)
                 count += 1
-    if init.get("first_layer", "same") == "whiten" and inputs is not None:
+    if init.first_layer == "whiten" and inputs is not None:
         conv = first_conv(model)
         n = whiten_conv_(conv, inputs, init.whiten_epsilon)
-        conv.weight.requires_grad_(bool(init.get("first_layer_trainable", True)))
+        conv.weight.requires_grad_(init.first_layer_trainable)
         log.info("init.first_layer=whiten: %d whitening filters (and their negatives) of %dx%d patches from %d "
                  "training images", n, *conv.kernel_size, len(inputs))
     return count

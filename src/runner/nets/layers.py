@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from runner.config.regularizers import chosen
+
 NORM_KINDS = ("none", "batch", "layer", "group")
 
 
@@ -148,14 +150,11 @@ def enable_dropout(model: nn.Module) -> int:
     return switched
 
 
-DROPOUT_KINDS = ("dropout", "gaussian_dropout", "alpha_dropout")
-
-
 @dataclass(frozen=True)
 class Drop:
     """The in-network regularizers of `regularization=`, as the model builders place them.
 
-    kind/p: one of DROPOUT_KINDS in front of every fully connected layer that follows a hidden layer (the MLP's
+    kind/p: one of config.regularizers.DROPOUTS in front of every fully connected layer that follows a hidden layer (the MLP's
     hidden layers, VGG's classifier, the head after global pooling); conv_p: the same kind after every conv block.
     dropconnect_p: every Linear layer is a DropConnectLinear. stochastic_depth_p: the drop probability of the last
     residual block; block b of B drops with p * (b + 1) / B (Huang et al. 2016's linear decay rule).
@@ -169,13 +168,13 @@ class Drop:
 
     @classmethod
     def from_config(cls, regularization) -> "Drop":
-        kinds = [k for k in DROPOUT_KINDS if k in regularization]
+        def rate(name: str, key: str = "p") -> float:
+            return regularization[name][key] if name in regularization else 0.0
+
+        kinds = chosen(regularization, "dropout")
         kind = kinds[0] if kinds else "none"  # config.validate allows one
-        node = regularization.get(kind, {}) if kinds else {}
-        return cls(kind=kind, p=node.get("p", 0.0), conv_p=node.get("conv_p", 0.0),
-                   dropconnect_p=regularization["dropconnect"]["p"] if "dropconnect" in regularization else 0.0,
-                   stochastic_depth_p=(regularization["stochastic_depth"]["p"]
-                                       if "stochastic_depth" in regularization else 0.0))
+        return cls(kind=kind, p=rate(kind), conv_p=rate(kind, "conv_p"), dropconnect_p=rate("dropconnect"),
+                   stochastic_depth_p=rate("stochastic_depth"))
 
     def _module(self, p: float) -> nn.Module:
         if p == 0 or self.kind == "none":

@@ -24,11 +24,6 @@ _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Lo
 _RUNNER_KEYS = ("_target_", "_partial_", "impl", "bias_correction")
 
 
-def is_decoupled_native(optimizer_cfg) -> bool:
-    """Whether the optimizer's own `weight_decay` argument is decoupled decay (AdamW), not an L2 gradient term."""
-    return optimizer_cfg._target_.rsplit(".", 1)[-1] == "AdamW"
-
-
 def scaled_lr(lr: float, batch_size: int, reference_batch_size: int | None) -> float:
     """The linear scaling rule (Goyal et al. 2017): lr * batch_size / reference_batch_size; unchanged when the
     reference is null."""
@@ -44,7 +39,7 @@ def make(optimizer_cfg, groups, lr: float | None = None, fused: bool = False) ->
 
     cls = get_class(optimizer_cfg._target_)
     kwargs = {k: v for k, v in OmegaConf.to_container(optimizer_cfg, resolve=True).items() if k not in _RUNNER_KEYS}
-    if optimizer_cfg.get("impl", "torch") == "reference":
+    if optimizer_cfg.impl == "reference":
         cls = getattr(reference_optim, cls.__name__)
         if "bias_correction" in optimizer_cfg:
             kwargs["bias_correction"] = optimizer_cfg.bias_correction

@@ -1,0 +1,139 @@
+"""The kinds of value a config key can hold, as `Key`s: what a value may be, said in words for the error message,
+and what an option file that lacks the key gets. The schema (runner.config.schema) is written with these.
+
+Plain Python: the checks run before torch is imported."""
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from omegaconf import OmegaConf
+
+from runner.config import CONFIG_DIR
+
+
+class _Absent:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# A key's default when no value is given: OPTIONAL, only some options of the group have the key (checked where
+# present, absent elsewhere); REQUIRED, every config has it (an error when removed).
+OPTIONAL, REQUIRED = _Absent("OPTIONAL"), _Absent("REQUIRED")
+
+# The validation metrics a technique can watch (schedule=plateau, regularization=early_stopping).
+VAL_METRICS = {"val_acc": "higher is better", "val_loss": "lower is better"}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key. problem(value): what is wrong with the value, as "must be ..." (None: nothing). item: the
+    Key of each element, for a list. default: filled in where the config lacks the key, or OPTIONAL / REQUIRED."""
+
+    problem: Callable[[object], str | None]
+    item: "Key | None" = None
+    default: object = OPTIONAL
+
+
+def required(**keys: Key) -> dict[str, Key]:
+    """Keys every option of the group sets."""
+    return {name: replace(key, default=REQUIRED) for name, key in keys.items()}
+
+
+def show(value) -> str:
+    """A value as it is typed on the command line (true, null)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return f"{value:g}" if is_number(value) else str(value)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])$")
+
+
+def number(interval: str = "(-inf, inf)", *, integer: bool = False, null: bool = False, why: str = "",
+           default=OPTIONAL) -> Key:
+    """A number (an integer with integer=True) in `interval`, written as in maths: "[0, 1)", "(0, inf)"."""
+    open_low, low, high, open_high = _INTERVAL.match(interval).groups()
+    low, high, open_low, open_high = float(low), float(high), open_low == "(", open_high == ")"
+    noun = "an integer" if integer else "a number"
+    if low == 0 and open_low and high == math.inf:
+        words = f"a positive {noun[noun.index(' ') + 1:]}"
+    elif high == math.inf:
+        words = noun if low == -math.inf else f"{noun} {'>' if open_low else '>='} {show(low)}"
+    else:
+        words = f"{noun} in {interval}"
+    words = f"must be {'null or ' if null else ''}{words}{f' ({why})' if why else ''}"
+
+    def problem(value):
+        if value is None and null:
+            return None
+        # Written as "inside the interval", never "not outside": NaN fails every comparison, so it is refused.
+        inside = (low < value if open_low else low <= value) and (value < high if open_high else value <= high) \
+            if (is_int(value) if integer else is_number(value)) else False
+        return None if inside else words
+
+    return Key(problem, default=default)
+
+
+def integer(interval: str = "(-inf, inf)", **kw) -> Key:
+    return number(interval, integer=True, **kw)
+
+
+def one_of(*values, default=OPTIONAL) -> Key:
+    """One of `values`, or of a dict's keys (its values say what each means: "fan_in (keeps the variance)").
+    Compared with their type: 1 is not true."""
+    meaning = values[0] if len(values) == 1 and isinstance(values[0], dict) else dict.fromkeys(values, "")
+    words = "allowed: " + ", ".join(f"{show(v)} ({m})" if m else show(v) for v, m in meaning.items())
+    return Key(lambda value: None if any(value == v and type(value) is type(v) for v in meaning) else words,
+               default=default)
+
+
+def boolean(default=OPTIONAL) -> Key:
+    return one_of(True, False, default=default)
+
+
+def options(group: str) -> Key:
+    """The name of an option of `group`: a file configs/<group>/<name>.yaml (the folder is the registry)."""
+    return Key(lambda value: None if value in option_names(group) else f"allowed: {', '.join(option_names(group))}")
+
+
+def option_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def text(pattern: str = r".+", allowed: str = "must be a non-empty string", null: bool = False) -> Key:
+    """A string matching `pattern` (re.fullmatch)."""
+    return Key(lambda value: None if (value is None and null) or (
+        isinstance(value, str) and re.fullmatch(pattern, value)) else allowed)
+
+
+def list_of(item: Key, allowed: str, length: tuple[int, float] = (1, math.inf), ascending: bool = False,
+            null: bool = False) -> Key:
+    """A list of `length` (min, max) elements, each checked by `item`; ascending: sorted, low to high.
+    allowed: the whole list in words, e.g. "a list of two numbers in [0, 1), e.g. [0.9,0.999]"."""
+
+    def problem(value):
+        if value is None and null:
+            return None
+        ok = OmegaConf.is_list(value) and length[0] <= len(value) <= length[1] and (
+            not ascending or (all(item.problem(v) is None for v in value) and list(value) == sorted(value)))
+        return None if ok else f"must be {allowed}"
+
+    return Key(problem, item=item)
+
+
+def either(first: Key, second: Key, allowed: str) -> Key:
+    """A value that `first` or `second` allows."""
+    return Key(lambda value: None if first.problem(value) is None or second.problem(value) is None else allowed)

@@ -1,0 +1,80 @@
+"""The regularizers of `regularization=` (configs/regularization/<name>.yaml) in one table: what each is, where it
+acts, its kind and its keys. The config check, the model builders, the optimizer and the evaluation read them here.
+
+Plain Python: the config check imports it before torch."""
+
+from dataclasses import dataclass
+
+from runner.config.keys import VAL_METRICS, Key, boolean, integer, number, one_of, required
+
+# Where a regularizer acts.
+NETWORK = "the network's layers"  # runner.nets.layers, placed by the model builders
+OPTIMIZER = "the optimizer's parameter groups and step"  # runner.optimization.optimizers, runner.engine.build
+LOSS = "the loss"  # runner.engine.build.build_loss
+LOOP = "the training loop"  # runner.engine.train
+END = "the end of training"
+
+GRAD_CLIP_BY = {"norm": "the global L2 norm of all gradients", "value": "each entry"}
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    what: str
+    acts: tuple[str, ...]
+    kind: str  # penalty, decay, constraint, dropout (on units; one kind per network), dropconnect, depth, ...
+    keys: dict[str, Key]
+
+
+_PENALTY_KEYS = dict(value=number("[0, inf)"), decay_norm_and_bias=boolean())
+_DROPOUT_KEYS = required(p=number("[0, 1)"), conv_p=number("[0, 1)", why="after each conv block"))
+
+REGULARIZERS = {
+    "l2": Regularizer("penalty value/2 * |w|^2: value * w added to the gradient (coupled: Adam rescales it)",
+                      (OPTIMIZER,), "penalty", required(**_PENALTY_KEYS)),
+    "weight_decay": Regularizer("decoupled decay w <- w * (1 - lr * value) before each step, for any optimizer "
+                                "(Loshchilov & Hutter 2019)", (OPTIMIZER,), "decay", required(**_PENALTY_KEYS)),
+    "l1": Regularizer("penalty value * |w|: its subgradient, or with proximal a soft-thresholding step after each "
+                      "step that leaves exact zeros", (OPTIMIZER,), "penalty",
+                      required(**_PENALTY_KEYS, proximal=boolean())),
+    "elastic_net": Regularizer("the L1 and L2 penalties together (Zou & Hastie 2005)", (OPTIMIZER,), "penalty",
+                               required(l1=number("[0, inf)"), l2=number("[0, inf)"), proximal=boolean(),
+                                        decay_norm_and_bias=boolean())),
+    "dropout": Regularizer("units zeroed with probability p in training, the others scaled by 1/(1-p) "
+                           "(Srivastava et al. 2014)", (NETWORK,), "dropout", _DROPOUT_KEYS),
+    "gaussian_dropout": Regularizer("units multiplied by Gaussian noise of mean 1 and variance p/(1-p)",
+                                    (NETWORK,), "dropout", _DROPOUT_KEYS),
+    "alpha_dropout": Regularizer("dropout that keeps SELU's mean and variance (Klambauer et al. 2017)",
+                                 (NETWORK,), "dropout", _DROPOUT_KEYS),
+    "dropconnect": Regularizer("the weights of every linear layer zeroed with probability p in training "
+                               "(Wan et al. 2013)", (NETWORK,), "dropconnect", required(p=number("[0, 1)"))),
+    "stochastic_depth": Regularizer("residual blocks skipped at random in training, the last with probability p "
+                                    "(Huang et al. 2016)", (NETWORK,), "depth", required(p=number("[0, 1)"))),
+    "max_norm": Regularizer("each unit's incoming weights put back on the ball of radius value after each step "
+                            "(Srivastava et al. 2014)", (OPTIMIZER,), "constraint",
+                            required(value=number("(0, inf)", why="the largest norm of a unit's incoming weights"))),
+    "label_smoothing": Regularizer("targets (1 - value) * one-hot + value / classes (Szegedy et al. 2016)",
+                                   (LOSS,), "target", required(value=number("[0, 1)"))),
+    "grad_clip": Regularizer("the gradients clipped by their global norm or by value before each step",
+                             (LOOP,), "clipping", required(by=one_of(GRAD_CLIP_BY), threshold=number("(0, inf)"))),
+    "early_stopping": Regularizer("training ends after patience_epochs epochs without a better val metric; the "
+                                  "best epoch's weights are put back", (LOOP, END), "stopping",
+                                  required(metric=one_of(VAL_METRICS), patience_epochs=integer("[1, inf)"),
+                                           min_delta=number("[0, inf)"))),
+}
+
+# Random in training and deterministic in eval: what MC dropout samples (runner.nets.layers.DROPOUT_TYPES).
+MC_DROPOUT_KINDS = ("dropout", "dropconnect")
+
+# The dropout kinds on units, of which a network holds one (runner.nets.layers.Drop).
+DROPOUTS = tuple(name for name, r in REGULARIZERS.items() if r.kind == "dropout")
+
+
+def chosen(regularization, *kinds: str) -> list[str]:
+    """The regularizers in `regularization` (the config node) whose kind is one of `kinds`."""
+    return [name for name, r in REGULARIZERS.items() if r.kind in kinds and name in regularization]
+
+
+def decays_decoupled(optimizer) -> bool:
+    """Whether the optimizer's own `weight_decay` argument is decoupled decay (AdamW), not an L2 gradient term:
+    then regularization=weight_decay goes there, and a coupled L2 beside it is refused."""
+    return optimizer._target_.rsplit(".", 1)[-1] == "AdamW"

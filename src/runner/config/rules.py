@@ -1,0 +1,110 @@
+"""The start-up checks that tie several config keys together (each key on its own is runner.config.schema's).
+They run on a config the schema has completed and checked, so every key they read is there and well typed."""
+
+import os
+
+from omegaconf import DictConfig
+
+from runner.config import ConfigError
+from runner.config.regularizers import DROPOUTS, MC_DROPOUT_KINDS, REGULARIZERS, chosen, decays_decoupled
+from runner.config.schema import CIFAR10_TRAIN_IMAGES, fail
+
+
+def check(cfg: DictConfig) -> None:
+    """Raises ConfigError for the first rule `cfg` breaks."""
+    _data(cfg.data)
+    _network(cfg)
+    _training(cfg)
+    _transfer(cfg)
+
+
+def _data(data: DictConfig) -> None:
+    if data.name == "cifar10" and data.num_classes != 10:
+        fail("data.num_classes", data.num_classes, "data=cifar10 has 10 classes (choose some with data.classes)")
+    total = CIFAR10_TRAIN_IMAGES if data.name == "cifar10" else data.train_examples
+    if not data.val_size < total:
+        fail("data.val_size", data.val_size, f"must be an integer in [0, {total}) for data={data.name} ({total} "
+             "training images)")
+    if data.train_size is not None and not data.train_size <= total - data.val_size:
+        fail("data.train_size", data.train_size, f"must be null or an integer in [1, {total - data.val_size}] "
+             f"(training images left after val_size={data.val_size})")
+    classes = data.classes
+    if classes is not None and (len(set(classes)) != len(classes) or max(classes) >= data.num_classes):
+        fail("data.classes", classes, f"must be null or a list of at least two distinct class indices in "
+             f"[0, {data.num_classes}), e.g. [0,1,2,3,4]")
+
+
+def _network(cfg: DictConfig) -> None:
+    activation = cfg.activation
+    if "lower" in activation and not activation.lower <= activation.upper:
+        fail("activation.lower", activation.lower, f"must satisfy 0 <= lower <= upper (upper={activation.upper})")
+
+    init = cfg.init
+    if init.first_layer == "whiten":
+        for key in ("whiten_epsilon", "whiten_images"):
+            if key not in init:
+                raise ConfigError(f"init.first_layer=whiten needs init.{key}: add `+init.{key}=<value>` (init=dirac "
+                                  "has them: whiten_epsilon=5e-4, whiten_images=5000).")
+    elif init.first_layer_bias_epochs is not None:
+        raise ConfigError(f"init.first_layer_bias_epochs={init.first_layer_bias_epochs} is for the whitening layer: "
+                          "set init.first_layer=whiten, or init.first_layer_bias_epochs=null.")
+
+    regularization = cfg.regularization
+    dropouts = chosen(regularization, "dropout")
+    if len(dropouts) > 1:
+        raise ConfigError(f"regularization={dropouts} combines {len(dropouts)} kinds of dropout: choose one of "
+                          f"{', '.join(DROPOUTS)}, e.g. `regularization=[l2,{dropouts[0]}]`.")
+    if "stochastic_depth" in regularization and "blocks_per_stage" not in cfg.model:
+        raise ConfigError("regularization=stochastic_depth drops residual blocks: it needs a residual network "
+                          "(model=resnet or model=resnet18).")
+    if cfg.model._target_.endswith(".torchvision_resnet18") and (
+            not cfg.activation._target_.endswith(".ReLU") or cfg.norm.get("name", cfg.norm.get("kind")) != "batch"):
+        raise ConfigError("model=torchvision_resnet18 is torchvision's network with its own ReLU and batch norm: "
+                          "use activation=relu norm=batch (the defaults).")
+
+
+def _training(cfg: DictConfig) -> None:
+    optimizer, regularization = cfg.optimizer, cfg.regularization
+    if optimizer.get("bias_correction") is False and optimizer.impl != "reference":
+        raise ConfigError("optimizer.bias_correction=false needs the lecture's update rule: add "
+                          "optimizer.impl=reference (torch.optim always corrects the bias).")
+    coupled = [k for k in ("l2", "elastic_net") if k in regularization]
+    if decays_decoupled(optimizer) and coupled:
+        raise ConfigError(f"optimizer=adamw decays the weights decoupled from the gradient; regularization={coupled} "
+                          "would add a coupled L2 penalty beside it (that is Adam + L2, not AdamW). Use "
+                          "`optimizer=adamw regularization=[weight_decay]`, or `optimizer=adam regularization=[l2]`.")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    batch = cfg.trainer.batch_size
+    if world > 1 and batch % world:
+        raise ConfigError(f"trainer.batch_size={batch} is the global batch of {world} processes and must be "
+                          f"divisible by {world}: set trainer.batch_size={batch // world * world}.")
+
+    schedule = cfg.schedule
+    if not schedule.warmup_epochs < cfg.trainer.epochs:
+        fail("schedule.warmup_epochs", schedule.warmup_epochs, f"must be a number in [0, {cfg.trainer.epochs}) "
+             "(trainer.epochs)")
+    monitors = [("schedule", schedule)] if "metric" in schedule else []
+    if "early_stopping" in regularization:
+        monitors.append(("regularization.early_stopping", regularization.early_stopping))
+    for where, node in monitors:
+        if cfg.data.val_size == 0:
+            raise ConfigError(f"{where} watches {node.metric}, but data.val_size=0 leaves no validation split: "
+                              "set data.val_size=<images held out>.")
+
+    passes = cfg.evaluation.mc_dropout_passes
+    stochastic = [k for k in chosen(regularization, *MC_DROPOUT_KINDS)
+                  if any(regularization[k][rate] > 0 for rate in ("p", "conv_p") if rate in regularization[k])]
+    if passes > 0 and not stochastic:
+        raise ConfigError(f"evaluation.mc_dropout_passes={passes} needs dropout in the model (a rate p > 0): add one "
+                          f"of {', '.join(chosen(REGULARIZERS, *MC_DROPOUT_KINDS))}, e.g. "
+                          "`regularization=[l2,dropout]`, or set evaluation.mc_dropout_passes=0.")
+
+
+def _transfer(cfg: DictConfig) -> None:
+    transfer = cfg.transfer
+    if transfer.name != "none" and cfg.model.pretrained is None:
+        raise ConfigError(f"transfer={transfer.name} reuses trained layers, but model.pretrained is null: give the "
+                          "weights, e.g. `model.pretrained=outputs/<date>/<run>`, or use transfer=none.")
+    if cfg.objective.name == "autoencoder" and transfer.name != "none":
+        raise ConfigError(f"objective=autoencoder pretrains all layers without labels; transfer={transfer.name} "
+                          "belongs to the later run that reuses them: use transfer=none here.")

@@ -1,0 +1,250 @@
+"""The config's schema: each group's keys, what values they allow, and the group's default for a key that only some
+of its option files set, declared once. `complete_and_check` walks a config against it: it fills those defaults in
+(so a run's config.yaml records every value used) and checks every key, refusing unknown ones. The checks that tie
+several keys together are runner.config.rules.
+
+Defaults an option file sets stay in its YAML; a key every option (or config.yaml) sets is `required` here.
+Keys starting with `_` (`_target_`, `_partial_`) are Hydra's and allowed in every group."""
+
+import difflib
+import math
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from runner.config import CONFIG_DIR, PAD_MODES, ConfigError
+from runner.config.keys import (
+    OPTIONAL,
+    REQUIRED,
+    VAL_METRICS,
+    Key,
+    boolean,
+    either,
+    integer,
+    list_of,
+    number,
+    one_of,
+    option_names,
+    options,
+    required,
+    text,
+)
+from runner.config.regularizers import REGULARIZERS
+
+CIFAR10_TRAIN_IMAGES = 50_000
+
+_POSITIVE_INT, _POSITIVE = integer("(0, inf)"), number("(0, inf)")
+_SEED = integer("[0, inf)")
+_ON_OFF_AUTO = one_of({"auto": "on for CUDA only", True: "", False: ""})
+_WIDTHS = list_of(_POSITIVE_INT, "a list of positive integers, not empty")
+_FRACTION = number("[0, 1]")
+
+
+_TORCHVISION_WEIGHTS = re.compile(r"torchvision:\w+_Weights\.\w+")
+
+
+def _weights(value) -> str | None:
+    """model.pretrained: null, a path that exists, or torchvision's weights by name."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        return "must be null, a path, or torchvision:<Weights>"
+    if value.startswith("torchvision:"):
+        return None if _TORCHVISION_WEIGHTS.fullmatch(value) else \
+            "torchvision weights are named like torchvision:ResNet18_Weights.IMAGENET1K_V1"
+    return None if Path(value).exists() else \
+        "no such file or directory (a runner run directory, a checkpoint or a state dict file)"
+
+
+class Some(dict):
+    """A node holding some of these sub-nodes: regularization holds the chosen regularizers only."""
+
+
+SCHEMA = {
+    **required(
+        seed=_SEED,
+        device=text(r"auto|cpu|mps|cuda(:\d+)?", "allowed: auto, cpu, cuda, cuda:N, mps")),
+    "trainer": required(
+        epochs=_POSITIVE_INT, batch_size=_POSITIVE_INT, eval_batch_size=_POSITIVE_INT, log_every_steps=_POSITIVE_INT,
+        resume=text(allowed="must be auto, never, or a run directory or checkpoint to continue"),
+        save_best=boolean(), deterministic=boolean(), progress=one_of("auto", True, False),
+        lr_reference_batch_size=integer("(0, inf)", null=True), norm_bias_lr_factor=_POSITIVE,
+        precision=one_of({"auto": "bf16/fp16 on CUDA, fp32 elsewhere", "fp32": "", "bf16": "", "fp16": ""}),
+        channels_last=_ON_OFF_AUTO, compile=_ON_OFF_AUTO, fused_optimizer=_ON_OFF_AUTO, sync_batch_norm=boolean()),
+    "data": {
+        **required(
+            name=options("data"), val_size=integer("[0, inf)"), split_seed=_SEED,
+            train_size=integer("(0, inf)", null=True), num_classes=integer("[2, inf)"),
+            classes=list_of(integer("[0, inf)"), "null or a list of at least two class indices, e.g. [0,1,2,3,4]",
+                            length=(2, math.inf), null=True),
+            train_half=one_of(None, "first", "second"),
+            per_class=integer("(0, inf)", null=True, why="labelled images per class")),
+        "root": text(), "cache_dir": text(null=True, allowed="must be null or a directory"), "download": boolean(),
+        "train_examples": _POSITIVE_INT, "test_examples": _POSITIVE_INT, "noise": number("[0, inf)"),
+        "generator_seed": _SEED,
+    },
+    "model": {
+        **required(_target_=text(), pretrained=Key(_weights)),
+        "widths": _WIDTHS, "fc_widths": list_of(_POSITIVE_INT, "a list of positive integers", length=(0, math.inf)),
+        "stages": list_of(_WIDTHS, "1 to 5 stages (each halves 32x32 images), e.g. [[64],[128]]", length=(1, 5)),
+        "depth": integer("[0, inf)", why="the number of hidden layers"), "width": _POSITIVE_INT,
+        "convs_per_stage": _POSITIVE_INT, "blocks_per_stage": _POSITIVE_INT,
+        "stem_width": _POSITIVE_INT, "stem_kernel": _POSITIVE_INT, "head_scale": _POSITIVE,
+    },
+    "activation": {
+        **required(_target_=text()),
+        "pieces": integer("[2, inf)", why="the linear pieces of a Maxout unit"), "negative_slope": number(),
+        "init": number(), "num_parameters": _POSITIVE_INT, "alpha": number(),
+        "approximate": one_of("none", "tanh"), "lower": number("[0, inf)"), "upper": number("[0, inf)"),
+    },
+    "init": {
+        "name": options("init"), "scheme": options("init"),  # TRANSITION: until configs/init/ says name
+        "std": _POSITIVE, "bound": _POSITIVE, "value": number(), "bias": number(),
+        "mode": one_of({"fan_in": "keeps the forward variance", "fan_out": "the backward one"}),
+        "gain": either(one_of("auto"), _POSITIVE, "must be auto (matching activation=) or a positive number"),
+        "first_layer": one_of({"same": "like the other layers", "whiten": "whiten the training patches"},
+                              default="same"),
+        "first_layer_trainable": boolean(default=True),
+        "first_layer_bias_epochs": integer("[0, inf)", null=True, why="null: trained all run", default=None),
+        "whiten_epsilon": _POSITIVE, "whiten_images": _POSITIVE_INT,
+    },
+    "norm": {
+        **required(position=one_of("before", "after")),
+        "name": options("norm"), "kind": options("norm"),  # TRANSITION: until configs/norm/ says name
+        "momentum": number("(0, 1]"), "groups": _POSITIVE_INT, "eps": number("(0, 1]"),
+        "learn_scale": one_of({True: "a learnt scale", False: "fixed at 1"}),
+    },
+    "optimizer": {
+        **required(_target_=text(), lr=_POSITIVE,
+                   impl=one_of({"torch": "torch.optim", "reference": "runner.optimization.reference"})),
+        "bias_correction": boolean(), "momentum": number("[0, 1)"), "alpha": number("[0, 1)"),
+        "betas": list_of(number("[0, 1)"), "a list of two numbers in [0, 1), e.g. [0.9,0.999]", length=(2, 2)),
+        "eps": _POSITIVE, "nesterov": boolean(), "momentum_decay": number("[0, inf)"),
+    },
+    "schedule": {
+        **required(name=options("schedule"), warmup_epochs=number("[0, inf)")),
+        "step_epochs": _POSITIVE, "scale_epochs": _POSITIVE, "cycle_epochs": _POSITIVE,
+        "half_cycle_epochs": _POSITIVE, "exponent": _POSITIVE,
+        "gamma": number("(0, 1]"), "gamma_per_epoch": number("(0, 1]"),
+        "factor": number("(0, 1)"), "min_factor": _FRACTION,
+        "milestone_epochs": list_of(_POSITIVE, "an ascending list of positive epochs, e.g. [5,8]", ascending=True),
+        "cycle_mult": integer("[1, inf)"),
+        "peak_fraction": _FRACTION, "start_factor": _FRACTION, "end_factor": _FRACTION,
+        "pct_start": number("(0, 1)"), "div_factor": number("[1, inf)"), "final_div_factor": number("[1, inf)"),
+        "metric": one_of(VAL_METRICS), "patience_epochs": integer("[0, inf)"), "threshold": number("[0, inf)"),
+        "snapshot_ensemble": boolean(default=False),
+    },
+    "regularization": Some({name: r.keys for name, r in REGULARIZERS.items()}),
+    "augmentation": {
+        **required(name=options("augmentation")),
+        "padding": integer("[0, inf)", default=0),
+        "pad_mode": one_of(PAD_MODES, default="zeros"),
+        "flip": one_of({True: "", False: "", "alternate": "each image mirrored in every other epoch"}, default=False),
+        "cutout_pixels": integer("[0, 32]", default=0),
+        "brightness": _FRACTION, "contrast": _FRACTION, "saturation": _FRACTION,
+        "min_area_fraction": number("(0, 1]"),
+        "aspect_ratio": list_of(_POSITIVE, "[low, high] with 0 < low <= high, e.g. [0.75,1.3333]", length=(2, 2),
+                                ascending=True),
+    },
+    "preprocess": {
+        **required(name=options("preprocess")),
+        "components": integer("[1, 3072]", why="3 x 32 x 32 pixels"), "epsilon": _POSITIVE,
+    },
+    "averaging": {
+        **required(name=options("averaging")),
+        "decay": number("(0, 1)"), "every_steps": integer("(0, inf)", default=1),
+        "ramp_power": number("[0, inf)", default=0.0),
+    },
+    "transfer": {
+        **required(name=options("transfer")),
+        "lr_mult": _POSITIVE, "unfreeze_every_epochs": _POSITIVE_INT,
+        "freeze_until": text(allowed="must be the name of the last frozen layer, e.g. features.1 or blocks.3"),
+    },
+    "objective": {**required(name=options("objective")), "decoder_width": integer("[8, inf)")},
+    "evaluation": required(
+        tta_flip=boolean(), tta_translate=integer("[0, 8]", why="pixels; 0: off"),
+        tta_pad_mode=one_of(PAD_MODES), mc_dropout_passes=integer("[0, inf)", why="0: off"),
+        ece_bins=_POSITIVE_INT),
+    "diagnostics": required(every_steps=integer("[0, inf)", why="0: off"), histograms=boolean()),
+}
+
+# Top-level keys that are not runner's: the sweeper validates configs that still hold Hydra's own node.
+_NOT_RUNNERS = ("hydra",)
+
+
+def fail(key: str, value, allowed: str, override: str | None = None) -> None:
+    raise ConfigError(f"{key}={value!r} is invalid: {allowed}. Change it with `{override or key}=<value>` on the "
+                      "command line.")
+
+
+def complete_and_check(cfg: DictConfig) -> None:
+    """Fill in the schema's defaults that `cfg` lacks (in place), then check every key. Raises ConfigError."""
+    _walk(cfg, SCHEMA, "")
+
+
+def _walk(node: DictConfig, spec: dict, path: str) -> None:
+    for key in node:
+        if key not in spec and not str(key).startswith("_") and not (path == "" and key in _NOT_RUNNERS):
+            _unknown(f"{path}{key}", spec, path)
+    for key, rule in spec.items():
+        where = f"{path}{key}"
+        if key in node.keys() and OmegaConf.is_missing(node, key):
+            raise ConfigError(f"{where} has no value (???): set it with `{where}=<value>`.")
+        if key not in node:
+            default = rule.default if isinstance(rule, Key) else (OPTIONAL if isinstance(spec, Some) else REQUIRED)
+            if default is REQUIRED:
+                raise ConfigError(f"{where} is missing: every config needs it; set it with `+{where}=<value>`.")
+            if default is not OPTIONAL:
+                with open_dict(node):
+                    node[key] = default
+        elif isinstance(rule, dict):
+            if not isinstance(node[key], DictConfig):
+                fail(where, node[key], f"must be a group of keys ({', '.join(rule)})")
+            _walk(node[key], rule, f"{where}.")
+        else:
+            _check(rule, node[key], where, where)
+
+
+def _check(rule: Key, value, where: str, override: str) -> None:
+    problem = rule.problem(value)
+    if problem:
+        fail(where, value, problem, override)
+    if rule.item is not None and value is not None:
+        for i, item in enumerate(value):
+            _check(rule.item, item, f"{where}[{i}]", override)
+
+
+def _unknown(key: str, spec: dict, path: str) -> None:
+    """A key added with `+` that runner never reads: one line, with the known keys that look like it."""
+    close = difflib.get_close_matches(key[len(path):], list(spec), n=3, cutoff=0.7)
+    hint = f"did you mean {' or '.join(path + k for k in close)}?" if close else \
+        f"the keys of {path[:-1] or 'the config'}: {', '.join(spec)}."
+    raise ConfigError(f"{key} is not a config key: {hint} Remove or correct the override that adds it.")
+
+
+# Sweep functions whose arguments are options (`optimizer=choice(adam,sgd)`); glob(...) matches, it names none.
+_SWEEP_FUNCTION = re.compile(r"\b(choice|sort|shuffle)\(")
+# Options that may come from outside configs/: then the command line is left to Hydra.
+_OTHER_SEARCH_PATHS = ("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath")
+
+
+def check_choices(args: list[str]) -> None:
+    """Each `group=option` of a command line (also `+group=`, `group@pkg=`, `~group=`, sweeps `a,b`, `choice(a,b)`,
+    lists `[a,b]`) names a file configs/<group>/<option>.yaml: before Hydra composes, so that a typo is one line
+    with a did-you-mean, not Hydra's listing. Hydra's own groups (hydra/...) are Hydra's to check."""
+    if any(arg.startswith(_OTHER_SEARCH_PATHS) for arg in args):
+        return
+    for arg in args:
+        key, _, value = arg.partition("=")
+        group = key.lstrip("+~").split("@")[0]
+        if arg.startswith("-") or not value or group.startswith("hydra") or "." in group or value.startswith("glob(") \
+                or not (CONFIG_DIR / group).is_dir():
+            continue
+        for option in re.findall(r"[^\s,\[\]()'\"]+", _SWEEP_FUNCTION.sub("(", value)):
+            if "=" not in option and option != "null" and not (CONFIG_DIR / group / f"{option}.yaml").is_file():
+                names = option_names(group)
+                close = difflib.get_close_matches(option, names, n=3, cutoff=0.6)
+                hint = f"did you mean {' or '.join(close)}? " if close else ""
+                raise ConfigError(f"{group}={option} is not an option: {hint}allowed: {', '.join(names)} (the files "
+                                  f"of configs/{group}/).")

@@ -1,0 +1,243 @@
+"""The techniques that keep state across steps, each one object with the hooks it needs (as Keras callbacks and
+Lightning's Callback do). The loop (runner.engine.train) calls every component's hooks in the order of
+`Run.components`; a component defines only the hooks it uses:
+
+  start(run)                          once, after building and resuming, before the first epoch
+  epoch_start(run, epoch)             before each epoch's first step (epoch counts from 0)
+  before_step(run) -> bool            before the forward pass; True: this step wants the uncompiled network
+  after_backward(run)                 between backward and the optimizer step
+  after_step(run, x, outputs, y)      after the optimizer step (x: the network's input batch)
+  after_log(run, window) -> End|None  every trainer.log_every_steps steps, with the window's mean loss (and acc)
+  epoch_end(run, epoch, val) -> End|None   after validation and the checkpoint
+  finish(run)                         after the last epoch, before the test
+  test_scores(run) -> dict            further test scores, keyed by TensorBoard tag
+  state_dict() / load_state_dict(s)   what survives a kill, saved under the component's `name` in the checkpoint
+
+A hook that returns an End stops the run with that status and message. A new technique is a new component added
+in `build_components`; the loop does not change.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from runner.engine import checkpoint
+from runner.nets.init import first_conv
+from runner.optimization import optimizers, regularizers
+
+log = logging.getLogger("runner")
+
+
+@dataclass
+class End:
+    """Why a run ends before its last epoch: status (diverged, pruned, stopped) and a message for the user."""
+
+    status: str
+    message: str
+
+
+class Component:
+    name = ""  # its key in the checkpoint; "" for a component without state
+
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Averaging(Component):
+    """Polyak averaging (averaging=ema) or Lookahead (averaging=lookahead): the averaged copy follows the model after
+    every step, is validated beside it (val/acc_ema) and tested (test/acc_ema)."""
+
+    name = "ema"
+
+    def __init__(self, ema):
+        self.ema = ema
+
+    def after_step(self, run, x, outputs, y) -> None:
+        self.ema.update()
+
+    def epoch_end(self, run, epoch, val) -> None:
+        with run.speed.autocast():
+            scores = run.objective.evaluate(self.ema.model, run.preprocess, run.splits.val_x, run.splits.val_y,
+                                            run.cfg.trainer.eval_batch_size)
+        run.tracker.scalars({f"val/{k}_ema": v for k, v in scores.items()}, run.step)
+        run.history[-1].update({f"val_{k}_ema": v for k, v in scores.items()})
+
+    def state_dict(self) -> dict:
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.load_state_dict(state)
+
+    def test_scores(self, run) -> dict:
+        return {}  # test/acc_ema is one of the objective's test scores (evaluation.final_scores gets the EMA)
+
+
+class EarlyStopping(Component):
+    """regularization=early_stopping: ends the run once the validation metric has not improved for
+    patience_epochs epochs; at the end the best epoch's weights are put back (and into checkpoints/last.pt)."""
+
+    name = "early_stopping"
+
+    def __init__(self, stopper: regularizers.EarlyStopping):
+        self.stopper = stopper
+
+    def start(self, run) -> None:
+        if self.stopper.stopped:
+            run.stop_before_next_epoch = True  # resumed from a run that had already stopped early
+
+    def epoch_end(self, run, epoch, val) -> End | None:
+        self.stopper.observe({f"val_{k}": v for k, v in val.items()}, epoch + 1, run.model)
+        if not self.stopper.stopped:
+            return None
+        s = self.stopper
+        log.info("early stopping after epoch %d: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                 epoch + 1, s.metric, s.bad_epochs, s.best, s.best_epoch)
+        return End("completed", "")
+
+    def finish(self, run) -> None:
+        if self.stopper.best_weights is None or not run.world.main:
+            return
+        self.stopper.restore(run.model)
+        run.save_last()
+        log.info("restored the weights of epoch %d (%s %.4f)", self.stopper.best_epoch, self.stopper.metric,
+                 self.stopper.best)
+
+    def state_dict(self) -> dict:
+        return self.stopper.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stopper.load_state_dict(state)
+
+    def summary(self) -> dict:
+        return {k: v for k, v in self.stopper.state_dict().items() if k != "best_weights"}
+
+
+class Snapshots(Component):
+    """schedule.snapshot_ensemble=true: the weights at the end of every lr cycle go to checkpoints/snapshot_<k>.pt;
+    the test scores each snapshot and the ensemble of their softmax outputs (Huang et al. 2017)."""
+
+    def __init__(self, cycle_ends: list[int], epochs: int):
+        self.ends = cycle_ends
+        if len(cycle_ends) < 2:
+            log.warning("schedule.snapshot_ensemble: only %d cycle(s) end within %d epochs, so there is no ensemble "
+                        "of snapshots to report; use more epochs or shorter cycles", len(cycle_ends), epochs)
+
+    def epoch_end(self, run, epoch, val) -> None:
+        for k, end in enumerate(self.ends, 1):
+            if run.step - run.steps_per_epoch < end <= run.step:  # the k-th cycle ended in this epoch
+                run.save_weights(run.run_dir / f"checkpoints/snapshot_{k}.pt", epoch + 1)
+
+    def states(self, run) -> list[dict]:
+        paths = [run.run_dir / f"checkpoints/snapshot_{k}.pt" for k in range(1, len(self.ends) + 1)]
+        return [checkpoint.load(p, map_location=run.device)["model"] for p in paths if p.is_file()]
+
+
+class Freezing(Component):
+    """transfer=linear_probe / freeze_until / gradual_unfreeze: which layers train in each epoch."""
+
+    def __init__(self, freezer):
+        self.freezer = freezer
+
+    def epoch_start(self, run, epoch) -> None:
+        self.freezer.set_epoch(epoch, run.tracker, run.step)
+
+
+class StemBiasHold(Component):
+    """init.first_layer_bias_epochs=N: the whitening stem's bias trains N epochs, then is held (optimizers.hold:
+    no step, no momentum, no decay), as airbench does."""
+
+    def __init__(self, bias: torch.nn.Parameter, epochs: int):
+        self.bias, self.epochs = bias, epochs
+
+    def epoch_start(self, run, epoch) -> None:
+        optimizers.hold(run.optimizer, [self.bias] if epoch >= self.epochs else [])
+        if epoch == self.epochs:
+            log.info("epoch %d: the whitening layer's bias stays as it is from now on (init.first_layer_bias_epochs"
+                     "=%d)", epoch + 1, self.epochs)
+
+
+class Diagnostics(Component):
+    """The network's health every diagnostics.every_steps steps (runner.nets.diagnostics.Probe): activation
+    statistics, dead and saturated units, gradient norms, update/weight ratios, batch norm's train/eval gap."""
+
+    def __init__(self, probe):
+        self.probe, self.watching = probe, False
+
+    def before_step(self, run) -> bool:
+        self.watching = self.probe.start(run.step)
+        return self.watching  # the hooks would make a compiled network recompile: run the original one
+
+    def after_backward(self, run) -> None:
+        if self.watching:
+            self.probe.gradients()
+
+    def after_step(self, run, x, outputs, y) -> None:
+        if self.watching:
+            labelled = run.objective.has_accuracy
+            self.probe.finish(run.step, x, outputs if labelled else None, y if labelled else None)
+
+
+class Divergence(Component):
+    """A training loss that becomes NaN or infinite ends the run with status `diverged`."""
+
+    def after_log(self, run, window: dict) -> End | None:
+        if math.isfinite(window["loss"]):
+            return None
+        message = (f"training diverged in epoch {run.epoch + 1}: the loss became {window['loss']}. "
+                   "Lower optimizer.lr, add a warmup (schedule.warmup_epochs) or clip gradients.")
+        log.error(message)
+        return End("diverged", message)
+
+
+class Progress(Component):
+    """The live progress line on a terminal (runner.engine.tracking.Progress)."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def after_log(self, run, window: dict) -> None:
+        self.progress.update(run.epoch, window["steps"], window["loss"], window["img_per_s"])
+
+
+class SweepReport(Component):
+    """In a trial of an Optuna sweep: report the validation accuracy after every epoch; the sweep's pruner may end
+    the trial (status `pruned`)."""
+
+    def __init__(self, report):
+        self.report = report
+
+    def epoch_end(self, run, epoch, val) -> End | None:
+        if self.report(epoch + 1, val.get("acc", float("nan"))) != "prune":
+            return None
+        message = f"pruned by the sweep's pruner after epoch {epoch + 1} (val acc {val.get('acc', float('nan')):.4f})"
+        log.info(message)
+        return End("pruned", message)
+
+
+def build_components(cfg, run, ema, freezer, probe, progress, extra=()) -> list[Component]:
+    """The components `cfg` asks for, in the order their hooks run (averaging before diagnostics after a step;
+    early stopping before the sweep's report after validation), then `extra` (e.g. a SweepReport)."""
+    components: list[Component] = [Divergence()]
+    if freezer is not None:
+        components.append(Freezing(freezer))
+    if cfg.init.get("first_layer") == "whiten" and cfg.init.get("first_layer_bias_epochs") is not None:
+        components.append(StemBiasHold(first_conv(run.model).bias, cfg.init.first_layer_bias_epochs))
+    if ema is not None:
+        components.append(Averaging(ema))
+    if probe is not None:
+        components.append(Diagnostics(probe))
+    if progress is not None:
+        components.append(Progress(progress))
+    if "early_stopping" in cfg.regularization:
+        components.append(EarlyStopping(regularizers.EarlyStopping(**cfg.regularization.early_stopping)))
+    if cfg.schedule.get("snapshot_ensemble"):
+        from runner.optimization import schedules
+
+        total = run.steps_per_epoch * cfg.trainer.epochs
+        components.append(Snapshots(schedules.cycle_ends(run.scheduler, total), cfg.trainer.epochs))
+    return [*components, *extra]

@@ -1,0 +1,103 @@
+"""What a run records, declared in one place: every TensorBoard tag (`<...>` stands for a layer, parameter group
+or component name) and every key of metrics.json, each with what it means. The tracker refuses a tag that is not
+declared here and `finish` a metrics key, so this table stays the truth."""
+
+import re
+
+TAGS = {
+    "train/loss": "mean training loss over the last trainer.log_every_steps steps",
+    "train/acc": "training accuracy over the same window (augmented images, the model in training mode)",
+    "train/grad_norm": "mean global gradient norm before clipping over the window (regularization=grad_clip)",
+    "lr/<group>": "the learning rate each optimizer step used, per parameter group (decay, no_decay, norm_bias, "
+                  "reused_*)",
+    "val/loss": "validation loss after each epoch (cross-entropy; the autoencoder's reconstruction MSE)",
+    "val/acc": "validation accuracy after each epoch",
+    "val/loss_ema": "validation loss of the weight average (averaging=ema or lookahead)",
+    "val/acc_ema": "validation accuracy of the weight average",
+    "val/best_acc": "the best validation accuracy of the run (HPARAMS)",
+    "perf/img_per_s": "training images per second in the epoch",
+    "perf/epoch_s": "seconds of the epoch's training (CUDA events on a GPU)",
+    "weights/zero_fraction": "fraction of conv/linear weights that are exactly 0 (L1's proximal step makes them)",
+    "weights/near_zero_fraction": "fraction of conv/linear weights below 1e-3 in magnitude",
+    "model/params": "parameters of the model",
+    "model/flops_per_image": "FLOPs of one forward pass on one image",
+    "model/trainable_params": "parameters that train in this epoch (transfer=)",
+    "test/acc": "test accuracy of the final model",
+    "test/loss": "test loss (classification: the NLL; autoencoder: reconstruction MSE)",
+    "test/ece": "expected calibration error on the test split",
+    "test/acc_ema": "test accuracy of the weight average",
+    "test/acc_tta": "test accuracy with test-time augmentation (evaluation.tta_flip, tta_translate)",
+    "test/mc_<score>": "MC dropout's acc, nll and ece (evaluation.mc_dropout_passes)",
+    "test/acc_snapshot_<k>": "test accuracy of the k-th snapshot (schedule.snapshot_ensemble)",
+    "test/acc_snapshot_ensemble": "test accuracy of the snapshots' averaged softmax",
+    "diag/<measure>/<layer>": "diagnostics per layer: act_mean, act_std, dead_frac, saturated_frac, grad_norm, "
+                              "update_ratio",
+    "diag/<measure>": "diagnostics of the whole net: initial_loss, loss_batch_stats, loss_running_stats, "
+                      "bn_train_eval_gap, act_std_by_layer",
+}
+
+METRICS = {
+    "status": "completed, diverged, interrupted or pruned",
+    "objective": "classify or autoencoder",
+    "message": "why the run ended as it did, when not completed (and what to do)",
+    "epochs_completed": "epochs trained",
+    "steps": "optimizer steps taken",
+    "best_val_acc": "the best validation accuracy (null without a val split or accuracy)",
+    "best_epoch": "its epoch",
+    "wall_time_s": "seconds of the run, over every resumed process",
+    "first_step_at": "the time (seconds since the epoch) this process finished its first training step",
+    "startup_s": "seconds from importing runner to the first finished training step",
+    "history": "one entry per epoch: train/val loss (and acc), lr, epoch_s, img_per_s, images, *_ema",
+    "images_seen": "training images over all epochs",
+    "world_size": "processes of a data-parallel run",
+    "precision": "fp32, bf16 or fp16",
+    "final_<key>": "the last history entry's values",
+    "test_<score>": "test scores, as the test/ tags with _ for /",
+    "early_stopping": "early stopping's best value, epoch and whether it stopped",
+}
+
+
+def _pattern(names) -> re.Pattern:
+    return re.compile("|".join(re.sub(r"<\w+>", r"[^/]+", re.escape(n).replace(r"\<", "<").replace(r"\>", ">"))
+                               for n in names) + "$")
+
+
+_TAG = _pattern(TAGS)
+_METRIC = _pattern(METRICS)
+_known_tags: set[str] = set()
+
+
+def check_tag(tag: str) -> None:
+    """Raise for a TensorBoard tag that TAGS does not declare (checked once per tag)."""
+    if tag not in _known_tags:
+        if not _TAG.match(tag):
+            raise KeyError(f"TensorBoard tag {tag!r} is not declared in runner.engine.records.TAGS")
+        _known_tags.add(tag)
+
+
+def check_metrics(metrics: dict) -> None:
+    """Raise for a metrics.json key that METRICS does not declare."""
+    unknown = [k for k in metrics if not _METRIC.match(k)]
+    if unknown:
+        raise KeyError(f"metrics.json keys {unknown} are not declared in runner.engine.records.METRICS")
+
+
+def start_pictures(run) -> None:
+    """TensorBoard at step 0 of a fresh run: the model's size and layers, the planned lr curve, augmented training
+    images, and what the network sees after preprocessing."""
+    from runner.data.augment import augmented_grid
+    from runner.data.preprocess import input_grid
+    from runner.optimization import schedules
+
+    cfg, tracker = run.cfg, run.tracker
+    tracker.scalars({"model/params": run.n_params, "model/flops_per_image": run.flops}, 0)
+    tracker.writer.add_text("model", f"{run.n_params:,} parameters, {run.flops / 1e6:.1f} MFLOPs per image\n\n"
+                            + "\n".join("    " + line for line in str(run.model).splitlines()), 0)
+    total = run.steps_per_epoch * cfg.trainer.epochs
+    lrs = schedules.planned_lrs(cfg.schedule, run.scheduler.base_lrs[0], total, run.steps_per_epoch)
+    title = f"schedule={cfg.schedule.name}" + (" (drops follow val metric)" if cfg.schedule.name == "plateau" else "")
+    tracker.writer.add_figure("schedule/lr_plan", schedules.plan_figure(lrs, run.steps_per_epoch, title), 0)
+    sample = run.splits.train_x[:16]
+    tracker.writer.add_image("augmentation/original_then_augmented", augmented_grid(sample, run.augmentation if hasattr(run.augmentation, "cfg") is False else cfg.augmentation, cfg.seed),
+                             0)
+    tracker.writer.add_image("preprocess/original_then_input", input_grid(run.preprocess, sample), 0)

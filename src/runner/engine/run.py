@@ -1,0 +1,291 @@
+"""One run's objects and its state: `Run.build` turns the config into the data, network, optimizer, schedule,
+objective and components; `state_dict` / `load_state_dict` are the one pair that saves and restores everything
+that must survive a kill (model, optimizer, schedule, RNG, every component's state, the step, the history), for
+every objective. A checkpoint records the config it was made from: resuming it under a config that differs in
+anything that matters is refused with one line listing the keys and the ways out."""
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from runner.config import ConfigError
+from runner.data import loading as data
+from runner.engine import build, checkpoint, components, distributed, objectives, speed
+from runner.engine.tracking import Progress, Tracker
+from runner.nets.diagnostics import Probe
+from runner.nets.models import flops_per_image
+from runner.optimization import schedules
+
+log = logging.getLogger("runner")
+
+LAST, BEST = "checkpoints/last.pt", "checkpoints/best.pt"
+FORMAT = 2  # checkpoints/last.pt's layout; 1: before it recorded its config
+
+# Keys that may differ between a checkpoint's config and the resuming run's: where the data is read from, how much
+# is printed, and how far to train (more epochs re-plan the schedule from where the run stands, see `resume`).
+MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.log_every_steps",
+              "trainer.eval_batch_size", "trainer.save_best", "device", "data.root", "data.cache_dir",
+              "data.download", "diagnostics.")
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` takes cuda, then mps, then cpu; an explicit device must be present."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (not cuda or (device.index or 0) >= torch.cuda.device_count()):
+        found = f"{torch.cuda.device_count()} CUDA device(s)" if cuda else "no CUDA device"
+        raise ConfigError(f"device={name!r} is not present on this machine ({found}). Use device=auto or device=cpu.")
+    if device.type == "mps" and not mps:
+        raise ConfigError(f"device={name!r} is not present on this machine (no Apple MPS). Use device=auto or device=cpu.")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def rng_states(generator: torch.Generator) -> dict:
+    states = {"python": random.getstate(), "torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict, generator: torch.Generator) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    generator.set_state(states["data"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def resume_path(cfg, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from: trainer.resume=auto finds this run directory's own; a path names a run
+    directory or a checkpoint file."""
+    resume = cfg.trainer.resume
+    if resume in (None, "never", False):
+        return None
+    if resume == "auto":
+        path = run_dir / LAST
+        return path if path.is_file() else None
+    path = Path(str(resume))
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}. Give a run directory holding "
+                          f"{LAST}, a checkpoint file, or trainer.resume=never.")
+    return path
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(saved: dict, cfg) -> list[str]:
+    """The keys (dotted) whose values differ between a checkpoint's config and `cfg`, except those in MAY_CHANGE,
+    each as `key: saved -> now`."""
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    before = _flat(saved)
+    keys = sorted(k for k in before.keys() | now.keys()
+                  if before.get(k, "<absent>") != now.get(k, "<absent>") and not k.startswith(MAY_CHANGE))
+    return [f"{k}: {before.get(k, '<absent>')} -> {now.get(k, '<absent>')}" for k in keys]
+
+
+class Run:
+    """Everything one run is made of, and where it stands: step (optimizer steps taken), epoch (the epoch being
+    trained, from 0), history (one dict per finished epoch), best (the best validation accuracy and its epoch)."""
+
+    def __init__(self, cfg, run_dir: Path, choices: dict[str, str], extra_components=()):
+        self.cfg, self.run_dir, self.choices = cfg, Path(run_dir), choices
+        self.world = distributed.world()  # under torchrun: this rank's place; rank 0 of 1 otherwise
+        if self.world.size > 1:
+            distributed.init()
+        device = pick_device(cfg.device)
+        if self.world.size > 1 and device.type == "cuda":
+            device = torch.device("cuda", self.world.local_rank % torch.cuda.device_count())
+        self.device = device
+        self.resume_from = resume_path(cfg, self.run_dir)
+        if cfg.trainer.deterministic:
+            torch.use_deterministic_algorithms(True)
+        seed_everything(cfg.seed)
+        self.wall_start = time.perf_counter()
+        self.step, self.epoch, self.history, self.elapsed = 0, 0, [], 0.0
+        self.best = {"acc": -1.0, "epoch": -1}
+        self.first_step_at = None  # time.time() of this process's first finished training step
+        self.stop_before_next_epoch = False
+        self._build(extra_components)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Building
+
+    def _build(self, extra_components) -> None:
+        cfg, device, world = self.cfg, self.device, self.world
+        from runner.nets.init import consistency_warnings
+
+        consistency_warnings(cfg.activation, cfg.init, cfg.norm, cfg.regularization)
+        self.splits = splits = data.load_splits(cfg.data, device)
+        log.info("data=%s: %d train, %d val, %d test images on %s", cfg.data.name, len(splits.train_y),
+                 len(splits.val_y), len(splits.test_y), device)
+        self.preprocess = build.build_preprocess(cfg, splits.train_x).to(device)
+        self.augmentation = build.build_augmentation(cfg) if hasattr(build, "build_augmentation") else _Legacy(cfg)
+        self.speed = speed.setup(cfg.trainer, device)
+        self.objective = objectives.build(cfg.objective, cfg.regularization)
+        model = build.build_model(cfg, len(splits.classes), build.init_inputs(cfg, self.preprocess, splits.train_x))
+        self.model = speed.prepare(self.objective.network(model.to(device)), self.speed)
+        self.net = self.model  # the module of the forward pass: inside DistributedDataParallel and/or compiled
+        if world.size > 1:
+            self.model, self.net = distributed.wrap(self.model, world, device, cfg.trainer.sync_batch_norm)
+        self.net = speed.compiled(self.net, self.speed)
+        encoder = self.model.encoder if isinstance(self.model, objectives.AutoEncoder) else self.model
+        reused = build.build_pretrained(cfg, encoder, self.run_dir if world.main else None)
+        # before freezing: gradual unfreezing needs every parameter in the optimizer
+        self.optimizer = build.build_optimizer(cfg, self.model, reused)
+        freezer = build.build_freezer(cfg, self.model)
+        self.steps_per_epoch = data.steps_per_epoch(len(splits.train_x), cfg.trainer.batch_size)
+        total = self.steps_per_epoch * cfg.trainer.epochs
+        self.scheduler = build.build_schedule(cfg, self.optimizer, total, self.steps_per_epoch)
+        ema = build.build_averaging(cfg, self.model, total)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(cfg.seed)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.flops = flops_per_image(model, tuple(splits.train_x.shape[1:]))
+        log.info("model=%s: %s parameters, %.1f MFLOPs per image", self.choices.get("model", "?"),
+                 f"{self.n_params:,}", self.flops / 1e6)
+        # The event file opens (open_tracker) once a resume has said which step to purge from.
+        self.tracker = Tracker(self.run_dir, enabled=world.main, lazy=True)
+        probe = Probe(self.model, cfg.diagnostics, self.tracker) if world.main else None
+        progress = Progress(self._progress_enabled(), self.steps_per_epoch, cfg.trainer.epochs)
+        self.components = components.build_components(cfg, self, ema, freezer, probe, progress, extra_components)
+        self.ema = ema
+
+    def _progress_enabled(self) -> bool:
+        import sys
+
+        setting = self.cfg.trainer.progress
+        return self.world.main and (sys.stderr.isatty() if setting == "auto" else bool(setting))
+
+    def progress_clear(self) -> None:
+        """Clear the live progress line (before a log line)."""
+        for c in self.components:
+            if isinstance(c, components.Progress):
+                c.progress.end_epoch()
+
+    def hooks(self, name: str) -> list:
+        """The bound `name` hooks of the components that define it, in order."""
+        return [getattr(c, name) for c in self.components if hasattr(c, name)]
+
+    # -----------------------------------------------------------------------------------------------------------
+    # The state that survives a kill
+
+    def weights(self, epoch: int) -> dict:
+        """What a model checkpoint (best, snapshot, last) holds to be evaluated or transferred on its own: the
+        classifier's parameters under "model" (an autoencoder's encoder; its decoder under "decoder")."""
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        if isinstance(model, objectives.AutoEncoder):
+            return {"model": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
+                    "preprocess": self.preprocess.state_dict(), "epoch": epoch}
+        return {"model": self.model.state_dict(), "preprocess": self.preprocess.state_dict(), "epoch": epoch}
+
+    def state_dict(self) -> dict:
+        state = {
+            **self.weights(len(self.history)),
+            "format": FORMAT,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": schedules.state_dict(self.scheduler),
+            "rng": rng_states(self.generator),
+            "step": self.step, "best": self.best, "history": self.history,
+            "elapsed": self.elapsed + time.perf_counter() - self.wall_start,
+            "components": {c.name: c.state_dict() for c in self.components if c.name},
+        }
+        if self.speed.scaler is not None:
+            state["scaler"] = self.speed.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        if isinstance(model, objectives.AutoEncoder):
+            model.encoder.load_state_dict(state["model"])
+            model.decoder.load_state_dict(state["decoder"])
+        else:
+            self.model.load_state_dict(state["model"])
+        self.preprocess.load_state_dict(state["preprocess"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        schedules.load_state_dict(self.scheduler, state["scheduler"])
+        set_rng_states(state["rng"], self.generator)
+        if self.speed.scaler is not None and "scaler" in state:
+            self.speed.scaler.load_state_dict(state["scaler"])
+        saved = state.get("components", {})
+        for c in self.components:
+            if c.name in saved:
+                c.load_state_dict(saved[c.name])
+            elif c.name == "ema":  # a run that had no average yet starts it at the loaded weights
+                c.ema.load_state_dict(self.model.state_dict())
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best, self.history, self.elapsed = state["best"], state["history"], state["elapsed"]
+
+    def save_last(self) -> None:
+        if self.world.main:
+            checkpoint.save(self.state_dict(), self.run_dir / LAST)
+
+    def save_weights(self, path: Path, epoch: int) -> None:
+        if self.world.main:
+            checkpoint.save(self.weights(epoch), path)
+
+    def resume(self) -> None:
+        """Continue from trainer.resume's checkpoint, after checking it was made by this config. A run with more
+        epochs than its checkpoint planned continues on the schedule re-planned over the new length, from the step
+        it stands at."""
+        path = self.resume_from
+        state = checkpoint.load(path, map_location=self.device)
+        saved = state.get("config")
+        if saved is None:
+            log.warning("%s records no config (made by an older runner): resuming without checking that it was made "
+                        "by this config", path)
+        else:
+            differences = config_differences(saved, self.cfg)
+            if differences:
+                raise ConfigError(
+                    f"trainer.resume: {path} was made with another config ({'; '.join(differences)}); resuming it "
+                    f"would mix two experiments. Train in a new run directory (hydra.run.dir=<new dir>), start "
+                    f"afresh here with trainer.resume=never, or set those keys back (only {', '.join(MAY_CHANGE)}* "
+                    f"may change when resuming).")
+        self.load_state_dict(state)
+        planned = saved["trainer"]["epochs"] if saved else self.cfg.trainer.epochs
+        schedules.replan(self.scheduler)
+        log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
+        if planned != self.cfg.trainer.epochs and self.epoch < self.cfg.trainer.epochs:
+            log.info("trainer.epochs=%d (the checkpoint planned %d): the schedule is re-planned over %d epochs and "
+                     "continues from step %d at lr %.3g, the new plan's value there", self.cfg.trainer.epochs,
+                     planned, self.cfg.trainer.epochs, self.step, self.optimizer.param_groups[0]["lr"])
+
+    def open_tracker(self) -> None:
+        """TensorBoard events in the run directory. On resume, the events an earlier, killed process wrote after
+        the checkpoint's step are dropped (purge_step), so every epoch's scalars are there exactly once."""
+        self.tracker.open(purge_step=self.step + 1 if self.resume_from else None)
+
+
+class _Legacy:  # TEMPORARY until build_augmentation lands
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def epoch_view(self, x, epoch):
+        from runner.data.augment import alternating_flip
+        return alternating_flip(x, epoch, self.cfg.seed) if self.cfg.augmentation.get("flip") == "alternate" else x
+
+    def __call__(self, x, generator):
+        from runner.data.augment import augment
+        return augment(x, self.cfg.augmentation, generator)
