@@ -1,5 +1,6 @@
 """Batch augmentation invariants: shapes, dtype, flips, crops inside the padding, jitter, cutout, scale; every
-option file composed and applied; the TensorBoard grid."""
+option file composed, built and applied, its steps in their fixed order; the TensorBoard grid, which shows the
+alternating flip."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from conftest import compose_config
 from runner.config import CONFIG_DIR, ConfigError, validate
 from runner.data import augment
+from runner.engine.build import build_augmentation
 
 
 def _batch(n=16, seed=0):
@@ -68,12 +70,26 @@ AUGMENTATIONS = sorted(p.stem for p in (CONFIG_DIR / "augmentation").glob("*.yam
 def test_every_option_composes_validates_and_keeps_shape_dtype_and_seeded_determinism(name):
     cfg = compose_config([f"augmentation={name}"])
     validate(cfg)
+    augmentation = build_augmentation(cfg)
     x = _batch()
-    a = augment.augment(x, cfg.augmentation, torch.Generator().manual_seed(5))
-    b = augment.augment(x, cfg.augmentation, torch.Generator().manual_seed(5))
+    a = augmentation(x, torch.Generator().manual_seed(5))
+    b = augmentation(x, torch.Generator().manual_seed(5))
     assert a.shape == x.shape and a.dtype == torch.uint8
     assert torch.equal(a, b)
     assert torch.equal(a, x) == (name == "none")
+    assert torch.equal(augmentation.epoch_view(x, 1), x) == (name != "alternating_flip")
+
+
+def test_the_per_batch_steps_draw_in_their_fixed_order():
+    """resized crop, padded crop, flip, jitter, cutout, one generator: the random stream training has always used."""
+    x = _batch()
+    cfg = compose_config(["augmentation=crop_flip_jitter", "+augmentation.cutout_pixels=8",
+                          "+augmentation.min_area_fraction=0.5", "+augmentation.aspect_ratio=[0.8,1.25]"])
+    g = torch.Generator().manual_seed(7)
+    expected = augment.random_resized_crop(x, 0.5, [0.8, 1.25], g)
+    expected = augment.flip(augment.random_crop(expected, 4, g), g)
+    expected = augment.cutout(augment.color_jitter(expected, 0.2, 0.2, 0.2, g), 8, g)
+    assert torch.equal(build_augmentation(cfg)(x, torch.Generator().manual_seed(7)), expected)
 
 
 def test_jitter_of_strength_zero_is_identity_and_brightness_scales_each_image():
@@ -130,9 +146,8 @@ def test_scale_crops_zoom_in_keep_orientation_and_constant_images_constant():
 
 
 def test_augmented_grid_shows_originals_then_copies():
-    cfg = compose_config(["augmentation=cutout"]).augmentation
     x = _batch(4)
-    grid = augment.augmented_grid(x, cfg, seed=0, copies=3)
+    grid = augment.augmented_grid(x, build_augmentation(compose_config(["augmentation=cutout"])), seed=0, copies=3)
     assert grid.shape == (3, 4 * 34 + 2, 4 * 34 + 2)  # 4 rows (original + 3 copies) of 4 images, 2-pixel gaps
     assert torch.equal(grid[:, 2:34, 2:34], x[0])
 
@@ -156,9 +171,29 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     assert torch.equal(e0, e2)  # the same pattern every two epochs
     assert torch.equal(e1, torch.where(flipped0[:, None, None, None], x, x.flip(3)))  # the other half in epoch 1
     assert 60 < int(flipped0.sum()) < 140
-    cfg = compose_config(["augmentation=alternating_flip"]).augmentation
-    out = augment.augment(x, cfg, torch.Generator().manual_seed(0))  # per batch: only the translation
-    assert out.shape == x.shape
+    cfg = compose_config(["augmentation=alternating_flip"])
+    augmentation = build_augmentation(cfg)
+    for epoch in range(3):
+        assert torch.equal(augmentation.epoch_view(x, epoch), augment.alternating_flip(x, epoch, seed=cfg.seed))
+    unpadded = build_augmentation(compose_config(["augmentation=alternating_flip", "augmentation.padding=0"]))
+    assert torch.equal(unpadded(x, torch.Generator().manual_seed(0)), x)  # per batch: only the translation
+
+
+def _rows(grid: torch.Tensor, images: int, rows: int) -> torch.Tensor:
+    """The (rows, images, 3, 32, 32) tiles of a make_grid picture with 2-pixel gaps."""
+    return torch.stack([torch.stack([grid[:, 2 + 34 * r:34 + 34 * r, 2 + 34 * i:34 + 34 * i] for i in range(images)])
+                        for r in range(rows)])
+
+
+def test_augmentation_grid_shows_the_alternating_flip_of_epochs_0_and_1():
+    x = _batch(16)
+    augmentation = build_augmentation(compose_config(["augmentation=alternating_flip", "augmentation.padding=0"]))
+    original, epoch0, epoch1 = _rows(augment.augmented_grid(x, augmentation, seed=0, copies=2), 16, 3)
+    assert torch.equal(original, x)
+    mirrored = x.flip(3)
+    flipped0 = torch.tensor([torch.equal(a, m) for a, m in zip(epoch0, mirrored, strict=True)])
+    assert 0 < int(flipped0.sum()) < 16  # some of the 16 shown mirrored in epoch 0 ...
+    assert torch.equal(epoch1, torch.where(flipped0[:, None, None, None], x, mirrored))  # ... the others in epoch 1
 
 
 def test_reflect_padding_mirrors_the_edge_like_torch_reflect_pad_on_floats():
@@ -180,7 +215,7 @@ def test_reflect_crop_stays_inside_the_reflect_padded_image_and_has_no_black_fra
                    for dy in range(2 * p + 1) for dx in range(2 * p + 1))
     cfg = compose_config(["augmentation=alternating_flip"])
     assert cfg.augmentation.pad_mode == "reflect"
-    assert (augment.augment(x, cfg.augmentation, torch.Generator().manual_seed(0)) > 0).all()
+    assert (build_augmentation(cfg)(x, torch.Generator().manual_seed(0)) > 0).all()
 
 
 def test_a_bad_pad_mode_is_refused_at_start_up():

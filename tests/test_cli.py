@@ -37,10 +37,10 @@ def test_tensorboard_reads_the_curves_and_hparams_from_the_run_itself(run_dir):
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    expected = {"train/loss", "train/acc", "val/loss", "val/acc", "lr", "perf/img_per_s", "perf/epoch_s",
+    expected = {"train/loss", "train/acc", "val/loss", "val/acc", "lr/decay", "lr/no_decay", "perf/img_per_s", "perf/epoch_s",
                 "test/acc", "test/loss"}
     assert expected <= tags
-    assert len(events.Scalars("lr")) == 20  # every step: 2 epochs x 10 steps
+    assert len(events.Scalars("lr/decay")) == 20  # every step: 2 epochs x 10 steps
     assert len(events.Scalars("val/acc")) == 2
     plugins = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= plugins.keys()
@@ -64,6 +64,8 @@ def _fake_torch(tmp_path):
     ("trainer.epochs=-2", "trainer.epochs=-2 is invalid"),
     ("data.val_size=1200", "data.val_size=1200 is invalid: must be an integer in [0, 1200)"),
     ("device=tpu", "device='tpu' is invalid: allowed: auto, cpu, cuda, cuda:N, mps"),
+    ("data.noise=-1", "data.noise=-1 is invalid: must be a number >= 0"),
+    ("optimizer.lr=nan", "optimizer.lr=nan is invalid: must be a positive number"),
 ])
 def test_bad_values_give_one_line_errors_before_torch_is_imported(tmp_path, override, message):
     proc = run_cli([*TINY, override], cwd=tmp_path, env=_fake_torch(tmp_path), check=False)
@@ -83,10 +85,34 @@ def test_absent_device_is_refused_before_data_loads(tmp_path):
     assert "data=synthetic" not in proc.stdout + proc.stderr  # the data-loaded log line never came
 
 
-def test_unknown_option_lists_the_choices(tmp_path):
-    proc = run_cli(["optimizer=adma"], cwd=tmp_path, env=_fake_torch(tmp_path), check=False)
-    assert proc.returncode != 0
-    assert "Could not find 'optimizer/adma'" in proc.stderr and "momentum" in proc.stderr
+@pytest.mark.parametrize("args, message", [
+    (["optimizer=adma"], "error: optimizer=adma is not an option: did you mean adamax or adam or nadam? allowed: "),
+    (["+experiment=fsat"], "error: experiment=fsat is not an option: did you mean fast?"),
+    (["-m", "regularization=[l2],[l2,dropot]"], "error: regularization=dropot is not an option: did you mean dropout"),
+])
+def test_unknown_option_is_one_line_with_a_did_you_mean(tmp_path, args, message):
+    proc = run_cli(args, cwd=tmp_path, env=_fake_torch(tmp_path), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(message)
+    assert "allowed: " in proc.stderr  # and the options follow
+    assert not (tmp_path / "outputs").exists()  # before Hydra made a run directory
+
+
+def test_unknown_key_added_with_plus_is_one_line_with_a_did_you_mean(tmp_path):
+    proc = run_cli([*TINY, "+trainer.epoch=3"], cwd=tmp_path, env=_fake_torch(tmp_path), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: trainer.epoch is not a config key: did you mean trainer.epochs? Remove or correct "
+                           "the override that adds it.\n")
+
+
+def test_a_config_error_leaves_no_run_directory_but_keeps_one_with_checkpoints(tmp_path):
+    env = _fake_torch(tmp_path)
+    proc = run_cli([*TINY, "data.noise=-1"], cwd=tmp_path, env=env, check=False)
+    assert proc.returncode == 2 and list((tmp_path / "outputs").iterdir()) == []  # no outputs/<date>/<run>/
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    (resumed / "checkpoints" / "last.pt").write_bytes(b"")
+    proc = run_cli([*TINY, "data.noise=-1", f"hydra.run.dir={resumed}"], cwd=tmp_path, env=env, check=False)
+    assert proc.returncode == 2 and (resumed / "checkpoints" / "last.pt").is_file()
 
 
 def test_cfg_job_prints_the_config_without_torch(tmp_path):

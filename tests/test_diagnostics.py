@@ -183,7 +183,8 @@ def test_a_run_writes_diagnostics_and_model_size_to_tensorboard(tmp_path):
     assert {"model/params", "model/flops_per_image", "diag/initial_loss", "diag/bn_train_eval_gap",
             "diag/act_std_by_layer", "diag/grad_norm/head", "diag/update_ratio/features.0.conv",
             "diag/dead_frac/features.0.act"} <= set(scalars)
-    assert [e.step for e in events.Scalars("diag/update_ratio/head")] == [0, 4, 8]  # step 0 and every 4 (10 steps)
+    # measured at step 0 and every 4 (10 steps), logged after each at the count of steps done
+    assert [e.step for e in events.Scalars("diag/update_ratio/head")] == [1, 5, 9]
     assert "act/features.0.act" in events.Tags()["histograms"]
     params = build_model(compose_config(overrides), 10)
     assert events.Scalars("model/params")[0].value == sum(p.numel() for p in params.parameters())

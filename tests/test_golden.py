@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
 from cases import CASES, SMALL, comparable  # noqa: E402
+
 from conftest import choices_of, compose_config  # noqa: E402
 
 RECORDED = json.loads((Path(__file__).parent / "golden" / "metrics.json").read_text())
@@ -22,7 +23,7 @@ def differences(recorded, now, path=""):
     if isinstance(recorded, list):
         if len(recorded) != len(now):
             return [f"{path}: {len(recorded)} entries, now {len(now)}"]
-        return [d for i, (a, b) in enumerate(zip(recorded, now)) for d in differences(a, b, f"{path}[{i}]")]
+        return [d for i, (a, b) in enumerate(zip(recorded, now, strict=True)) for d in differences(a, b, f"{path}[{i}]")]
     return [] if recorded == now else [f"{path}: {recorded!r} -> {now!r}"]
 
 

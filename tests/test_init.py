@@ -9,7 +9,7 @@ from torch import nn
 
 from conftest import compose_config
 from runner.config import CONFIG_DIR, ConfigError, validate
-from runner.engine.build import build_model
+from runner.engine.build import build_model, option
 from runner.nets.init import activation_gain, consistency_warnings, initialize
 
 INITS = sorted(p.stem for p in (CONFIG_DIR / "init").glob("*.yaml"))
@@ -62,7 +62,7 @@ def test_every_init_option_composes_and_gives_its_formula(init):
 
 def test_orthogonal_rows_are_orthonormal():
     layer = nn.Linear(500, 300)
-    initialize(layer, compose_config(["init=orthogonal"]).init, {"_target_": "torch.nn.ReLU"})
+    initialize(layer, option(compose_config(["init=orthogonal"]).init), {"_target_": "torch.nn.ReLU"})
     assert torch.allclose(layer.weight @ layer.weight.T, torch.eye(300), atol=1e-4)
 
 
@@ -71,7 +71,7 @@ def test_he_gain_follows_the_activation_and_fan_out_mode():
     cfg = compose_config(["init=he_normal", "init.mode=fan_out", "activation=leaky_relu",
                           "activation.negative_slope=0.2"])
     layer = nn.Linear(2000, 1000)
-    initialize(layer, cfg.init, cfg.activation)
+    initialize(layer, option(cfg.init), cfg.activation)
     gain = math.sqrt(2 / (1 + 0.2 ** 2))
     assert layer.weight.std().item() == pytest.approx(gain / math.sqrt(1000), rel=0.01)
     # The same as torch's own Kaiming-normal, the reference.
@@ -91,7 +91,7 @@ def test_activation_gain_matches_calculate_gain(activation, gain):
 def test_numeric_gain_and_configured_bias_are_used():
     cfg = compose_config(["init=he_uniform", "init.gain=3.0", "init.bias=0.1"])
     layer = nn.Conv2d(64, 64, 3)
-    initialize(layer, cfg.init, cfg.activation)
+    initialize(layer, option(cfg.init), cfg.activation)
     assert layer.weight.abs().max().item() <= 3.0 * math.sqrt(3 / (64 * 9)) + 1e-6
     assert (layer.bias == 0.1).all()
 
@@ -123,7 +123,7 @@ def test_consistency_warnings_for_the_combinations_the_lectures_warn_about(overr
     (["init=uniform", "init.bound=-1"], "init.bound"),
     (["init=he_normal", "init.mode=fan_avg"], "init.mode"),
     (["init=xavier_normal", "init.gain=big"], "init.gain"),
-    (["init.scheme=glorot"], "init.scheme"),
+    (["init.name=glorot"], "init.name"),
 ])
 def test_bad_init_values_are_rejected_at_start_up(overrides, key):
     with pytest.raises(ConfigError, match=key):
@@ -169,7 +169,7 @@ def test_init_study_is_one_multirun_over_the_four_cases():
     assert study.hydra.mode == "MULTIRUN"
     cases = study.hydra.sweeper.params["+experiment/init_study"].split(",")
     assert cases == ["tanh_normal", "tanh_xavier", "relu_xavier", "relu_he"]
-    pairs = [(c.activation._target_, c.init.scheme) for c in
+    pairs = [(c.activation._target_, c.init.name) for c in
              (compose_config(["+experiment=init_study", f"+experiment/init_study={case}"]) for case in cases)]
     assert pairs == [("torch.nn.Tanh", "normal"), ("torch.nn.Tanh", "xavier_normal"),
                      ("torch.nn.ReLU", "xavier_normal"), ("torch.nn.ReLU", "he_normal")]
@@ -180,7 +180,7 @@ def test_init_study_is_one_multirun_over_the_four_cases():
 
 def test_dirac_init_makes_a_conv_the_identity():
     conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-    initialize(nn.Sequential(conv), compose_config(["init=dirac"]).init, {"_target_": "torch.nn.ReLU"})
+    initialize(nn.Sequential(conv), option(compose_config(["init=dirac"]).init), {"_target_": "torch.nn.ReLU"})
     x = torch.randn(2, 8, 6, 6)
     assert torch.equal(conv(x), x)
 
@@ -188,7 +188,7 @@ def test_dirac_init_makes_a_conv_the_identity():
 def test_dirac_init_keeps_the_extra_output_channels_and_linear_layers():
     net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Flatten(), nn.Linear(8, 3))
     head = net[2].weight.detach().clone()
-    initialize(net, compose_config(["init=dirac"]).init, {"_target_": "torch.nn.ReLU"})
+    initialize(net, option(compose_config(["init=dirac"]).init), {"_target_": "torch.nn.ReLU"})
     x = torch.randn(2, 4, 5, 5)
     assert torch.allclose(net[0](x)[:, :4], x)
     assert torch.equal(net[2].weight, head)
@@ -243,7 +243,8 @@ def test_whitening_bias_trains_for_first_layer_bias_epochs_then_stays(tmp_path):
     """init.first_layer_bias_epochs=N: the stem's bias moves in the first N epochs only (held by optim.hold, which
     drops its gradient, so momentum and decay cannot move it either)."""
     from conftest import choices_of
-    from runner.engine import checkpoint, train
+    from runner.data import checkpoint
+    from runner.engine import train
 
     base = ["model=airbench", "model.widths=[8,16,16]", "init=dirac", "init.first_layer=whiten",
             "init.first_layer_trainable=false", "init.whiten_images=200", "diagnostics.every_steps=0",

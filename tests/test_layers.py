@@ -1,15 +1,14 @@
 """Norm layers, Maxout, the block builder, and the in-network regularizers of regularization=: dropout family,
 DropConnect, stochastic depth, max-norm."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_config
-from runner.config import ConfigError, validate
-from runner.engine.build import build_model, build_optimizer
+from runner.config import CONFIG_DIR, ConfigError, validate
+from runner.engine.build import build_model, build_optimizer, option
 from runner.nets import layers
 from runner.nets.layers import (
     Drop,
@@ -20,13 +19,16 @@ from runner.nets.layers import (
     block,
     enable_dropout,
     group_count,
-    norm_layer,
 )
 from runner.nets.models import MLP, BasicBlock, ResNet
 
 
-def _norm(kind="none", position="before"):
-    return SimpleNamespace(kind=kind, position=position, momentum=0.1, groups=4)
+def _norm(name="none", position="before"):
+    """The option norm=<name> as the run builds it, at `position`, group norm with 4 groups."""
+    node = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "norm" / f"{name}.yaml"), {"position": position})
+    if name == "group":
+        node.groups = 4
+    return option(node)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -39,21 +41,21 @@ def test_each_norm_normalizes_over_its_own_axes(spatial):
     x = 3.0 + 2.0 * torch.randn(16, c, 5, 5) if spatial else 3.0 + 2.0 * torch.randn(16, c)
     # The axes each norm averages over: batch over (B, H, W) per channel; layer over (C, H, W) per example;
     # group over (C/groups, H, W) per example and group.
-    batch = norm_layer(_norm("batch"), c, spatial).train()(x)
+    batch = _norm("batch")(c, spatial).train()(x)
     per_channel = batch.transpose(0, 1).reshape(c, -1)
     assert torch.allclose(per_channel.mean(1), torch.zeros(c), atol=1e-5)
     assert torch.allclose(per_channel.var(1, unbiased=False), torch.ones(c), atol=1e-3)
-    layer = norm_layer(_norm("layer"), c, spatial)(x).reshape(16, -1)
+    layer = _norm("layer")(c, spatial)(x).reshape(16, -1)
     assert torch.allclose(layer.mean(1), torch.zeros(16), atol=1e-5)
     assert torch.allclose(layer.var(1, unbiased=False), torch.ones(16), atol=1e-3)
-    group = norm_layer(_norm("group"), c, spatial)(x).reshape(16, 4, -1)  # groups=4
+    group = _norm("group")(c, spatial)(x).reshape(16, 4, -1)  # groups=4
     assert torch.allclose(group.mean(2), torch.zeros(16, 4), atol=1e-5)
     assert torch.allclose(group.var(2, unbiased=False), torch.ones(16, 4), atol=1e-3)
-    assert isinstance(norm_layer(_norm("none"), c, spatial), nn.Identity)
+    assert isinstance(_norm("none")(c, spatial), nn.Identity)
 
 
 def test_batch_norm_evaluates_with_running_statistics():
-    bn = norm_layer(_norm("batch"), 3, spatial=False)
+    bn = _norm("batch")(3, spatial=False)
     x = 5.0 + torch.randn(64, 3)
     bn.train()(x)
     expected_mean = 0.1 * x.mean(0)  # momentum 0.1 from 0

@@ -1,17 +1,14 @@
 """The models: every model x activation x norm trains (forward and backward), every model and activation option
 composes and builds, parameter counts and FLOPs against their formulas and the papers' figures."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_config
 from runner.config import CONFIG_DIR, ConfigError, validate
-from runner.engine.build import build_model
+from runner.engine.build import build_model, option
 from runner.nets.layers import Maxout
 from runner.nets.models import CNN, MLP, VGG, ResNet, flops_per_image
 
@@ -39,11 +36,15 @@ TINY_OVERRIDES = {
 
 
 def _activation(name: str):
-    return instantiate(OmegaConf.load(CONFIG_DIR / "activation" / f"{name}.yaml"), _convert_="all")
+    return option(OmegaConf.load(CONFIG_DIR / "activation" / f"{name}.yaml"))
 
 
-def _norm(kind: str, position: str):
-    return SimpleNamespace(kind=kind, position=position, momentum=0.1, groups=2)
+def _norm(name: str, position: str):
+    """The option norm=<name> as the run builds it, at `position`, group norm with 2 groups."""
+    node = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "norm" / f"{name}.yaml"), {"position": position})
+    if name == "group":
+        node.groups = 2
+    return option(node)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from runner.config import CONFIG_DIR, ConfigError, validate
-from runner.engine.build import build_optimizer
+from runner.engine.build import build_optimizer, make_optimizer
 from runner.optimization import optimizers as optim
 
 OPTIMIZERS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml"))
@@ -30,7 +30,7 @@ def test_every_optimizer_option_composes_builds_and_lowers_a_quadratic(name, imp
     validate(cfg)
     a, b, f = _quadratic_problem()
     x = torch.zeros(5, dtype=torch.float64, requires_grad=True)
-    opt = optim.make(cfg.optimizer, [x])
+    opt = make_optimizer(cfg.optimizer, [x])
     expected_module = "torch.optim" if impl == "torch" else "runner.optimization.reference"
     assert type(opt).__module__.startswith(expected_module)
     assert type(opt).__name__ == cfg.optimizer._target_.rsplit(".", 1)[-1]
@@ -82,7 +82,7 @@ def test_l2_and_decoupled_decay_together_step_as_their_formulas(name):
     opt.step()
     twin = torch.nn.Parameter(x0 * (1 - cfg.optimizer.lr * 0.2))
     twin.grad = torch.ones_like(x0) + 0.1 * twin.detach()  # the coupled term sees the decayed weights
-    reference = optim.make(cfg.optimizer, [twin])
+    reference = make_optimizer(cfg.optimizer, [twin])
     reference.step()
     assert torch.allclose(model.weight, twin, atol=1e-7)
 

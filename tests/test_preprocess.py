@@ -8,7 +8,8 @@ import torch
 from conftest import choices_of, compose_config
 from runner.config import CONFIG_DIR, ConfigError, validate
 from runner.data import preprocess
-from runner.engine import train
+from runner.engine import build, train
+from runner.engine.build import option
 
 OPTIONS = sorted(p.stem for p in (CONFIG_DIR / "preprocess").glob("*.yaml"))
 
@@ -29,11 +30,16 @@ def _cfg(name, **extra):
     return cfg
 
 
+def _fit(cfg, train_x):
+    """The option's preprocessor fitted on train_x, as the run builds it."""
+    return option(cfg, train_x)
+
+
 @pytest.mark.parametrize("name", OPTIONS)
 def test_every_option_composes_fits_and_rebuilds_from_its_state(name):
     validate(compose_config([f"preprocess={name}"], checked=False))
     x = _images()
-    fitted = preprocess.fit(_cfg(name, components=10) if name == "pca" else _cfg(name), x)
+    fitted = _fit(_cfg(name, components=10) if name == "pca" else _cfg(name), x)
     out = fitted(x[:8])
     assert out.shape == (8, 3, 4, 4) and out.dtype == torch.float32
     rebuilt = preprocess.Preprocess(**fitted.state_dict())
@@ -43,24 +49,24 @@ def test_every_option_composes_fits_and_rebuilds_from_its_state(name):
 def test_none_only_rescales_and_center_and_standardize_follow_their_formulas():
     x = _images()
     flat = x.float().permute(1, 0, 2, 3).reshape(3, -1) / 255
-    assert torch.allclose(preprocess.fit(_cfg("none"), x)(x), x.float() / 255)
-    centered = preprocess.fit(_cfg("center"), x)(x).permute(1, 0, 2, 3).reshape(3, -1)
+    assert torch.allclose(_fit(_cfg("none"), x)(x), x.float() / 255)
+    centered = _fit(_cfg("center"), x)(x).permute(1, 0, 2, 3).reshape(3, -1)
     assert torch.allclose(centered.mean(1), torch.zeros(3), atol=1e-5)
     assert torch.allclose(centered.std(1), flat.std(1), rtol=1e-4)  # centered only, not scaled
-    standardized = preprocess.fit(_cfg("standardize"), x)(x).permute(1, 0, 2, 3).reshape(3, -1)
+    standardized = _fit(_cfg("standardize"), x)(x).permute(1, 0, 2, 3).reshape(3, -1)
     assert torch.allclose(standardized.mean(1), torch.zeros(3), atol=1e-5)
     assert torch.allclose(standardized.std(1), torch.ones(3), rtol=1e-3)
 
 
 def test_pixel_mean_removes_the_mean_image():
     x = _images()
-    z = preprocess.fit(_cfg("pixel_mean"), x)(x)
+    z = _fit(_cfg("pixel_mean"), x)(x)
     assert torch.allclose(z.mean(0), torch.zeros(3, 4, 4), atol=1e-5)
 
 
 def test_pca_is_the_projection_onto_the_top_k_components():
     x, k = _images(), 6
-    fitted = preprocess.fit(_cfg("pca", components=k), x)
+    fitted = _fit(_cfg("pca", components=k), x)
     p = fitted.matrix
     assert torch.allclose(p @ p, p, atol=1e-4) and torch.allclose(p, p.T, atol=1e-6)  # an orthogonal projection
     assert torch.linalg.matrix_rank(p, atol=1e-3) == k
@@ -73,10 +79,10 @@ def test_pca_is_the_projection_onto_the_top_k_components():
 
 def test_zca_whitens_the_training_data():
     x = _images()
-    z = preprocess.fit(_cfg("zca", epsilon=1e-6), x)(x).flatten(1).double()
+    z = _fit(_cfg("zca", epsilon=1e-6), x)(x).flatten(1).double()
     cov = (z - z.mean(0)).T @ (z - z.mean(0)) / len(z)
     assert torch.allclose(cov, torch.eye(48, dtype=torch.float64), atol=2e-2)
-    loose = preprocess.fit(_cfg("zca", epsilon=1.0), x)(x).flatten(1).double()
+    loose = _fit(_cfg("zca", epsilon=1.0), x)(x).flatten(1).double()
     assert loose.var(0).max() < 0.5  # a large epsilon damps every direction instead of whitening
 
 
@@ -86,7 +92,7 @@ def test_statistics_come_from_the_training_split_only(name):
     split's: the other split is not centered by them."""
     train_x, other = _images(seed=1, shift=-60), _images(seed=2, shift=0)
     cfg = _cfg(name, components=10) if name == "pca" else _cfg(name)
-    fitted = preprocess.fit(cfg, train_x)
+    fitted = _fit(cfg, train_x)
     if name != "none":
         assert fitted(train_x).mean().abs() < 1e-3
         assert fitted(other).mean() > 0.1 if name != "pca" else fitted(other).abs().mean() > 0.01
@@ -94,13 +100,13 @@ def test_statistics_come_from_the_training_split_only(name):
 
 def test_the_run_fits_on_its_training_split_only(tmp_path, monkeypatch):
     seen = {}
-    real = train.build_preprocess
+    real = build.build_preprocess
 
     def spy(cfg, train_x):
         seen["x"] = train_x
         return real(cfg, train_x)
 
-    monkeypatch.setattr(train, "build_preprocess", spy)
+    monkeypatch.setattr(build, "build_preprocess", spy)
     overrides = ["model.widths=[8]", "trainer.epochs=1", "data.train_examples=500", "data.test_examples=50",
                  "diagnostics.every_steps=0"]
     train.fit(compose_config(overrides), tmp_path, choices_of(overrides))

@@ -82,7 +82,7 @@ def test_adam_without_bias_correction_follows_its_formula():
 
 def test_reference_state_round_trips_through_a_checkpoint(tmp_path):
     """Resume needs the optimizer state: save, load into a fresh optimizer, continue identically."""
-    from runner.engine import checkpoint
+    from runner.data import checkpoint
 
     def make():
         torch.manual_seed(0)

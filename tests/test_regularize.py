@@ -9,8 +9,9 @@ from omegaconf import OmegaConf
 
 from conftest import choices_of, compose_config
 from runner.config import ConfigError, validate
-from runner.engine import checkpoint, train
-from runner.engine.build import build_loss, build_optimizer
+from runner.data import checkpoint
+from runner.engine import train
+from runner.engine.build import build_objective, build_optimizer
 from runner.optimization import regularizers as regularize
 
 MINE = ["l1", "elastic_net", "label_smoothing", "grad_clip", "early_stopping", "l2", "weight_decay"]
@@ -31,7 +32,7 @@ def test_every_loop_regularizer_option_composes_validates_and_builds(name):
     if name in expected:
         key, value = expected[name]
         assert decay[key] == value
-    assert build_loss(cfg).label_smoothing == (node.value if name == "label_smoothing" else 0.0)
+    assert build_objective(cfg).loss_fn.label_smoothing == (node.value if name == "label_smoothing" else 0.0)
 
 
 def _with_grads(seed=0):
@@ -71,7 +72,7 @@ def test_label_smoothing_loss_is_cross_entropy_against_the_smoothed_target():
     logits, y = torch.randn(6, 10), torch.randint(0, 10, (6,))
     target = torch.full((6, 10), 0.2 / 10).scatter_(1, y[:, None], 0.8 + 0.2 / 10)
     expected = -(target * logits.log_softmax(1)).sum(1).mean()
-    assert build_loss(cfg)(logits, y) == pytest.approx(expected.item(), rel=1e-6)
+    assert build_objective(cfg).loss(logits, None, y) == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_early_stopping_counts_patience_and_keeps_the_best_weights():
@@ -89,14 +90,16 @@ def test_early_stopping_counts_patience_and_keeps_the_best_weights():
 
 
 def _scripted_val(monkeypatch, accs):
-    """Make train.evaluate report the validation accuracies `accs` in turn (test evaluations stay real)."""
-    real, calls = train.evaluate, iter(accs)
+    """Make the objective's validation report the accuracies `accs` in turn (test evaluations stay real)."""
+    from runner.engine.objectives import Classify
 
-    def fake(model, preprocess, x, y, batch_size):
-        result = real(model, preprocess, x, y, batch_size)
+    real, calls = Classify.evaluate, iter(accs)
+
+    def fake(self, model, preprocess, x, y, batch_size):
+        result = real(self, model, preprocess, x, y, batch_size)
         return {**result, "acc": next(calls)} if len(x) == 200 else result  # 200: the tiny val split
 
-    monkeypatch.setattr(train, "evaluate", fake)
+    monkeypatch.setattr(Classify, "evaluate", fake)
 
 
 def test_early_stopping_stops_restores_the_best_weights_and_stays_stopped(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from runner.config import CONFIG_DIR, ConfigError, validate
-from runner.engine import checkpoint
+from runner.data import checkpoint
+from runner.engine.build import build_schedule, schedule_factor
 from runner.optimization import schedules as schedule
 
 SCHEDULES = sorted(p.stem for p in (CONFIG_DIR / "schedule").glob("*.yaml"))
@@ -26,7 +27,11 @@ def _cfg(name, **overrides):
 
 
 def _factor(name, **overrides):
-    return schedule.factor_fn(_cfg(name, **overrides), T, SPE)
+    return schedule_factor(_cfg(name, **overrides), T, SPE)
+
+
+def _scheduler(schedule_cfg, opt):
+    return torch.optim.lr_scheduler.LambdaLR(opt, schedule_factor(schedule_cfg, T, SPE))
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -34,8 +39,8 @@ def test_every_schedule_option_composes_validates_and_drives_the_optimizer(name)
     cfg = compose_config([f"schedule={name}", f"trainer.epochs={EPOCHS}"])
     validate(cfg)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
-    scheduler = schedule.build(cfg.schedule, opt, T, SPE)
-    fn = schedule.factor_fn(cfg.schedule, T, SPE)
+    scheduler = build_schedule(cfg, opt, T, SPE)
+    fn = schedule_factor(cfg.schedule, T, SPE)
     for step in range(T):
         assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * fn(step))
         opt.step()
@@ -84,7 +89,7 @@ def test_schedule_value_at_first_middle_and_last_step_matches_its_formula(name):
 @pytest.mark.parametrize("name", ["constant", "cosine", "step", "cyclic"])
 def test_warmup_rises_linearly_then_hands_over_to_the_schedule(name):
     warm = _factor(name, warmup_epochs=2)
-    inner = schedule.factor_fn(_cfg(name), T - 20, SPE)  # the schedule itself runs over the steps after warmup
+    inner = schedule_factor(_cfg(name), T - 20, SPE)  # the schedule itself runs over the steps after warmup
     assert warm(0) == pytest.approx(inner(0) * 1 / 21)
     assert warm(9) == pytest.approx(inner(0) * 10 / 21)
     assert warm(19) == pytest.approx(inner(0) * 20 / 21)
@@ -126,11 +131,11 @@ def test_plateau_state_survives_a_checkpoint(tmp_path):
 
 def test_cycle_ends_mark_where_snapshots_are_taken():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    restarts = schedule.build(_cfg("cosine_restarts", cycle_epochs=2, cycle_mult=2), opt, T, SPE)
+    restarts = _scheduler(_cfg("cosine_restarts", cycle_epochs=2, cycle_mult=2), opt)
     assert schedule.cycle_ends(restarts, T) == [20, 60]  # 20 + 40; the next would end at 140
-    cyclic = schedule.build(_cfg("cyclic", half_cycle_epochs=1, warmup_epochs=1), opt, T, SPE)
+    cyclic = _scheduler(_cfg("cyclic", half_cycle_epochs=1, warmup_epochs=1), opt)
     assert schedule.cycle_ends(cyclic, T) == [30, 50, 70, 90]  # after 10 warmup steps, every 20
-    assert schedule.cycle_ends(schedule.build(_cfg("cosine"), opt, T, SPE), T) == []
+    assert schedule.cycle_ends(_scheduler(_cfg("cosine"), opt), T) == []
     fn = restarts.lr_lambdas[0]
     assert all(fn(end - 1) < 0.01 and fn(end) == 1.0 for end in (20, 60))  # lowest lr just before each restart
 
@@ -138,13 +143,14 @@ def test_cycle_ends_mark_where_snapshots_are_taken():
 def test_planned_curve_is_the_one_the_run_follows():
     cfg = _cfg("onecycle", warmup_epochs=1)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
-    scheduler = schedule.build(cfg, opt, T, SPE)
+    scheduler = _scheduler(cfg, opt)
+    planned = schedule.planned_lrs(scheduler, T)
     followed = []
     for _ in range(T):
         followed.append(opt.param_groups[0]["lr"])
         opt.step()
         scheduler.step()
-    assert schedule.planned_lrs(cfg, 0.3, T, SPE) == pytest.approx(followed)
+    assert planned == pytest.approx(followed)
     fig = schedule.plan_figure(followed, SPE, "onecycle")
     assert fig.axes[0].lines[0].get_ydata().tolist() == pytest.approx(followed)
 
@@ -164,7 +170,8 @@ def test_bad_schedule_settings_are_refused_at_start_up(overrides, key):
 
 
 def test_triangular_at_its_start_peak_and_end():
-    fn = schedule.Triangular(total_steps=101, peak_fraction=0.2, start_factor=0.2, end_factor=0.05)
+    fn = schedule.Triangular(steps_per_epoch=10, total_steps=101, peak_fraction=0.2, start_factor=0.2,
+                             end_factor=0.05)
     assert fn(0) == pytest.approx(0.2)
     assert fn(10) == pytest.approx(0.6)  # halfway up to the peak at step 20
     assert fn(20) == pytest.approx(1.0)

@@ -69,12 +69,15 @@ def test_channels_last_layout():
 
 
 def test_fused_kernel_is_asked_for_only_where_the_class_has_one():
-    from runner.optimization import optimizers as optim
+    from runner.engine.build import make_optimizer
 
-    cfg = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "impl": "torch"})
+    cfg = OmegaConf.create({"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1, "momentum": 0.9,
+                            "impl": "torch"})
     p = [torch.nn.Parameter(torch.ones(2))]
-    assert optim.make(cfg, p, fused=True).defaults["fused"] is True
-    assert not optim.make(cfg, p).defaults.get("fused")
+    assert make_optimizer(cfg, p, fused=True).defaults["fused"] is True
+    assert not make_optimizer(cfg, p).defaults.get("fused")
+    reference = make_optimizer(OmegaConf.merge(cfg, {"impl": "reference"}), p, fused=True)
+    assert type(reference).__module__ == "runner.optimization.reference" and "fused" not in reference.defaults
 
 
 def test_epoch_timer_measures_wall_time_on_cpu():

@@ -11,7 +11,8 @@ import torch
 
 from conftest import choices_of, compose_config, run_cli
 from runner.config import ConfigError
-from runner.engine import checkpoint, train
+from runner.data import checkpoint
+from runner.engine import train
 
 
 def _fit(tmp_path, overrides=()):
@@ -113,3 +114,66 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted_run(tmp_path):
     assert (b["test_acc"], b["test_loss"]) == (a["test_acc"], a["test_loss"])
     for ha, hb in zip(a["history"], b["history"], strict=True):
         assert (ha["train_loss"], ha["val_loss"], ha["val_acc"]) == (hb["train_loss"], hb["val_loss"], hb["val_acc"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One run state: what a checkpoint was made from, and continuing it
+
+def _scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_resuming_under_another_optimizer_is_refused_with_the_differing_keys(tmp_path):
+    """On main this crashed with KeyError: 'step' (Adam's state read from SGD's checkpoint)."""
+    _fit(tmp_path, ["trainer.epochs=1", "optimizer=sgd"])
+    with pytest.raises(ConfigError) as err:
+        _fit(tmp_path, ["trainer.epochs=2", "optimizer=adam"])
+    message = str(err.value)
+    assert "optimizer._target_: torch.optim.SGD -> torch.optim.Adam" in message
+    assert "trainer.resume=never" in message and "hydra.run.dir" in message and "\n" not in message
+    assert "trainer.resume_allow=[optimizer]" in message  # the explicit way to allow the change
+
+
+def test_a_changed_data_size_is_not_reported_as_the_old_run(tmp_path):
+    """On main a completed run re-run with data.train_size changed answered 'nothing to do' with the old metrics."""
+    _fit(tmp_path, ["trainer.epochs=1", "data.train_size=500"])
+    with pytest.raises(ConfigError, match=r"data.train_size: 500 -> 600"):
+        _fit(tmp_path, ["trainer.epochs=1", "data.train_size=600"])
+
+
+def test_more_epochs_continue_on_the_replanned_schedule(tmp_path):
+    """Raising trainer.epochs re-plans the schedule: the first new step uses the new plan's lr at that step (on
+    main it used the old plan's last lr, 25x-1000x smaller for onecycle)."""
+    from runner.engine.build import schedule_factor
+
+    first = _fit(tmp_path, ["trainer.epochs=1", "schedule=onecycle"])
+    assert first["steps"] == 10
+    cfg = compose_config(["trainer.epochs=3", "schedule=onecycle"])
+    train.fit(cfg, tmp_path, {})
+    lrs = dict(_scalars(tmp_path, "lr/decay"))
+    assert lrs[11] == pytest.approx(cfg.optimizer.lr * schedule_factor(cfg.schedule, 30, 10)(10))  # the lr step 10 used, logged after it at step 11
+    assert lrs[11] > 10 * lrs[10]
+
+
+def test_tensorboard_holds_every_epochs_scalars_once_after_a_resume(tmp_path):
+    """On main the resumed run's purge_step deleted the last checkpointed epoch's val scalars."""
+    _fit(tmp_path, ["trainer.epochs=1"])
+    _fit(tmp_path, ["trainer.epochs=2"])
+    assert [step for step, _ in _scalars(tmp_path, "val/acc")] == [10, 20]
+    steps = [step for step, _ in _scalars(tmp_path, "lr/decay")]
+    assert steps == list(range(1, 21))
+
+
+def test_the_autoencoder_trains_on_the_same_loop_with_its_options(tmp_path):
+    """On main the autoencoder's own loop ignored gradient clipping, averaging and early stopping."""
+    metrics = _fit(tmp_path, ["objective=autoencoder", "model.widths=[4,8]", "objective.decoder_width=8",
+                              "regularization=[grad_clip,early_stopping]", "regularization.early_stopping.metric=val_loss",
+                              "averaging=ema", "averaging.decay=0.5", "trainer.epochs=2"])
+    assert metrics["status"] == "completed" and metrics["objective"] == "autoencoder"
+    assert "val_loss_ema" in metrics["history"][-1] and "test_loss" in metrics
+    assert metrics["early_stopping"]["best_epoch"] >= 1
+    assert len(_scalars(tmp_path, "train/grad_norm")) == 2 * 2  # log_every_steps=5 over 10 steps, 2 epochs

@@ -9,7 +9,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import choices_of, compose_config
-from runner.engine import checkpoint, train
+from runner.data import checkpoint
+from runner.engine import train
 
 FAST = ["model.widths=[8,16]", "data.train_examples=700", "data.test_examples=100", "diagnostics.every_steps=0"]
 STATEFUL = [*FAST, "trainer.epochs=3", "averaging=ema", "averaging.decay=0.8", "schedule=plateau",
@@ -26,10 +27,10 @@ def test_techniques_show_up_in_tensorboard_and_metrics(tmp_path):
     metrics = _fit(tmp_path, STATEFUL)
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0}).Reload()
     scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
-    assert {"lr", "train/grad_norm", "weights/zero_fraction", "weights/near_zero_fraction", "val/acc_ema",
+    assert {"lr/decay", "lr/no_decay", "train/grad_norm", "weights/zero_fraction", "weights/near_zero_fraction", "val/acc_ema",
             "val/loss_ema", "test/acc_ema", "test/ece"} <= scalars
     assert {"schedule/lr_plan", "augmentation/original_then_augmented", "preprocess/original_then_input"} <= images
-    assert len(events.Scalars("lr")) == metrics["steps"]  # the lr of every step
+    assert len(events.Scalars("lr/decay")) == metrics["steps"]  # the lr of every step
     assert events.Scalars("weights/zero_fraction")[-1].value > 0  # L1's proximal step made exact zeros
     assert {"test_acc_ema", "test_ece", "early_stopping"} <= metrics.keys()
     assert all("val_acc_ema" in h for h in metrics["history"])
@@ -40,10 +41,10 @@ def test_resume_with_every_stateful_technique_equals_an_uninterrupted_run(tmp_pa
 
     real = train.train_one_epoch
 
-    def killed_in_epoch_3(*args, **kwargs):
-        if args[10] == 2:  # the epoch argument: interrupted before the third epoch's first step
+    def killed_in_epoch_3(run):
+        if run.epoch == 2:  # interrupted before the third epoch's first step
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(run)
 
     monkeypatch.setattr(train, "train_one_epoch", killed_in_epoch_3)
     assert _fit(tmp_path / "resumed", STATEFUL)["status"] == "interrupted"
@@ -58,7 +59,8 @@ def test_resume_with_every_stateful_technique_equals_an_uninterrupted_run(tmp_pa
         assert resumed[key] == whole[key], key
     a, b = (checkpoint.load(tmp_path / run / train.LAST) for run in ("whole", "resumed"))
     assert a["scheduler"]["plateau"] == b["scheduler"]["plateau"]
-    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    ema_a, ema_b = a["components"]["ema"], b["components"]["ema"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
 def test_snapshot_ensemble_mc_dropout_and_tta_are_reported(tmp_path):
@@ -90,10 +92,11 @@ def test_the_brief_s_combination_runs_from_the_cli(tmp_path):
 def test_a_run_can_continue_another_that_had_none_of_the_techniques(tmp_path):
     _fit(tmp_path / "plain", [*FAST, "trainer.epochs=1"])
     overrides = [*FAST, "trainer.epochs=2", "averaging=ema", "schedule=plateau",
-                 "regularization=[early_stopping]", f"trainer.resume={tmp_path / 'plain'}"]
+                 "regularization=[early_stopping]", f"trainer.resume={tmp_path / 'plain'}",
+                 "trainer.resume_allow=[averaging,schedule,regularization]"]
     metrics = _fit(tmp_path / "more", overrides)
     assert metrics["status"] == "completed" and metrics["epochs_completed"] == 2
-    ema = checkpoint.load(tmp_path / "more" / train.LAST)["ema"]
+    ema = checkpoint.load(tmp_path / "more" / train.LAST)["components"]["ema"]
     first = checkpoint.load(tmp_path / "plain" / train.LAST)["model"]
     assert not torch.equal(ema["head.weight"], first["head.weight"])  # averaged on from the loaded weights
 

@@ -12,10 +12,10 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config, run_cli
 from runner.config import CONFIG_DIR, ConfigError, validate
-from runner.engine import checkpoint
+from runner.data import checkpoint
+from runner.engine.build import build_freezer, build_model, build_optimizer, build_pretrained, build_schedule
 from runner.engine.objectives import AutoEncoder
 from runner.engine.train import fit as pretrain
-from runner.engine.build import build_freezer, build_model, build_optimizer, build_pretrained, build_schedule
 from runner.nets import transfer
 
 SMALL = ["model.widths=[4,8]", "trainer.batch_size=16"]

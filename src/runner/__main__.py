@@ -5,7 +5,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from runner.config import CONFIG_DIR, register_resolvers
+from runner.config import CONFIG_DIR, ConfigError, register_resolvers
+from runner.config.schema import check_choices
 from runner.engine.distributed import agree_on_run_dir
 
 register_resolvers()
@@ -19,7 +20,13 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    """The command line: under torchrun, first make every rank use rank 0's run directory."""
+    """The command line: a `group=option` that names no option file is one line, before Hydra composes (and makes
+    a run directory); under torchrun, every rank then uses rank 0's run directory."""
+    try:
+        check_choices(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     sys.argv = agree_on_run_dir(sys.argv)
     main()
 

@@ -30,8 +30,8 @@ import torch
 from runner.config import CONFIG_DIR, register_resolvers, validate
 from runner.config.schema import CIFAR10_TRAIN_IMAGES
 from runner.data import loading as data
-from runner.data.augment import augment
 from runner.engine import train
+from runner.engine.build import build_augmentation, build_preprocess
 
 
 def _config(overrides):
@@ -51,6 +51,13 @@ def _arrays(root: str | None):
     return arrays, "synthetic data (no CIFAR-10 copy found)"
 
 
+def runner_batches(x, y, augmentation, preprocess, batch_size: int, generator, epoch: int = 0):
+    """runner's input pipeline as its training loop runs it, one epoch: the augmentation's view of the split for
+    `epoch`, shuffled into batches, each augmented and preprocessed on the device. Yields (inputs, labels)."""
+    for xb, yb in data.train_batches(augmentation.epoch_view(x, epoch), y, batch_size, generator):
+        yield preprocess(augmentation(xb, generator)), yb
+
+
 def bench_input_pipeline(arrays, device, images: int, batch_size: int = 256) -> dict:
     """Images per second through each pipeline, until `images` training images have been produced."""
     import torchvision
@@ -59,19 +66,18 @@ def bench_input_pipeline(arrays, device, images: int, batch_size: int = 256) -> 
     cfg = _config(["device=cpu"])
     x = torch.from_numpy(arrays["train_x"]).to(device)
     y = torch.from_numpy(arrays["train_y"]).to(device)
-    from runner.data.preprocess import fit
-
-    norm = fit(cfg.preprocess, x).to(device)  # the default, per-channel standardization
+    norm = build_preprocess(cfg, x).to(device)  # the default, per-channel standardization
+    augmentation = build_augmentation(cfg)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def runner_pipeline():
-        done, start = 0, time.perf_counter()
+        done, epoch, start = 0, 0, time.perf_counter()
         while done < images:
-            for xb, _ in data.train_batches(x, y, batch_size, gen):
-                out = norm(augment(xb, cfg.augmentation, gen))
+            for out, _ in runner_batches(x, y, augmentation, norm, batch_size, gen, epoch):
                 done += len(out)
                 if done >= images:
                     break
+            epoch += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
         return done / (time.perf_counter() - start)
@@ -108,7 +114,9 @@ def bench_engine(arrays, device, train_size: int, repeats: int, overrides=()) ->
     """One epoch over train_size images: runner's train_one_epoch (logging on) against a bare loop."""
     cfg = _config([f"device={device}", "trainer.progress=false", *overrides])
     splits = data.split(arrays, data.CIFAR10_CLASSES, 0, train_size, 0, device)
-    from runner.engine.build import build_model, build_optimizer, build_preprocess, build_schedule
+    from runner.engine.build import build_model, build_optimizer, build_schedule
+
+    augmentation = build_augmentation(cfg)
 
     def fresh():
         torch.manual_seed(0)
@@ -132,8 +140,8 @@ def bench_engine(arrays, device, train_size: int, repeats: int, overrides=()) ->
         loss_fn = torch.nn.CrossEntropyLoss()
         model.train()
         n, start = 0, time.perf_counter()
-        for xb, yb in data.train_batches(splits.train_x, splits.train_y, cfg.trainer.batch_size, gen):
-            loss = loss_fn(model(pre(augment(xb, cfg.augmentation, gen))), yb)
+        for xb, yb in runner_batches(splits.train_x, splits.train_y, augmentation, pre, cfg.trainer.batch_size, gen):
+            loss = loss_fn(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

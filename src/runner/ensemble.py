@@ -47,9 +47,10 @@ def _status(run: Path) -> str:
 
 def evaluate_ensemble(runs: list[Path], device_name: str = "auto", batch_size: int = 1024) -> dict:
     """Each member's test scores and the ensemble's, as a dict ready for JSON."""
+    from runner.data import checkpoint
     from runner.data import loading as data
     from runner.data.preprocess import Preprocess
-    from runner.engine import checkpoint, evaluation
+    from runner.engine import evaluation
     from runner.engine.build import build_model
     from runner.engine.train import pick_device
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{f'ensemble of {len(runs)}':<{width}}  {e['acc']:8.4f} {e['nll']:6.3f} {e['ece']:6.3f}")
     out = Path(args.out) if args.out else (Path(args.dirs[0]) / "ensemble.json" if len(args.dirs) == 1 else None)
     if out is not None:
-        from runner.engine.checkpoint import write_json
+        from runner.data.checkpoint import write_json
 
         write_json(result, out)
         print(f"wrote {out}")

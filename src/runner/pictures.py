@@ -62,10 +62,10 @@ def trajectory(optimizer_cfg, surface, start, steps: int, noise_std: float, seed
     each gradient gets N(0, noise_std^2) noise per coordinate, from a generator seeded with `seed`."""
     import torch
 
-    from runner.optimization import optimizers as optim
+    from runner.engine.build import make_optimizer
 
     point = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-    opt = optim.make(optimizer_cfg, [point], lr=lr)
+    opt = make_optimizer(optimizer_cfg, [point], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     path = [tuple(point.tolist())]
     for _ in range(steps):

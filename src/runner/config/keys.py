@@ -67,21 +67,22 @@ def number(interval: str = "(-inf, inf)", *, integer: bool = False, null: bool =
     """A number (an integer with integer=True) in `interval`, written as in maths: "[0, 1)", "(0, inf)"."""
     open_low, low, high, open_high = _INTERVAL.match(interval).groups()
     low, high, open_low, open_high = float(low), float(high), open_low == "(", open_high == ")"
-    noun = "an integer" if integer else "a number"
+    kind, article = ("integer", "an") if integer else ("number", "a")
     if low == 0 and open_low and high == math.inf:
-        words = f"a positive {noun[noun.index(' ') + 1:]}"
+        words = f"a positive {kind}"
     elif high == math.inf:
-        words = noun if low == -math.inf else f"{noun} {'>' if open_low else '>='} {show(low)}"
+        words = f"{article} {kind}" + ("" if low == -math.inf else f" {'>' if open_low else '>='} {show(low)}")
     else:
-        words = f"{noun} in {interval}"
+        words = f"{article} {kind} in {interval}"
     words = f"must be {'null or ' if null else ''}{words}{f' ({why})' if why else ''}"
 
     def problem(value):
         if value is None and null:
             return None
-        # Written as "inside the interval", never "not outside": NaN fails every comparison, so it is refused.
-        inside = (low < value if open_low else low <= value) and (value < high if open_high else value <= high) \
-            if (is_int(value) if integer else is_number(value)) else False
+        if not (is_int(value) if integer else is_number(value)):
+            return words
+        # Written as "inside the interval", never as "not outside": NaN fails every comparison, so it is refused.
+        inside = (low < value if open_low else low <= value) and (value < high if open_high else value <= high)
         return None if inside else words
 
     return Key(problem, default=default)
@@ -113,27 +114,27 @@ def option_names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def text(pattern: str = r".+", allowed: str = "must be a non-empty string", null: bool = False) -> Key:
-    """A string matching `pattern` (re.fullmatch)."""
+def text(pattern: str = r".+", message: str = "must be a non-empty string", null: bool = False) -> Key:
+    """A string matching `pattern` (re.fullmatch); `message` says what is allowed."""
     return Key(lambda value: None if (value is None and null) or (
-        isinstance(value, str) and re.fullmatch(pattern, value)) else allowed)
+        isinstance(value, str) and re.fullmatch(pattern, value)) else message)
 
 
-def list_of(item: Key, allowed: str, length: tuple[int, float] = (1, math.inf), ascending: bool = False,
+def list_of(item: Key, what: str, length: tuple[int, float] = (1, math.inf), ascending: bool = False,
             null: bool = False) -> Key:
     """A list of `length` (min, max) elements, each checked by `item`; ascending: sorted, low to high.
-    allowed: the whole list in words, e.g. "a list of two numbers in [0, 1), e.g. [0.9,0.999]"."""
+    what: the whole list in words, e.g. "a list of two numbers in [0, 1), e.g. [0.9,0.999]"."""
 
     def problem(value):
         if value is None and null:
             return None
         ok = OmegaConf.is_list(value) and length[0] <= len(value) <= length[1] and (
             not ascending or (all(item.problem(v) is None for v in value) and list(value) == sorted(value)))
-        return None if ok else f"must be {allowed}"
+        return None if ok else f"must be {what}"
 
     return Key(problem, item=item)
 
 
-def either(first: Key, second: Key, allowed: str) -> Key:
-    """A value that `first` or `second` allows."""
-    return Key(lambda value: None if first.problem(value) is None or second.problem(value) is None else allowed)
+def either(first: Key, second: Key, message: str) -> Key:
+    """A value that `first` or `second` allows; `message` says what is allowed."""
+    return Key(lambda value: None if first.problem(value) is None or second.problem(value) is None else message)

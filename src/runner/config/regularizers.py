@@ -10,7 +10,7 @@ from runner.config.keys import VAL_METRICS, Key, boolean, integer, number, one_o
 # Where a regularizer acts.
 NETWORK = "the network's layers"  # runner.nets.layers, placed by the model builders
 OPTIMIZER = "the optimizer's parameter groups and step"  # runner.optimization.optimizers, runner.engine.build
-LOSS = "the loss"  # runner.engine.build.build_loss
+LOSS = "the loss"  # runner.engine.build.build_objective
 LOOP = "the training loop"  # runner.engine.train
 END = "the end of training"
 

@@ -58,14 +58,14 @@ def _network(cfg: DictConfig) -> None:
         raise ConfigError("regularization=stochastic_depth drops residual blocks: it needs a residual network "
                           "(model=resnet or model=resnet18).")
     if cfg.model._target_.endswith(".torchvision_resnet18") and (
-            not cfg.activation._target_.endswith(".ReLU") or cfg.norm.get("name", cfg.norm.get("kind")) != "batch"):
+            not cfg.activation._target_.endswith(".ReLU") or cfg.norm.name != "batch"):
         raise ConfigError("model=torchvision_resnet18 is torchvision's network with its own ReLU and batch norm: "
                           "use activation=relu norm=batch (the defaults).")
 
 
 def _training(cfg: DictConfig) -> None:
     optimizer, regularization = cfg.optimizer, cfg.regularization
-    if optimizer.get("bias_correction") is False and optimizer.impl != "reference":
+    if "bias_correction" in optimizer and not optimizer.bias_correction and optimizer.impl != "reference":
         raise ConfigError("optimizer.bias_correction=false needs the lecture's update rule: add "
                           "optimizer.impl=reference (torch.optim always corrects the bias).")
     coupled = [k for k in ("l2", "elastic_net") if k in regularization]

@@ -40,7 +40,6 @@ _ON_OFF_AUTO = one_of({"auto": "on for CUDA only", True: "", False: ""})
 _WIDTHS = list_of(_POSITIVE_INT, "a list of positive integers, not empty")
 _FRACTION = number("[0, 1]")
 
-
 _TORCHVISION_WEIGHTS = re.compile(r"torchvision:\w+_Weights\.\w+")
 
 
@@ -67,7 +66,9 @@ SCHEMA = {
         device=text(r"auto|cpu|mps|cuda(:\d+)?", "allowed: auto, cpu, cuda, cuda:N, mps")),
     "trainer": required(
         epochs=_POSITIVE_INT, batch_size=_POSITIVE_INT, eval_batch_size=_POSITIVE_INT, log_every_steps=_POSITIVE_INT,
-        resume=text(allowed="must be auto, never, or a run directory or checkpoint to continue"),
+        resume=text(message="must be auto, never, or a run directory or checkpoint to continue"),
+        resume_allow=list_of(text(r"[\w.]+", "must be a config key or group, e.g. optimizer.lr or averaging"),
+                             "a list of config keys or groups, e.g. [averaging,schedule]", length=(0, math.inf)),
         save_best=boolean(), deterministic=boolean(), progress=one_of("auto", True, False),
         lr_reference_batch_size=integer("(0, inf)", null=True), norm_bias_lr_factor=_POSITIVE,
         precision=one_of({"auto": "bf16/fp16 on CUDA, fp32 elsewhere", "fp32": "", "bf16": "", "fp16": ""}),
@@ -80,7 +81,7 @@ SCHEMA = {
                             length=(2, math.inf), null=True),
             train_half=one_of(None, "first", "second"),
             per_class=integer("(0, inf)", null=True, why="labelled images per class")),
-        "root": text(), "cache_dir": text(null=True, allowed="must be null or a directory"), "download": boolean(),
+        "root": text(), "cache_dir": text(null=True, message="must be null or a directory"), "download": boolean(),
         "train_examples": _POSITIVE_INT, "test_examples": _POSITIVE_INT, "noise": number("[0, inf)"),
         "generator_seed": _SEED,
     },
@@ -99,7 +100,7 @@ SCHEMA = {
         "approximate": one_of("none", "tanh"), "lower": number("[0, inf)"), "upper": number("[0, inf)"),
     },
     "init": {
-        "name": options("init"), "scheme": options("init"),  # TRANSITION: until configs/init/ says name
+        **required(name=options("init")),
         "std": _POSITIVE, "bound": _POSITIVE, "value": number(), "bias": number(),
         "mode": one_of({"fan_in": "keeps the forward variance", "fan_out": "the backward one"}),
         "gain": either(one_of("auto"), _POSITIVE, "must be auto (matching activation=) or a positive number"),
@@ -110,8 +111,7 @@ SCHEMA = {
         "whiten_epsilon": _POSITIVE, "whiten_images": _POSITIVE_INT,
     },
     "norm": {
-        **required(position=one_of("before", "after")),
-        "name": options("norm"), "kind": options("norm"),  # TRANSITION: until configs/norm/ says name
+        **required(name=options("norm"), position=one_of("before", "after")),
         "momentum": number("(0, 1]"), "groups": _POSITIVE_INT, "eps": number("(0, 1]"),
         "learn_scale": one_of({True: "a learnt scale", False: "fixed at 1"}),
     },
@@ -153,13 +153,12 @@ SCHEMA = {
     },
     "averaging": {
         **required(name=options("averaging")),
-        "decay": number("(0, 1)"), "every_steps": integer("(0, inf)", default=1),
-        "ramp_power": number("[0, inf)", default=0.0),
+        "decay": number("(0, 1)"), "every_steps": _POSITIVE_INT, "ramp_power": number("[0, inf)"),
     },
     "transfer": {
         **required(name=options("transfer")),
         "lr_mult": _POSITIVE, "unfreeze_every_epochs": _POSITIVE_INT,
-        "freeze_until": text(allowed="must be the name of the last frozen layer, e.g. features.1 or blocks.3"),
+        "freeze_until": text(message="must be the name of the last frozen layer, e.g. features.1 or blocks.3"),
     },
     "objective": {**required(name=options("objective")), "decoder_width": integer("[8, inf)")},
     "evaluation": required(
@@ -184,6 +183,7 @@ def complete_and_check(cfg: DictConfig) -> None:
 
 
 def _walk(node: DictConfig, spec: dict, path: str) -> None:
+    """Complete and check `node`, the config at `path` ("" for the root, "optimizer." for a group), by `spec`."""
     for key in node:
         if key not in spec and not str(key).startswith("_") and not (path == "" and key in _NOT_RUNNERS):
             _unknown(f"{path}{key}", spec, path)

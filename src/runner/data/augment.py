@@ -2,10 +2,12 @@
 
 Every function takes a uint8 batch (B, C, H, W) and a torch.Generator on the batch's device, so the random choices
 are reproducible and saved with the checkpoint, and returns a uint8 batch of the same shape.
-An `augmentation=` config is a recipe: `augment` applies the steps whose keys it holds, in a fixed order.
+An `augmentation=` option is an `Augmentation` (its `_target_`), the one object every caller uses: the training loop
+(`epoch_view` once per epoch, then a call per batch), the TensorBoard gallery (`augmented_grid`) and the benchmark.
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -130,29 +132,50 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
     return x.masked_fill(inside[:, None], CUTOUT_FILL)
 
 
-def augment(x: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
-    """Apply the augmentation recipe `cfg` to a training batch: a random resized crop (min_area_fraction) or a
-    padded random crop (padding, its border by pad_mode), a flip (flip: true; flip: alternate is done per epoch by the engine), color jitter (brightness, contrast, saturation), cutout
-    (cutout_pixels); each only where its key is in cfg."""
-    if "min_area_fraction" in cfg:
-        x = random_resized_crop(x, cfg.min_area_fraction, list(cfg.aspect_ratio), generator)
-    if cfg.get("padding", 0):
-        x = random_crop(x, cfg.padding, generator, cfg.get("pad_mode", "zeros"))
-    if cfg.get("flip", False) is True:  # flip: alternate is applied to the whole split per epoch (alternating_flip)
-        x = flip(x, generator)
-    if "brightness" in cfg:
-        x = color_jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, generator)
-    if cfg.get("cutout_pixels", 0):
-        x = cutout(x, cfg.cutout_pixels, generator)
-    return x
+@dataclass(kw_only=True)
+class Augmentation:
+    """An `augmentation=` option: the steps whose keys it sets, in a fixed order. Per batch (`__call__`): a random
+    resized crop (min_area_fraction, aspect_ratio) or a padded random crop (padding, its border by pad_mode), a flip
+    (flip: true), color jitter (brightness, contrast, saturation), cutout (cutout_pixels). Per epoch (`epoch_view`):
+    with flip: alternate, the whole split mirrored as alternating_flip says, from the run's `seed`."""
+
+    seed: int
+    padding: int = 0
+    pad_mode: str = "zeros"
+    flip: bool | str = False
+    min_area_fraction: float | None = None
+    aspect_ratio: list[float] | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+    cutout_pixels: int = 0
+
+    def epoch_view(self, train_x: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The training split as `epoch` (0-based) sees it: alternately flipped with flip: alternate, else as is."""
+        return alternating_flip(train_x, epoch, self.seed) if self.flip == "alternate" else train_x
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch augmented by the per-batch steps, drawing from `generator`."""
+        if self.min_area_fraction is not None:
+            x = random_resized_crop(x, self.min_area_fraction, self.aspect_ratio, generator)
+        if self.padding:
+            x = random_crop(x, self.padding, generator, self.pad_mode)
+        if self.flip is True:
+            x = flip(x, generator)
+        if self.brightness is not None:
+            x = color_jitter(x, self.brightness, self.contrast, self.saturation, generator)
+        if self.cutout_pixels:
+            x = cutout(x, self.cutout_pixels, generator)
+        return x
 
 
-def augmented_grid(x: torch.Tensor, cfg, seed: int, copies: int = 3) -> torch.Tensor:
-    """An image grid for TensorBoard, (3, H', W') uint8: each row the original images, then `copies` rows of
-    their augmented versions. Uses its own generator, so the training stream of random numbers is untouched."""
+def augmented_grid(x: torch.Tensor, augmentation: Augmentation, seed: int, copies: int = 3) -> torch.Tensor:
+    """An image grid for TensorBoard, (3, H', W') uint8: the original images, then `copies` rows of them augmented
+    as epochs 0, 1, 2, ... see them (so alternating flip shows both halves). Uses its own generator from `seed`, so
+    the training stream of random numbers is untouched."""
     from torchvision.utils import make_grid
 
     generator = torch.Generator(device=x.device)
     generator.manual_seed(seed)
-    rows = [x] + [augment(x, cfg, generator) for _ in range(copies)]
+    rows = [x] + [augmentation(augmentation.epoch_view(x, epoch), generator) for epoch in range(copies)]
     return make_grid(torch.cat(rows).cpu(), nrow=len(x), padding=2)

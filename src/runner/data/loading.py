@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from runner.config import DataError
-from runner.engine import checkpoint
+from runner.data import checkpoint
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # of the archive, as published on the CIFAR-10 page

@@ -47,7 +47,7 @@ def channel_stats(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float().reshape(1, -1, 1, 1), std.float().reshape(1, -1, 1, 1)
 
 
-def pixel_mean(train_x: torch.Tensor) -> torch.Tensor:
+def mean_image(train_x: torch.Tensor) -> torch.Tensor:
     """The mean image on a 0..1 scale, (1, C, H, W)."""
     total = torch.zeros(train_x.shape[1:], dtype=torch.float64, device=train_x.device)
     for x in _chunks(train_x):
@@ -72,30 +72,44 @@ def eigen(train_x: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torc
     return values.flip(0).clamp_min(0).to(train_x.device), vectors.flip(1).to(train_x.device)
 
 
-def fit(cfg, train_x: torch.Tensor) -> Preprocess:
-    """Build the preprocessor that `cfg` (the preprocess group) names, fitted on the training images `train_x`
-    (uint8, N x C x H x W) only."""
+# ---------------------------------------------------------------------------------------------------------------
+# The options: one function per `preprocess=` option (its `_target_`), fitted on the training images `train_x`
+# (uint8, N x C x H x W) only
+
+def _flat(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(zeros, ones), (1, C, 1, 1): the mean and std that leave the 0..1 pixels as they are."""
     c = train_x.shape[1]
-    ones, zeros = torch.ones(1, c, 1, 1, device=train_x.device), torch.zeros(1, c, 1, 1, device=train_x.device)
-    name = cfg.name
-    if name == "none":
-        return Preprocess(zeros, ones)
-    if name == "center":
-        return Preprocess(channel_stats(train_x)[0], ones)
-    if name == "standardize":
-        return Preprocess(*channel_stats(train_x))
-    if name == "pixel_mean":
-        return Preprocess(pixel_mean(train_x), ones)
-    if name in ("pca", "zca"):
-        mean = pixel_mean(train_x)
-        values, vectors = eigen(train_x, mean)
-        if name == "pca":
-            top = vectors[:, :cfg.components]  # (D, k)
-            matrix = top @ top.T  # projection onto the top-k subspace, kept in pixel coordinates
-        else:
-            matrix = vectors @ torch.diag((values + cfg.epsilon).rsqrt()) @ vectors.T
-        return Preprocess(mean, ones, matrix.float())
-    raise ValueError(f"preprocess={name!r} is not known")
+    return torch.zeros(1, c, 1, 1, device=train_x.device), torch.ones(1, c, 1, 1, device=train_x.device)
+
+
+def none(train_x: torch.Tensor) -> Preprocess:
+    return Preprocess(*_flat(train_x))
+
+
+def center(train_x: torch.Tensor) -> Preprocess:
+    return Preprocess(channel_stats(train_x)[0], _flat(train_x)[1])
+
+
+def standardize(train_x: torch.Tensor) -> Preprocess:
+    return Preprocess(*channel_stats(train_x))
+
+
+def pixel_mean(train_x: torch.Tensor) -> Preprocess:
+    return Preprocess(mean_image(train_x), _flat(train_x)[1])
+
+
+def pca(train_x: torch.Tensor, components: int) -> Preprocess:
+    """The projection onto the top `components` principal directions, kept in pixel coordinates."""
+    mean = mean_image(train_x)
+    vectors = eigen(train_x, mean)[1][:, :components]  # (D, k)
+    return Preprocess(mean, _flat(train_x)[1], (vectors @ vectors.T).float())
+
+
+def zca(train_x: torch.Tensor, epsilon: float) -> Preprocess:
+    """U diag(1 / sqrt(eigenvalue + epsilon)) U^T."""
+    mean = mean_image(train_x)
+    values, vectors = eigen(train_x, mean)
+    return Preprocess(mean, _flat(train_x)[1], (vectors @ torch.diag((values + epsilon).rsqrt()) @ vectors.T).float())
 
 
 def input_grid(module: Preprocess, x: torch.Tensor) -> torch.Tensor:

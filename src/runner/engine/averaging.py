@@ -47,3 +47,17 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state)
+
+
+class Lookahead(EMA):
+    """averaging=lookahead: the EMA with the model set to the average after every update."""
+
+    def __init__(self, model: nn.Module, decay: float, every_steps: int = 1, total_steps: int = 1,
+                 ramp_power: float = 0.0):
+        super().__init__(model, decay, every_steps, True, total_steps, ramp_power)
+
+
+def none(model: nn.Module, total_steps: int = 1, **group_defaults) -> None:
+    """averaging=none: no average; the model is evaluated with its own weights only. (group_defaults: the keys the
+    config's schema gives every averaging option, every_steps and ramp_power, which mean nothing here.)"""
+    return None

@@ -1,33 +1,58 @@
-"""Where the config becomes objects: the model, its preprocessor, the optimizer, the schedule, the loss and the
-weight average.
+"""Where the config becomes objects: the model, its preprocessor, the augmentation, the optimizer, the schedule,
+the loss and the weight average.
 
-Each function takes only the sub-configs it needs. To see what `optimizer=adam` turns into, start here.
+Every group's option is built one way, by `option`: its `_target_` called with its keys (`_partial_: true` where
+the object also needs values only the run knows: parameters, the model, steps, training images). Each function
+takes only the sub-configs it needs. To see what `optimizer=adam` turns into, start here.
 """
 
 import logging
 from pathlib import Path
 
-from hydra.utils import instantiate
+import torch
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from runner.config.regularizers import decays_decoupled
-from runner.data import preprocess
 from runner.nets import layers
 from runner.nets.init import initialize
 from runner.optimization import optimizers as optim
-from runner.optimization import schedules as schedule
+from runner.optimization import schedules
+
+# Keys of a group's option that are runner's own, not arguments of its `_target_`, and where they act.
+RUNNER_KEYS = {
+    "name": "the option's name, as its file is named (config checks, logs)",
+    "impl": "optimizer: torch's class or the lecture's rule (make_optimizer)",
+    "bias_correction": "optimizer: an argument of the lecture's Adam and AdamW only (make_optimizer)",
+    "warmup_epochs": "schedule: a linear warmup in front of any schedule (schedule_factor)",
+    "snapshot_ensemble": "schedule: a snapshot at every cycle end (the loop)",
+    "pretrained": "model: the weights to start from (build_pretrained)",
+    "lr_mult": "transfer: the lr factor of the reused layers (build_optimizer)",
+    "whiten_images": "init: the images a whitened first layer is fitted on (init_inputs)",
+    "first_layer_bias_epochs": "init: the epochs a whitened first layer's bias trains (the loop)",
+}
+
+
+def option(node, *runtime_args, **runtime_kwargs):
+    """The object of one group's option `node`: its `_target_` called with its keys, RUNNER_KEYS left out. A
+    `_partial_` option given runtime values is then called with them; given none, it stays a factory (the
+    activation, made once per layer)."""
+    made = instantiate(OmegaConf.masked_copy(node, [k for k in node if k not in RUNNER_KEYS]), _convert_="all")
+    if not (runtime_args or runtime_kwargs):
+        return made
+    if not node.get("_partial_", False):
+        raise TypeError(f"{node._target_} takes no values from the run: its option has no `_partial_: true`")
+    return made(*runtime_args, **runtime_kwargs)
 
 
 def build_model(cfg, num_classes: int, inputs=None) -> nn.Module:
     """The network of `model=`, with the activation of `activation=`, the normalization of `norm=`, the in-network
     regularizers of `regularization=` (dropout family, DropConnect, stochastic depth), initialized by `init=`.
     inputs: preprocessed training images for a data-dependent init (init.first_layer=whiten), see init_inputs."""
-    act = instantiate(cfg.activation, _convert_="all")
     drop = layers.Drop.from_config(cfg.regularization)
-    architecture = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "pretrained"])
-    model = instantiate(architecture, _convert_="all")(num_classes=num_classes, act=act, norm=cfg.norm, drop=drop)
-    initialize(model, cfg.init, cfg.activation, inputs)
+    model = option(cfg.model, num_classes=num_classes, act=option(cfg.activation), norm=option(cfg.norm), drop=drop)
+    initialize(model, option(cfg.init), cfg.activation, inputs)
     return model
 
 
@@ -37,7 +62,7 @@ def build_pretrained(cfg, model: nn.Module, run_dir=None) -> set[str]:
     the reused parameters (for transfer.lr_mult); empty without model.pretrained."""
     if cfg.model.pretrained is None:
         return set()
-    from runner.engine import checkpoint
+    from runner.data import checkpoint
     from runner.nets import transfer
 
     report = transfer.load_pretrained(model, str(cfg.model.pretrained))
@@ -48,13 +73,8 @@ def build_pretrained(cfg, model: nn.Module, run_dir=None) -> set[str]:
 
 
 def build_freezer(cfg, model: nn.Module):
-    """The transfer.Freezer of `transfer=`: which layers train in each epoch; None for transfer=none, which leaves
-    every parameter's requires_grad as the model set it (e.g. a frozen whitening stem, init.first_layer_trainable)."""
-    if cfg.transfer.name == "none":
-        return None
-    from runner.nets.transfer import Freezer
-
-    return Freezer(model, cfg.transfer)
+    """The transfer.Freezer of `transfer=`: which layers train in each epoch; None for transfer=none."""
+    return option(cfg.transfer, model)
 
 
 def init_inputs(cfg, preprocess: nn.Module, train_x):
@@ -62,8 +82,6 @@ def init_inputs(cfg, preprocess: nn.Module, train_x):
     `init=` does not need data."""
     if cfg.init.first_layer != "whiten":
         return None
-    import torch
-
     with torch.no_grad():
         return preprocess(train_x[:cfg.init.whiten_images])
 
@@ -87,32 +105,59 @@ def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
     from runner.engine.speed import use_fused
 
     fused = use_fused(cfg.trainer.fused_optimizer, next(model.parameters()).device)
-    optimizer = optim.make(cfg.optimizer, groups, lr=lr, fused=fused and cfg.optimizer.impl != "reference")
+    optimizer = make_optimizer(cfg.optimizer, groups, lr, fused)
     optim.register_hooks(optimizer)
     if "max_norm" in cfg.regularization:
         optimizer.register_step_post_hook(layers.max_norm_hook(model, cfg.regularization.max_norm.value))
     return optimizer
 
 
+def make_optimizer(optimizer_cfg, params, lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer `optimizer_cfg` names over `params` (parameters or parameter-group dicts): its `_target_`, a
+    torch.optim class, or with impl=reference the lecture's class of the same name (which also takes
+    bias_correction). lr: in place of the config's (the linear scaling rule). fused: torch's fused kernel (one
+    kernel for all parameters, CUDA) where the class has one."""
+    node = optim.implementation(optimizer_cfg)
+    runtime = {} if lr is None else {"lr": lr}
+    if "betas" in node:
+        runtime["betas"] = tuple(node.betas)
+    if optimizer_cfg.impl == "reference" and "bias_correction" in optimizer_cfg:
+        runtime["bias_correction"] = optimizer_cfg.bias_correction
+    if fused and optim.has_fused(get_class(node._target_)):
+        runtime["fused"] = True
+    return option(node, params, **runtime)
+
+
+def schedule_factor(schedule_cfg, total_steps: int, steps_per_epoch: int):
+    """The lr multiplier of `schedule=` at each step of a run of total_steps optimizer steps: its class over the
+    steps after the warmup, behind a linear warmup of schedule.warmup_epochs when that is above 0."""
+    warmup = round(schedule_cfg.warmup_epochs * steps_per_epoch)
+    factor = option(schedule_cfg, steps_per_epoch=steps_per_epoch, total_steps=max(1, total_steps - warmup))
+    return schedules.Warmup(factor, warmup) if warmup > 0 else factor
+
+
 def build_schedule(cfg, optimizer, total_steps: int, steps_per_epoch: int):
-    return schedule.build(cfg.schedule, optimizer, total_steps, steps_per_epoch)
+    """torch's LambdaLR over `optimizer`, stepped after every optimizer step, with the factor of schedule_factor."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(cfg.schedule, total_steps, steps_per_epoch))
 
 
 def build_preprocess(cfg, train_x) -> nn.Module:
-    return preprocess.fit(cfg.preprocess, train_x)
+    """The Preprocess of `preprocess=`, fitted on the training images train_x (uint8) only."""
+    return option(cfg.preprocess, train_x)
 
 
-def build_loss(cfg) -> nn.Module:
-    """Cross-entropy, with label smoothing when `regularization=` holds label_smoothing."""
+def build_augmentation(cfg):
+    """The data.augment.Augmentation of `augmentation=`; its alternating flip is drawn from the run's seed."""
+    return option(cfg.augmentation, seed=cfg.seed)
+
+
+def build_objective(cfg):
+    """The objective of `objective=` (runner.engine.objectives), with the label smoothing of `regularization=`."""
     smoothing = cfg.regularization.label_smoothing.value if "label_smoothing" in cfg.regularization else 0.0
-    return nn.CrossEntropyLoss(label_smoothing=smoothing)
+    return option(cfg.objective, label_smoothing=smoothing)
 
 
 def build_averaging(cfg, model: nn.Module, total_steps: int = 1):
-    """The EMA copy of `model` that `averaging=ema` or `averaging=lookahead` asks for, or None."""
-    if cfg.averaging.name == "none":
-        return None
-    from runner.engine.averaging import EMA
-
-    return EMA(model, cfg.averaging.decay, cfg.averaging.every_steps, cfg.averaging.name == "lookahead",
-               total_steps, cfg.averaging.ramp_power)
+    """The EMA copy of `model` that `averaging=ema` or `averaging=lookahead` asks for over a run of total_steps
+    optimizer steps; None for averaging=none."""
+    return option(cfg.averaging, model, total_steps=total_steps)

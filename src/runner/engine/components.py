@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from runner.engine import checkpoint
+from runner.data import checkpoint
 from runner.nets.init import first_conv
 from runner.optimization import optimizers, regularizers
 
@@ -144,7 +144,7 @@ class Freezing(Component):
         self.freezer = freezer
 
     def epoch_start(self, run, epoch) -> None:
-        self.freezer.set_epoch(epoch, run.tracker, run.step)
+        self.freezer.set_epoch(epoch, run.tracker, run.step + 1)  # logged with the epoch's first step
 
 
 class StemBiasHold(Component):

@@ -115,7 +115,9 @@ class Reconstruct:
     name = "autoencoder"
     has_accuracy = False
 
-    def __init__(self, decoder_width: int):
+    def __init__(self, decoder_width: int, label_smoothing: float = 0.0):
+        if label_smoothing:
+            raise ValueError("objective=autoencoder reads no labels: label smoothing does not apply")
         self.decoder_width = decoder_width
 
     def network(self, model: nn.Module) -> nn.Module:
@@ -158,9 +160,3 @@ class Reconstruct:
         return ((both - low) / (high - low).clamp_min(1e-8)).cpu()
 
 
-def build(objective_cfg, regularization) -> Classify | Reconstruct:
-    """The objective of `objective=`; label smoothing from `regularization=` for classification."""
-    if objective_cfg.name == "autoencoder":
-        return Reconstruct(objective_cfg.decoder_width)
-    smoothing = regularization.label_smoothing.value if "label_smoothing" in regularization else 0.0
-    return Classify(smoothing)

@@ -94,10 +94,10 @@ def start_pictures(run) -> None:
     tracker.writer.add_text("model", f"{run.n_params:,} parameters, {run.flops / 1e6:.1f} MFLOPs per image\n\n"
                             + "\n".join("    " + line for line in str(run.model).splitlines()), 0)
     total = run.steps_per_epoch * cfg.trainer.epochs
-    lrs = schedules.planned_lrs(cfg.schedule, run.scheduler.base_lrs[0], total, run.steps_per_epoch)
+    lrs = schedules.planned_lrs(run.scheduler, total)
     title = f"schedule={cfg.schedule.name}" + (" (drops follow val metric)" if cfg.schedule.name == "plateau" else "")
     tracker.writer.add_figure("schedule/lr_plan", schedules.plan_figure(lrs, run.steps_per_epoch, title), 0)
     sample = run.splits.train_x[:16]
-    tracker.writer.add_image("augmentation/original_then_augmented", augmented_grid(sample, run.augmentation if hasattr(run.augmentation, "cfg") is False else cfg.augmentation, cfg.seed),
+    tracker.writer.add_image("augmentation/original_then_augmented", augmented_grid(sample, run.augmentation, cfg.seed),
                              0)
     tracker.writer.add_image("preprocess/original_then_input", input_grid(run.preprocess, sample), 0)

@@ -13,8 +13,9 @@ import torch
 from omegaconf import OmegaConf
 
 from runner.config import ConfigError
+from runner.data import checkpoint
 from runner.data import loading as data
-from runner.engine import build, checkpoint, components, distributed, objectives, speed
+from runner.engine import build, components, distributed, objectives, speed
 from runner.engine.tracking import Progress, Tracker
 from runner.nets.diagnostics import Probe
 from runner.nets.models import flops_per_image
@@ -27,9 +28,10 @@ FORMAT = 2  # checkpoints/last.pt's layout; 1: before it recorded its config
 
 # Keys that may differ between a checkpoint's config and the resuming run's: where the data is read from, how much
 # is printed, and how far to train (more epochs re-plan the schedule from where the run stands, see `resume`).
+# trainer.resume_allow adds more.
 MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.log_every_steps",
               "trainer.eval_batch_size", "trainer.save_best", "device", "data.root", "data.cache_dir",
-              "data.download", "diagnostics.")
+              "data.download", "diagnostics")
 
 
 def pick_device(name: str) -> torch.device:
@@ -95,12 +97,17 @@ def _flat(node: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, cfg) -> list[str]:
-    """The keys (dotted) whose values differ between a checkpoint's config and `cfg`, except those in MAY_CHANGE,
-    each as `key: saved -> now`."""
+    """The keys (dotted) whose values differ between a checkpoint's config and `cfg`, each as `key: saved -> now`,
+    except those of MAY_CHANGE and trainer.resume_allow (a key or any key below it)."""
     now = _flat(OmegaConf.to_container(cfg, resolve=True))
     before = _flat(saved)
+    allowed = (*MAY_CHANGE, "trainer.resume_allow", *cfg.trainer.resume_allow)
+
+    def may_change(key: str) -> bool:
+        return any(key == a or key.startswith(a + ".") for a in allowed)
+
     keys = sorted(k for k in before.keys() | now.keys()
-                  if before.get(k, "<absent>") != now.get(k, "<absent>") and not k.startswith(MAY_CHANGE))
+                  if before.get(k, "<absent>") != now.get(k, "<absent>") and not may_change(k))
     return [f"{k}: {before.get(k, '<absent>')} -> {now.get(k, '<absent>')}" for k in keys]
 
 
@@ -140,9 +147,9 @@ class Run:
         log.info("data=%s: %d train, %d val, %d test images on %s", cfg.data.name, len(splits.train_y),
                  len(splits.val_y), len(splits.test_y), device)
         self.preprocess = build.build_preprocess(cfg, splits.train_x).to(device)
-        self.augmentation = build.build_augmentation(cfg) if hasattr(build, "build_augmentation") else _Legacy(cfg)
+        self.augmentation = build.build_augmentation(cfg)
         self.speed = speed.setup(cfg.trainer, device)
-        self.objective = objectives.build(cfg.objective, cfg.regularization)
+        self.objective = build.build_objective(cfg)
         model = build.build_model(cfg, len(splits.classes), build.init_inputs(cfg, self.preprocess, splits.train_x))
         self.model = speed.prepare(self.objective.network(model.to(device)), self.speed)
         self.net = self.model  # the module of the forward pass: inside DistributedDataParallel and/or compiled
@@ -258,14 +265,15 @@ class Run:
         else:
             differences = config_differences(saved, self.cfg)
             if differences:
+                groups = sorted({d.split(":")[0].split(".")[0] for d in differences})
                 raise ConfigError(
-                    f"trainer.resume: {path} was made with another config ({'; '.join(differences)}); resuming it "
-                    f"would mix two experiments. Train in a new run directory (hydra.run.dir=<new dir>), start "
-                    f"afresh here with trainer.resume=never, or set those keys back (only {', '.join(MAY_CHANGE)}* "
-                    f"may change when resuming).")
+                    f"trainer.resume: {path} was made with another config ({'; '.join(differences)}). Resuming it "
+                    f"would mix two experiments: train in a new run directory (hydra.run.dir=<new dir>), start "
+                    f"afresh here with trainer.resume=never, set those keys back, or allow the change with "
+                    f"trainer.resume_allow=[{','.join(groups)}].")
         self.load_state_dict(state)
         planned = saved["trainer"]["epochs"] if saved else self.cfg.trainer.epochs
-        schedules.replan(self.scheduler)
+        schedules.replan(self.scheduler)  # the saved lr is the old plan's; the plan may be longer now
         log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
         if planned != self.cfg.trainer.epochs and self.epoch < self.cfg.trainer.epochs:
             log.info("trainer.epochs=%d (the checkpoint planned %d): the schedule is re-planned over %d epochs and "
@@ -277,15 +285,3 @@ class Run:
         the checkpoint's step are dropped (purge_step), so every epoch's scalars are there exactly once."""
         self.tracker.open(purge_step=self.step + 1 if self.resume_from else None)
 
-
-class _Legacy:  # TEMPORARY until build_augmentation lands
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def epoch_view(self, x, epoch):
-        from runner.data.augment import alternating_flip
-        return alternating_flip(x, epoch, self.cfg.seed) if self.cfg.augmentation.get("flip") == "alternate" else x
-
-    def __call__(self, x, generator):
-        from runner.data.augment import augment
-        return augment(x, self.cfg.augmentation, generator)

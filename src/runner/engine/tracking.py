@@ -104,7 +104,7 @@ def environment(device: torch.device) -> dict:
 
 def record_run(cfg, run_dir: Path, device: torch.device, **extra) -> None:
     """What reproduces a run, beside its events and metrics: config.yaml (resolved) and environment.json."""
-    from runner.engine import checkpoint
+    from runner.data import checkpoint
 
     checkpoint.write_json({**environment(device), **extra}, Path(run_dir) / "environment.json")
     checkpoint.write_text(OmegaConf.to_yaml(cfg, resolve=True), Path(run_dir) / "config.yaml")

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 import runner
+from runner.data import checkpoint
 from runner.data import loading as data
-from runner.engine import checkpoint, distributed, records
+from runner.engine import distributed, records
 from runner.engine.components import End
 from runner.engine.run import BEST, LAST, Run, pick_device, resume_path  # noqa: F401 (the engine's public names)
 from runner.engine.speed import EpochTimer

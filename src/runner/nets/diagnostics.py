@@ -127,7 +127,9 @@ class Probe:
 
     @torch.no_grad()
     def finish(self, step: int, x: torch.Tensor, logits: torch.Tensor | None, y: torch.Tensor | None) -> dict[str, float]:
-        """Measure what needs the updated weights, read everything back at once and write it. Returns the scalars.
+        """Measure what needs the updated weights, read everything back at once and write it at step + 1 (the
+        steps done: everything a step logs comes after it, so a resumed run purges exactly what its killed
+        predecessor wrote after the checkpoint). Returns the scalars.
         logits and y are None for an objective without labels (the autoencoder): the loss checks are skipped."""
         values: dict[str, torch.Tensor] = {}
         for name, stats in self._acts.items():
@@ -164,10 +166,10 @@ class Probe:
             lo, hi, total, squares = flat[at:at + 4]
             counts = flat[at + 4:at + 4 + HISTOGRAM_BINS]
             at += 4 + HISTOGRAM_BINS
-            self._histogram(f"act/{name}", lo, hi, counts, total, squares, num, step)
+            self._histogram(f"act/{name}", lo, hi, counts, total, squares, num, step + 1)
 
         out = {k: v for k, v in scalars.items() if not k.startswith("_sym/")}
-        self.tracker.scalars(out, step)
+        self.tracker.scalars(out, step + 1)  # logged after the step, at the count of steps done, like lr/ and train/
         for name in symmetric:
             if scalars[f"_sym/{name}"] and name not in self.reported_symmetric:
                 self.reported_symmetric.add(name)

@@ -16,6 +16,7 @@ the (preprocessed) training images: see whiten_conv_.
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -53,47 +54,144 @@ def activation_gain(activation) -> float:
     return 1.0
 
 
-def gain_of(init, activation) -> float:
-    gain = init.gain if "gain" in init else 1.0  # the schemes without a gain key are the ones it does not scale
-    return activation_gain(activation) if gain == "auto" else float(gain)
+# ---------------------------------------------------------------------------------------------------------------
+# The schemes: one class per `init=` option (its `_target_`), each filling one Linear/Conv weight in place
+
+@dataclass(kw_only=True)
+class Init:
+    """What every `init=` option holds beside its own keys: `bias`, the value every bias of the layers it fills is
+    set to, and the data-dependent first layer: first_layer=whiten whitens the first conv on training patches with
+    whiten_epsilon (see whiten_conv_), whose weights then train only with first_layer_trainable.
+    fill(weight, gain) fills one Linear/Conv weight, gain_for(activation) says with which gain."""
+
+    bias: float = 0.0
+    first_layer: str = "same"
+    whiten_epsilon: float | None = None
+    first_layer_trainable: bool = True
+
+    def layers(self, model: nn.Module) -> list[nn.Module]:
+        """The layers whose weights and biases this scheme sets: every Linear and Conv."""
+        return [m for m in model.modules() if isinstance(m, _LAYERS)]
+
+    def gain_for(self, activation) -> float:
+        return 1.0
+
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
+        raise NotImplementedError
 
 
-@torch.no_grad()
-def init_weight(weight: torch.Tensor, init, gain: float = 1.0) -> None:
-    """Fill one Linear/Conv weight in place by `init.scheme`."""
-    scheme = init.scheme
-    fan_in, fan_out = fans(weight)
-    if scheme == "zeros":
+@dataclass(kw_only=True)
+class Default(Init):
+    """PyTorch's own initialization of each layer, kept."""
+
+    def layers(self, model: nn.Module) -> list[nn.Module]:
+        return []
+
+
+@dataclass(kw_only=True)
+class Zeros(Init):
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
         weight.zero_()
-    elif scheme == "constant":
-        weight.fill_(init.value)
-    elif scheme == "normal":
-        weight.normal_(0.0, init.std)
-    elif scheme == "uniform":
-        weight.uniform_(-init.bound, init.bound)
-    elif scheme == "lecun_normal":
-        weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
-    elif scheme == "lecun_uniform":
-        bound = math.sqrt(3.0 / fan_in)
+
+
+@dataclass(kw_only=True)
+class Constant(Init):
+    value: float
+
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
+        weight.fill_(self.value)
+
+
+@dataclass(kw_only=True)
+class Normal(Init):
+    std: float
+
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
+        weight.normal_(0.0, self.std)
+
+
+@dataclass(kw_only=True)
+class Uniform(Init):
+    bound: float
+
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
+        weight.uniform_(-self.bound, self.bound)
+
+
+@dataclass(kw_only=True)
+class LecunNormal(Init):
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
+        weight.normal_(0.0, 1.0 / math.sqrt(fans(weight)[0]))
+
+
+@dataclass(kw_only=True)
+class LecunUniform(Init):
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
+        bound = math.sqrt(3.0 / fans(weight)[0])
         weight.uniform_(-bound, bound)
-    elif scheme == "xavier_normal":
+
+
+@dataclass(kw_only=True)
+class Scaled(Init):
+    """A scheme scaled by `gain`: a number, or auto for the activation's (activation_gain)."""
+
+    gain: float | str = 1.0
+
+    def gain_for(self, activation) -> float:
+        return activation_gain(activation) if self.gain == "auto" else float(self.gain)
+
+
+@dataclass(kw_only=True)
+class XavierNormal(Scaled):
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
+        fan_in, fan_out = fans(weight)
         weight.normal_(0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
-    elif scheme == "xavier_uniform":
+
+
+@dataclass(kw_only=True)
+class XavierUniform(Scaled):
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
+        fan_in, fan_out = fans(weight)
         bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
         weight.uniform_(-bound, bound)
-    elif scheme in ("he_normal", "he_uniform"):
-        fan = fan_in if init.mode == "fan_in" else fan_out
-        if scheme == "he_normal":
-            weight.normal_(0.0, gain / math.sqrt(fan))
-        else:
-            bound = gain * math.sqrt(3.0 / fan)
-            weight.uniform_(-bound, bound)
-    elif scheme == "orthogonal":
+
+
+@dataclass(kw_only=True)
+class HeNormal(Scaled):
+    """mode fan_in keeps the forward variance, fan_out the backward one."""
+
+    mode: str = "fan_in"
+
+    def fan(self, weight: torch.Tensor) -> int:
+        fan_in, fan_out = fans(weight)
+        return fan_in if self.mode == "fan_in" else fan_out
+
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
+        weight.normal_(0.0, gain / math.sqrt(self.fan(weight)))
+
+
+@dataclass(kw_only=True)
+class HeUniform(HeNormal):
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
+        bound = gain * math.sqrt(3.0 / self.fan(weight))
+        weight.uniform_(-bound, bound)
+
+
+@dataclass(kw_only=True)
+class Orthogonal(Scaled):
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
         nn.init.orthogonal_(weight, gain)
-    elif scheme == "dirac":
+
+
+@dataclass(kw_only=True)
+class Dirac(Init):
+    """Convs only: every Linear keeps PyTorch's init."""
+
+    def layers(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in super().layers(model) if not isinstance(m, nn.Linear)]
+
+    def fill(self, weight: torch.Tensor, gain: float) -> None:
         nn.init.dirac_(weight[:weight.shape[1]])  # output channels past the input count keep their init
-    else:
-        raise ValueError(f"init.scheme={scheme!r} is not known")
 
 
 @torch.no_grad()
@@ -145,41 +243,38 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     raise ValueError(f"init.first_layer=whiten needs a conv layer; {type(model).__name__} has none")
 
 
-def initialize(model: nn.Module, init, activation, inputs: torch.Tensor | None = None) -> int:
-    """Initialize every Linear and Conv weight of `model` by `init=` (the gain of he_* follows `activation=` when
-    gain is auto) and set their biases to init.bias. scheme default leaves PyTorch's own initialization.
-    With init.first_layer=whiten, then whiten the first conv on `inputs` (preprocessed training images, which
-    train.fit passes; without them that step is left out) and freeze its weights unless
-    init.first_layer_trainable. Returns how many layers were initialized."""
-    count = 0
-    if init.scheme != "default":
-        gain = gain_of(init, activation)
-        for module in model.modules():
-            if isinstance(module, _LAYERS) and not (init.scheme == "dirac" and isinstance(module, nn.Linear)):
-                init_weight(module.weight, init, gain)
-                if module.bias is not None:
-                    nn.init.constant_(module.bias, init.bias)
-                count += 1
+def initialize(model: nn.Module, init: Init, activation, inputs: torch.Tensor | None = None) -> int:
+    """Initialize the Linear and Conv layers of `model` by the scheme of `init=` (its gain, where auto, that of
+    `activation=`): their weights by init.fill, their biases to init.bias. With init.first_layer=whiten, then whiten
+    the first conv on `inputs` (preprocessed training images, see build.init_inputs; without them that step is left
+    out) and freeze its weights unless init.first_layer_trainable. Returns how many layers were initialized."""
+    layers = init.layers(model)
+    gain = init.gain_for(activation)
+    with torch.no_grad():
+        for module in layers:
+            init.fill(module.weight, gain)
+            if module.bias is not None:
+                nn.init.constant_(module.bias, init.bias)
     if init.first_layer == "whiten" and inputs is not None:
         conv = first_conv(model)
         n = whiten_conv_(conv, inputs, init.whiten_epsilon)
         conv.weight.requires_grad_(init.first_layer_trainable)
         log.info("init.first_layer=whiten: %d whitening filters (and their negatives) of %dx%d patches from %d "
                  "training images", n, *conv.kernel_size, len(inputs))
-    return count
+    return len(layers)
 
 
 def consistency_warnings(activation, init, norm, regularization) -> list[str]:
     """Combinations the lectures warn about (they run, but defeat the technique). Each is logged as a warning;
     returns the messages."""
     act = activation["_target_"].rsplit(".", 1)[-1]
-    scheme = init.scheme
+    scheme = init.name
     messages = []
     if act == "SELU":
         if scheme != "lecun_normal":
             messages.append(f"activation=selu with init={scheme}: SELU self-normalizes only from LeCun normal "
                             "init (Klambauer et al. 2017); use init=lecun_normal.")
-        if norm.kind == "batch":
+        if norm.name == "batch":
             messages.append("activation=selu with norm=batch: SELU normalizes by itself; batch norm undoes its "
                             "fixed point. Use norm=none.")
         if "dropout" in regularization or "gaussian_dropout" in regularization:

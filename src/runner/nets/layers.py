@@ -5,17 +5,15 @@ conv/linear block that puts a layer, its norm and its activation in the order `n
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from runner.config.regularizers import chosen
 
-NORM_KINDS = ("none", "batch", "layer", "group")
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# Normalization
+# Normalization: one class per `norm=` option (its `_target_`)
 
 def group_count(channels: int, groups: int) -> int:
     """The largest divisor of `channels` not above `groups` (GroupNorm needs groups | channels; 500 units with
@@ -23,28 +21,59 @@ def group_count(channels: int, groups: int) -> int:
     return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
 
 
-def norm_layer(norm, channels: int, spatial: bool) -> nn.Module:
-    """The normalization `norm.kind` over `channels` features; spatial: after a conv (B, C, H, W), else (B, C).
+@dataclass(frozen=True, kw_only=True)
+class Norm:
+    """norm=none (no layer), and what every `norm=` option holds: `position` of its layer, before or after the
+    activation; `eps`, added to the variance; `learn_scale` false fixes the scale (gamma) at 1 so that only the
+    shift (beta) trains, as in airbench. Called with (channels, spatial) it makes the layer: spatial after a conv
+    (B, C, H, W), else (B, C)."""
 
-    layer: over all features of one example (for a conv, over C, H and W: GroupNorm with one group, as in
-    Ba et al. 2016 and Wu & He 2018). group: over groups of channels (Wu & He 2018), `norm.groups` of them.
-    norm.eps is added to the variance; with norm.learn_scale=false the scale (gamma) is fixed at 1 and only the
-    shift (beta) trains, as in airbench.
-    """
-    kind, eps = norm.kind, getattr(norm, "eps", 1e-5)
-    if kind == "none":
+    position: str = "before"
+    eps: float = 1e-5
+    learn_scale: bool = True
+    name: ClassVar[str] = "none"
+
+    def __call__(self, channels: int, spatial: bool) -> nn.Module:
+        layer = self.layer(channels, spatial)
+        if not self.learn_scale and not isinstance(layer, nn.Identity):
+            layer.weight.requires_grad_(False)  # the scale stays 1: only the shift learns
+        return layer
+
+    def layer(self, channels: int, spatial: bool) -> nn.Module:
         return nn.Identity()
-    if kind == "batch":
-        layer = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(channels, eps=eps, momentum=norm.momentum)
-    elif kind == "layer":
-        layer = nn.GroupNorm(1, channels, eps=eps) if spatial else nn.LayerNorm(channels, eps=eps)
-    elif kind == "group":
-        layer = nn.GroupNorm(group_count(channels, norm.groups), channels, eps=eps)
-    else:
-        raise ValueError(f"norm.kind={kind!r} is not one of {NORM_KINDS}")
-    if not getattr(norm, "learn_scale", True):
-        layer.weight.requires_grad_(False)  # the scale stays 1: only the shift learns
-    return layer
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchNorm(Norm):
+    """norm=batch (Ioffe & Szegedy 2015): each channel over the mini-batch; running statistics for evaluation."""
+
+    momentum: float = 0.1
+    name: ClassVar[str] = "batch"
+
+    def layer(self, channels: int, spatial: bool) -> nn.Module:
+        return (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(channels, eps=self.eps, momentum=self.momentum)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerNorm(Norm):
+    """norm=layer (Ba et al. 2016): over all features of one example; for a conv over C, H and W (GroupNorm with
+    one group, as in Wu & He 2018)."""
+
+    name: ClassVar[str] = "layer"
+
+    def layer(self, channels: int, spatial: bool) -> nn.Module:
+        return nn.GroupNorm(1, channels, eps=self.eps) if spatial else nn.LayerNorm(channels, eps=self.eps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupNorm(Norm):
+    """norm=group (Wu & He 2018): over groups of channels, `groups` of them (see group_count)."""
+
+    groups: int = 8
+    name: ClassVar[str] = "group"
+
+    def layer(self, channels: int, spatial: bool) -> nn.Module:
+        return nn.GroupNorm(group_count(channels, self.groups), channels, eps=self.eps)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,7 +260,7 @@ NO_DROP = Drop()
 # ---------------------------------------------------------------------------------------------------------------
 # The block every model is made of
 
-def block(c_in: int, c_out: int, act: Callable[[], nn.Module] | None, norm, *, spatial: bool,
+def block(c_in: int, c_out: int, act: Callable[[], nn.Module] | None, norm: Norm, *, spatial: bool,
           drop: Drop = NO_DROP, stride: int = 1) -> nn.Sequential:
     """A 3x3 conv (spatial, with `stride`) or a linear layer, then norm and activation in the order norm.position gives, then the
     dropout of `drop` (conv_p after a conv block, p after a hidden linear block: in front of the next layer).
@@ -244,17 +273,17 @@ def block(c_in: int, c_out: int, act: Callable[[], nn.Module] | None, norm, *, s
     a = act() if act is not None else None
     k = pieces_of(a) if a is not None else 1
     before = norm.position == "before"
-    bias = not (before and norm.kind != "none")
+    bias = not (before and norm.name != "none")
     if spatial:
         layer = ("conv", nn.Conv2d(c_in, k * c_out, 3, stride=stride, padding=1, bias=bias))
     else:
         layer = ("linear", drop.linear(c_in, k * c_out, bias))
     if a is None:
-        parts = [layer, ("norm", norm_layer(norm, c_out, spatial) if before else nn.Identity())]
+        parts = [layer, ("norm", norm(c_out, spatial) if before else nn.Identity())]
     elif before:
-        parts = [layer, ("norm", norm_layer(norm, k * c_out, spatial)), ("act", a)]
+        parts = [layer, ("norm", norm(k * c_out, spatial)), ("act", a)]
     else:
-        parts = [layer, ("act", a), ("norm", norm_layer(norm, c_out, spatial))]
+        parts = [layer, ("act", a), ("norm", norm(c_out, spatial))]
     if a is not None:
         parts.append(("drop", drop.conv() if spatial else drop.fc()))
     return nn.Sequential(OrderedDict((n, m) for n, m in parts if not isinstance(m, nn.Identity)))

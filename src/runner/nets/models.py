@@ -1,5 +1,5 @@
 """The networks a `model=` option names. Each takes its activation factory (`activation=`), its normalization
-(`norm=`) and its dropout settings (`regularization=`, as a layers.Drop) at construction, so that every technique
+(`norm=`, a layers.Norm) and its dropout settings (`regularization=`, as a layers.Drop) at construction, so that every technique
 applies to every model; `init=` is applied afterwards by runner.nets.init. All take CIFAR-shaped input (B, 3, 32, 32)."""
 
 from collections import OrderedDict
@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from runner.nets.layers import NO_DROP, Drop, Maxout, StochasticDepth, block, norm_layer
+from runner.nets.layers import NO_DROP, Drop, Maxout, Norm, StochasticDepth, block
 
 Act = Callable[[], nn.Module]
 
@@ -21,7 +21,7 @@ class MLP(nn.Module):
     capacity" experiments vary depth and width).
     """
 
-    def __init__(self, depth: int, width: int, *, num_classes: int, act: Act, norm, drop: Drop = NO_DROP,
+    def __init__(self, depth: int, width: int, *, num_classes: int, act: Act, norm: Norm, drop: Drop = NO_DROP,
                  in_features: int = 3 * 32 * 32):
         super().__init__()
         layers, c = [], in_features
@@ -42,7 +42,7 @@ class CNN(nn.Module):
     With widths 32/64/128: about 0.1M parameters and 21 MFLOPs per image.
     """
 
-    def __init__(self, widths: list[int], convs_per_stage: int, *, num_classes: int, act: Act, norm,
+    def __init__(self, widths: list[int], convs_per_stage: int, *, num_classes: int, act: Act, norm: Norm,
                  drop: Drop = NO_DROP, in_channels: int = 3):
         super().__init__()
         stages, c = [], in_channels
@@ -67,7 +67,7 @@ class VGG(nn.Module):
     VGG-11 ([[64], [128], [256, 256], [512, 512], [512, 512]], fc_widths [512]): 9.5M parameters, 0.3 GFLOPs.
     """
 
-    def __init__(self, stages: list[list[int]], fc_widths: list[int], *, num_classes: int, act: Act, norm,
+    def __init__(self, stages: list[list[int]], fc_widths: list[int], *, num_classes: int, act: Act, norm: Norm,
                  drop: Drop = NO_DROP, in_channels: int = 3, image_size: int = 32):
         super().__init__()
         if not 1 <= len(stages) <= 5:
@@ -101,7 +101,7 @@ class BasicBlock(nn.Module):
     s + maxout(conv2 pieces). Stochastic depth drops the branch, never the shortcut.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int, act: Act, norm, drop: Drop, drop_path: float):
+    def __init__(self, c_in: int, c_out: int, stride: int, act: Act, norm: Norm, drop: Drop, drop_path: float):
         super().__init__()
         maxout = isinstance(act(), Maxout)
         self.branch = nn.Sequential(OrderedDict(
@@ -112,14 +112,14 @@ class BasicBlock(nn.Module):
         if stride == 1 and c_in == c_out:
             self.shortcut = nn.Identity()
         else:
-            before = norm.position == "before" and norm.kind != "none"
+            before = norm.position == "before" and norm.name != "none"
             parts = [("conv", nn.Conv2d(c_in, c_out, 1, stride=stride, bias=not before))]
             if before:
-                parts.append(("norm", norm_layer(norm, c_out, spatial=True)))
+                parts.append(("norm", norm(c_out, spatial=True)))
             self.shortcut = nn.Sequential(OrderedDict(parts))
         post = [] if maxout else [("act", act())]
-        if not maxout and norm.position == "after" and norm.kind != "none":
-            post.append(("norm", norm_layer(norm, c_out, spatial=True)))
+        if not maxout and norm.position == "after" and norm.name != "none":
+            post.append(("norm", norm(c_out, spatial=True)))
         self.post = nn.Sequential(OrderedDict(post))
 
     def forward(self, x):
@@ -134,7 +134,7 @@ class ResNet(nn.Module):
     ResNet-18 style (widths [64, 128, 256, 512], 2 blocks per stage): 11.2M parameters, 1.1 GFLOPs.
     """
 
-    def __init__(self, widths: list[int], blocks_per_stage: int, *, num_classes: int, act: Act, norm,
+    def __init__(self, widths: list[int], blocks_per_stage: int, *, num_classes: int, act: Act, norm: Norm,
                  drop: Drop = NO_DROP, in_channels: int = 3):
         super().__init__()
         self.stem = block(in_channels, widths[0], act, norm, spatial=True, drop=drop)
@@ -165,17 +165,17 @@ class AirBench(nn.Module):
     """
 
     def __init__(self, widths: list[int], stem_width: int, stem_kernel: int, head_scale: float, *, num_classes: int,
-                 act: Act, norm, drop: Drop = NO_DROP, in_channels: int = 3):
+                 act: Act, norm: Norm, drop: Drop = NO_DROP, in_channels: int = 3):
         super().__init__()
         self.stem = nn.Sequential(OrderedDict(conv=nn.Conv2d(in_channels, stem_width, stem_kernel), act=act()))
         stages, c = [], stem_width
-        bias = norm.kind == "none"
+        bias = norm.name == "none"
         for width in widths:
             stages.append(nn.Sequential(OrderedDict(
                 conv1=nn.Conv2d(c, width, 3, padding=1, bias=bias), pool=nn.MaxPool2d(2),
-                norm1=norm_layer(norm, width, spatial=True), act1=act(), drop1=drop.conv(),
+                norm1=norm(width, spatial=True), act1=act(), drop1=drop.conv(),
                 conv2=nn.Conv2d(width, width, 3, padding=1, bias=bias),
-                norm2=norm_layer(norm, width, spatial=True), act2=act(), drop2=drop.conv())))
+                norm2=norm(width, spatial=True), act2=act(), drop2=drop.conv())))
             c = width
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveMaxPool2d(1)
@@ -187,7 +187,7 @@ class AirBench(nn.Module):
         return self.head_scale * self.head(self.drop(self.pool(self.stages(self.stem(x))).flatten(1)))
 
 
-def torchvision_resnet18(*, num_classes: int, act: Act, norm, drop: Drop = NO_DROP) -> nn.Module:
+def torchvision_resnet18(*, num_classes: int, act: Act, norm: Norm, drop: Drop = NO_DROP) -> nn.Module:
     """torchvision's ImageNet ResNet-18, so that its pretrained weights load by name
     (`model.pretrained=torchvision:ResNet18_Weights.IMAGENET1K_V1`), adapted to 32x32 inputs: the 7x7 stem conv keeps
     its weights but strides 1 instead of 2, and the 3x3 max-pool after it is dropped, so the last stage works on 4x4

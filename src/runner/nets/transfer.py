@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from runner.config import ConfigError
-from runner.engine import checkpoint
+from runner.data import checkpoint
 
 log = logging.getLogger("runner")
 
@@ -205,40 +205,24 @@ def _hold_eval(module: nn.Module, hold: bool) -> None:
 
 
 class Freezer:
-    """Which layers train, epoch by epoch, as `transfer=` says (units() counts the layers; the last is the head):
-      none             all layers
-      linear_probe     the head only
-      finetune         all layers (the reused ones at transfer.lr_mult times the lr, see lr_groups)
-      freeze_until     the layers after transfer.freeze_until
-      gradual_unfreeze the head, then one more layer from the top every transfer.unfreeze_every_epochs epochs
-                       (Howard & Ruder 2018, ULMFiT)
+    """Which layers train, epoch by epoch, as `transfer=` says (units() counts the layers; the last is the head);
+    one class per option (its `_target_`), this one transfer=finetune: all layers train (the reused ones at
+    transfer.lr_mult times the lr, see lr_groups).
     Frozen parameters keep requires_grad=False (no gradient, so no update and no weight decay); frozen batch-norm
     layers stay in eval mode. Parameters the model itself keeps fixed (a whitening stem with
     init.first_layer_trainable=false, norm scales with norm.learn_scale=false) stay fixed in every layer."""
 
-    def __init__(self, model: nn.Module, transfer_cfg):
-        self.model, self.cfg = model, transfer_cfg
+    name = "finetune"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
         self.fixed = {id(p) for p in model.parameters() if not p.requires_grad}
         self.units = units(model)
         self.trainable_units = None
-        if transfer_cfg.name == "freeze_until":
-            names = [n for n, _ in self.units]
-            if transfer_cfg.freeze_until not in names[:-1]:
-                raise ConfigError(f"transfer.freeze_until={transfer_cfg.freeze_until!r} is not a layer of this model "
-                                  f"(the head excepted); allowed: {', '.join(names[:-1])}. Change it with "
-                                  "`transfer.freeze_until=<layer>`.")
-            self.first_trained = names.index(transfer_cfg.freeze_until) + 1
 
     def count(self, epoch: int) -> int:
         """How many layers, from the top, train in `epoch` (0-based)."""
-        name, n = self.cfg.name, len(self.units)
-        if name == "linear_probe":
-            return 1
-        if name == "freeze_until":
-            return n - self.first_trained
-        if name == "gradual_unfreeze":
-            return min(n, 1 + epoch // self.cfg.unfreeze_every_epochs)
-        return n
+        return len(self.units)
 
     def set_epoch(self, epoch: int, tracker=None, step: int = 0) -> int:
         """Freeze and unfreeze for `epoch`; log and record (model/trainable_params) when it changes. Returns the
@@ -257,10 +241,56 @@ class Freezer:
             trainable = self.trainable()
             total = sum(p.numel() for p in self.model.parameters())
             log.info("transfer=%s, epoch %d: training %d of %d layers (from %s): %s of %s parameters trainable",
-                     self.cfg.name, epoch + 1, k, len(self.units), self.units[first][0], f"{trainable:,}", f"{total:,}")
+                     self.name, epoch + 1, k, len(self.units), self.units[first][0], f"{trainable:,}", f"{total:,}")
             if tracker is not None:
                 tracker.scalar("model/trainable_params", trainable, step)
         return self.trainable()
 
     def trainable(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+class LinearProbe(Freezer):
+    """The head only."""
+
+    name = "linear_probe"
+
+    def count(self, epoch: int) -> int:
+        return 1
+
+
+class FreezeUntil(Freezer):
+    """The layers after `freeze_until` (a name units() gives)."""
+
+    name = "freeze_until"
+
+    def __init__(self, model: nn.Module, freeze_until: str):
+        super().__init__(model)
+        names = [n for n, _ in self.units]
+        if freeze_until not in names[:-1]:
+            raise ConfigError(f"transfer.freeze_until={freeze_until!r} is not a layer of this model (the head "
+                              f"excepted); allowed: {', '.join(names[:-1])}. Change it with "
+                              "`transfer.freeze_until=<layer>`.")
+        self.first_trained = names.index(freeze_until) + 1
+
+    def count(self, epoch: int) -> int:
+        return len(self.units) - self.first_trained
+
+
+class GradualUnfreeze(Freezer):
+    """The head, then one more layer from the top every unfreeze_every_epochs epochs (Howard & Ruder 2018, ULMFiT)."""
+
+    name = "gradual_unfreeze"
+
+    def __init__(self, model: nn.Module, unfreeze_every_epochs: int):
+        super().__init__(model)
+        self.unfreeze_every_epochs = unfreeze_every_epochs
+
+    def count(self, epoch: int) -> int:
+        return min(len(self.units), 1 + epoch // self.unfreeze_every_epochs)
+
+
+def none(model: nn.Module) -> None:
+    """transfer=none: no freezer; every parameter's requires_grad stays as the model set it (e.g. a frozen
+    whitening stem, init.first_layer_trainable)."""
+    return None

@@ -1,5 +1,5 @@
-"""Optimizer plumbing: the optimizer an `optimizer=` config names (torch's, or with `impl=reference` the lecture's
-update rules of runner.optimization.reference), which parameters are decayed, linear lr scaling with the batch size, and
+"""Optimizer plumbing: which class runs an `optimizer=` option (torch's, or with `impl=reference` the lecture's
+update rules of runner.optimization.reference; built by runner.engine.build.make_optimizer), which parameters are decayed, linear lr scaling with the batch size, and
 the regularizers that act on the weights at each step (decoupled weight decay, L1) for any optimizer.
 
 Per parameter group, the keys the hooks below read:
@@ -14,14 +14,10 @@ Per parameter group, the keys the hooks below read:
 import inspect
 
 import torch
-from hydra.utils import get_class
 from omegaconf import OmegaConf
 from torch import nn
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-
-# Keys of an optimizer config that are runner's, not the optimizer class's keyword arguments.
-_RUNNER_KEYS = ("_target_", "_partial_", "impl", "bias_correction")
 
 
 def scaled_lr(lr: float, batch_size: int, reference_batch_size: int | None) -> float:
@@ -30,26 +26,18 @@ def scaled_lr(lr: float, batch_size: int, reference_batch_size: int | None) -> f
     return lr if reference_batch_size is None else lr * batch_size / reference_batch_size
 
 
-def make(optimizer_cfg, groups, lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
-    """The optimizer `optimizer_cfg` names over `groups` (parameters or parameter-group dicts): the torch class of
-    `_target_`, or with impl=reference the class of the same name in runner.optimization.reference. `lr` overrides the
-    config's (for the linear scaling rule). fused: use torch's fused kernel (one kernel for all parameters, CUDA)
-    where the class has one."""
-    from runner.optimization import reference as reference_optim
+def implementation(optimizer_cfg):
+    """The optimizer config whose `_target_` runs `optimizer=`: as it is (a torch.optim class), or with
+    impl=reference retargeted to the class of the same name in runner.optimization.reference."""
+    if optimizer_cfg.impl != "reference":
+        return optimizer_cfg
+    name = optimizer_cfg._target_.rsplit(".", 1)[-1]
+    return OmegaConf.merge(optimizer_cfg, {"_target_": f"runner.optimization.reference.{name}"})
 
-    cls = get_class(optimizer_cfg._target_)
-    kwargs = {k: v for k, v in OmegaConf.to_container(optimizer_cfg, resolve=True).items() if k not in _RUNNER_KEYS}
-    if optimizer_cfg.impl == "reference":
-        cls = getattr(reference_optim, cls.__name__)
-        if "bias_correction" in optimizer_cfg:
-            kwargs["bias_correction"] = optimizer_cfg.bias_correction
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    if lr is not None:
-        kwargs["lr"] = lr
-    if fused and cls.__module__.startswith("torch.optim") and "fused" in inspect.signature(cls).parameters:
-        kwargs["fused"] = True
-    return cls(groups, **kwargs)
+
+def has_fused(cls) -> bool:
+    """Whether the optimizer class is torch's with a fused kernel (one kernel for all parameters)."""
+    return cls.__module__.startswith("torch.optim") and "fused" in inspect.signature(cls).parameters
 
 
 def split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

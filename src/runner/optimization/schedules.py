@@ -1,64 +1,76 @@
 """Learning-rate schedules as multipliers of the optimizer's lr, evaluated at every optimizer step.
 
 Each schedule is a small callable object `factor(step) -> float` (objects, not lambdas, so LambdaLR can hold them;
-the checkpoint keeps only the plateau schedule's counters, see `state_dict`); lengths given in epochs are turned
-into steps here, once. `step` counts optimizer steps from 0 after the warmup; T is the number of steps after it.
+the checkpoint keeps only the plateau schedule's counters, see `state_dict`), one class per `schedule=` option (its
+`_target_`). Lengths are given in epochs, as the config has them, and turned into steps with the steps_per_epoch the
+run gives when it builds the schedule (runner.engine.build.schedule_factor). `step` counts optimizer steps from 0
+after the warmup; T (total_steps) is the number of steps after it.
 """
 
 import math
 from dataclasses import dataclass, field
 
-import torch
+
+@dataclass(kw_only=True)
+class Schedule:
+    """What every schedule is given when the run is built: steps_per_epoch, to turn its lengths in epochs into
+    steps, and total_steps, the T optimizer steps it runs over."""
+
+    steps_per_epoch: int
+    total_steps: int
+
+    def steps(self, epochs: float) -> int:
+        """A length in epochs as a whole number of optimizer steps, at least 1."""
+        return max(1, round(epochs * self.steps_per_epoch))
 
 
-@dataclass
-class Constant:
+@dataclass(kw_only=True)
+class Constant(Schedule):
     def __call__(self, step: int) -> float:
         return 1.0
 
 
-@dataclass
-class Step:
-    """Step decay: gamma^floor(step / step_steps), the lr multiplied by gamma every step_epochs."""
+@dataclass(kw_only=True)
+class Step(Schedule):
+    """Step decay: gamma^floor(step / S), the lr multiplied by gamma every step_epochs (S steps)."""
 
-    step_steps: int
+    step_epochs: float
     gamma: float
 
     def __call__(self, step: int) -> float:
-        return self.gamma ** (step // self.step_steps)
+        return self.gamma ** (step // self.steps(self.step_epochs))
 
 
-@dataclass
-class MultiStep:
-    """Piecewise constant: gamma^(number of milestones passed), a milestone at each of milestone_steps."""
+@dataclass(kw_only=True)
+class MultiStep(Schedule):
+    """Piecewise constant: gamma^(number of milestones passed), a milestone at each of milestone_epochs."""
 
-    milestone_steps: list[int]
+    milestone_epochs: list[float]
     gamma: float
 
     def __call__(self, step: int) -> float:
-        return self.gamma ** sum(step >= m for m in self.milestone_steps)
+        return self.gamma ** sum(step >= self.steps(m) for m in self.milestone_epochs)
 
 
-@dataclass
-class Exponential:
-    """lr0 * gamma^(step / steps_per_epoch): the lr falls by gamma per epoch, smoothly at every step."""
+@dataclass(kw_only=True)
+class Exponential(Schedule):
+    """lr0 * gamma_per_epoch^(step / steps_per_epoch): the lr falls by gamma per epoch, smoothly at every step."""
 
-    steps_per_epoch: int
     gamma_per_epoch: float
 
     def __call__(self, step: int) -> float:
         return self.gamma_per_epoch ** (step / self.steps_per_epoch)
 
 
-@dataclass
-class Power:
-    """lr0 / (1 + step / scale_steps)^exponent (the lecture's 1/t decay for exponent 1)."""
+@dataclass(kw_only=True)
+class Power(Schedule):
+    """lr0 / (1 + step / s)^exponent, s = scale_epochs * steps_per_epoch (the lecture's 1/t decay for exponent 1)."""
 
-    scale_steps: float
+    scale_epochs: float
     exponent: float
 
     def __call__(self, step: int) -> float:
-        return (1.0 + step / self.scale_steps) ** -self.exponent
+        return (1.0 + step / (self.scale_epochs * self.steps_per_epoch)) ** -self.exponent
 
 
 def _cosine(progress: float, min_factor: float) -> float:
@@ -66,37 +78,37 @@ def _cosine(progress: float, min_factor: float) -> float:
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-@dataclass
-class Cosine:
+@dataclass(kw_only=True)
+class Cosine(Schedule):
     """Cosine annealing from lr0 at the first step to min_factor * lr0 at the last (step T - 1)."""
 
-    total_steps: int
     min_factor: float
 
     def __call__(self, step: int) -> float:
         return _cosine(step / max(1, self.total_steps - 1), self.min_factor)
 
 
-@dataclass
-class CosineRestarts:
-    """SGDR (Loshchilov & Hutter 2017): cosine annealing over cycles of cycle_steps, each cycle cycle_mult times
-    longer than the one before; each cycle restarts at lr0. Within a cycle of length L, at step s of it:
+@dataclass(kw_only=True)
+class CosineRestarts(Schedule):
+    """SGDR (Loshchilov & Hutter 2017): cosine annealing over cycles of cycle_epochs, each cycle cycle_mult times
+    longer than the one before; each cycle restarts at lr0. Within a cycle of length L steps, at step s of it:
     min_factor + (1 - min_factor) * (1 + cos(pi * s / L)) / 2."""
 
-    cycle_steps: int
+    cycle_epochs: float
     cycle_mult: int
     min_factor: float
 
     def cycle_at(self, step: int) -> tuple[int, int]:
         """(step within its cycle, that cycle's length)."""
-        length = self.cycle_steps
+        length = self.steps(self.cycle_epochs)
         while step >= length:
             step -= length
             length *= self.cycle_mult
         return step, length
 
     def cycle_ends(self, total_steps: int) -> list[int]:
-        ends, end, length = [], self.cycle_steps, self.cycle_steps
+        ends, end = [], self.steps(self.cycle_epochs)
+        length = end
         while end <= total_steps:
             ends.append(end)
             length *= self.cycle_mult
@@ -108,30 +120,31 @@ class CosineRestarts:
         return _cosine(within / length, self.min_factor)
 
 
-@dataclass
-class Cyclic:
-    """Triangular cyclical lr (Smith 2017): linear from min_factor up to 1 over half_cycle_steps, then back down;
-    cycle = floor(1 + step / (2 h)), x = |step / h - 2 cycle + 1|, factor = min + (1 - min) * max(0, 1 - x)."""
+@dataclass(kw_only=True)
+class Cyclic(Schedule):
+    """Triangular cyclical lr (Smith 2017): linear from min_factor up to 1 over half a cycle (h = half_cycle_epochs
+    in steps), then back down; cycle = floor(1 + step / (2 h)), x = |step / h - 2 cycle + 1|,
+    factor = min + (1 - min) * max(0, 1 - x)."""
 
-    half_cycle_steps: int
+    half_cycle_epochs: float
     min_factor: float
 
     def cycle_ends(self, total_steps: int) -> list[int]:
-        return list(range(2 * self.half_cycle_steps, total_steps + 1, 2 * self.half_cycle_steps))
+        h = self.steps(self.half_cycle_epochs)
+        return list(range(2 * h, total_steps + 1, 2 * h))
 
     def __call__(self, step: int) -> float:
-        h = self.half_cycle_steps
+        h = self.steps(self.half_cycle_epochs)
         cycle = math.floor(1 + step / (2 * h))
         x = abs(step / h - 2 * cycle + 1)
         return self.min_factor + (1.0 - self.min_factor) * max(0.0, 1.0 - x)
 
 
-@dataclass
-class OneCycle:
+@dataclass(kw_only=True)
+class OneCycle(Schedule):
     """Smith & Topin 2017: linear rise from 1/div_factor to 1 over pct_start of total steps, then cosine down to
     1/(div_factor * final_div_factor) at the last step."""
 
-    total_steps: int
     pct_start: float
     div_factor: float
     final_div_factor: float
@@ -146,12 +159,11 @@ class OneCycle:
         return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-@dataclass
-class Triangular:
+@dataclass(kw_only=True)
+class Triangular(Schedule):
     """One triangle over the run (the schedule of fast CIFAR-10 trainers such as airbench): linear from start_factor
     up to 1 at peak_fraction of the total steps, then linear down to end_factor at the last step."""
 
-    total_steps: int
     peak_fraction: float
     start_factor: float
     end_factor: float
@@ -164,8 +176,8 @@ class Triangular:
         return 1.0 + (self.end_factor - 1.0) * progress
 
 
-@dataclass
-class Plateau:
+@dataclass(kw_only=True)
+class Plateau(Schedule):
     """Performance scheduling (ReduceLROnPlateau): the factor starts at 1 and is multiplied by `factor` (not below
     min_factor) once the validation metric has not improved by more than `threshold` for more than
     patience_epochs epochs in a row. Fed by `observe` once per epoch; the factor does not depend on the step."""
@@ -207,46 +219,6 @@ class Warmup:
         return self.inner(step - self.warmup_steps)
 
 
-def factor_fn(cfg, total_steps: int, steps_per_epoch: int):
-    """The multiplier function for the schedule config `cfg` over a run of total_steps optimizer steps."""
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    steps = max(1, total_steps - warmup)
-
-    def epochs(n: float) -> int:
-        return max(1, round(n * steps_per_epoch))
-
-    name = cfg.name
-    if name == "constant":
-        fn = Constant()
-    elif name == "step":
-        fn = Step(epochs(cfg.step_epochs), cfg.gamma)
-    elif name == "multistep":
-        fn = MultiStep([epochs(m) for m in cfg.milestone_epochs], cfg.gamma)
-    elif name == "exponential":
-        fn = Exponential(steps_per_epoch, cfg.gamma_per_epoch)
-    elif name == "power":
-        fn = Power(cfg.scale_epochs * steps_per_epoch, cfg.exponent)
-    elif name == "cosine":
-        fn = Cosine(steps, cfg.min_factor)
-    elif name == "cosine_restarts":
-        fn = CosineRestarts(epochs(cfg.cycle_epochs), cfg.cycle_mult, cfg.min_factor)
-    elif name == "cyclic":
-        fn = Cyclic(epochs(cfg.half_cycle_epochs), cfg.min_factor)
-    elif name == "onecycle":
-        fn = OneCycle(steps, cfg.pct_start, cfg.div_factor, cfg.final_div_factor)
-    elif name == "triangular":
-        fn = Triangular(steps, cfg.peak_fraction, cfg.start_factor, cfg.end_factor)
-    elif name == "plateau":
-        fn = Plateau(cfg.metric, cfg.factor, cfg.patience_epochs, cfg.threshold, cfg.min_factor)
-    else:
-        raise ValueError(f"schedule={name!r} is not known")
-    return Warmup(fn, warmup) if warmup > 0 else fn
-
-
-def build(cfg, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor_fn(cfg, total_steps, steps_per_epoch))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # What the training loop asks of a schedule beyond the lr: cycle ends, the plateau's metric, its saved state
 
@@ -273,6 +245,12 @@ def observe(scheduler, metrics: dict) -> None:
     if plateau is None:
         return
     plateau.observe(metrics[plateau.metric])
+    replan(scheduler)
+
+
+def replan(scheduler) -> None:
+    """Set every parameter group's lr to what the schedule plans at the step it stands at. After loading a
+    checkpoint the saved lr is the old plan's, which differs when the run has been made longer (trainer.epochs)."""
     for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
         group["lr"] = base * fn(scheduler.last_epoch)
 
@@ -297,10 +275,10 @@ def load_state_dict(scheduler, state: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # The planned curve, drawn once at the start of a run
 
-def planned_lrs(cfg, base_lr: float, total_steps: int, steps_per_epoch: int) -> list[float]:
-    """The lr at every step of the run, as the schedule plans it (a plateau schedule's drops are not known ahead:
-    its plan is flat)."""
-    fn = factor_fn(cfg, total_steps, steps_per_epoch)
+def planned_lrs(scheduler, total_steps: int) -> list[float]:
+    """The lr of the first parameter group at every one of total_steps steps, as `scheduler` plans it from the
+    start (a plateau schedule's drops are not known ahead: its plan is flat)."""
+    fn, base_lr = _factor(scheduler), scheduler.base_lrs[0]
     return [base_lr * fn(step) for step in range(total_steps)]
 
 

@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from runner.engine import checkpoint
+from runner.data import checkpoint
 
 JOURNAL = "optuna.journal"
 TABLE = "trials.csv"

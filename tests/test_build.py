@@ -1,0 +1,71 @@
+"""One way from an option to an object: every option file of every group names its `_target_` (and, where the group
+names its options, `name:` is the file's name), and `build.option` makes it: runner's own keys left out, a
+`_partial_` option called with the run's values or kept as a factory."""
+
+import functools
+
+import pytest
+import torch
+from hydra.utils import get_object
+from omegaconf import OmegaConf
+
+from conftest import compose_config
+from runner.config import CONFIG_DIR
+from runner.engine import averaging, build
+from runner.nets import init, layers, transfer
+from runner.nets.models import CNN
+
+GROUPS = ("model", "activation", "init", "norm", "optimizer", "schedule", "augmentation", "preprocess", "averaging",
+          "transfer", "objective")
+NAMED = ("init", "norm", "schedule", "augmentation", "preprocess", "averaging", "transfer", "objective")
+OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONFIG_DIR / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, name", OPTIONS)
+def test_every_option_names_its_target_and_itself(group, name):
+    node = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
+    assert callable(get_object(node._target_))
+    assert node.get("name") == (name if group in NAMED else None)
+    assert (CONFIG_DIR / group / f"{name}.yaml").read_text().startswith("#")  # the opening comment says what it is
+
+
+def _built(group: str, name: str):
+    """The object the run builds for `group=name`, on a tiny CNN."""
+    cfg = compose_config([f"{group}={name}", "model.widths=[4,8]"], checked=False)
+    model = CNN([4, 8], 1, num_classes=10, act=torch.nn.ReLU, norm=layers.Norm())
+    if group == "transfer":
+        if name == "freeze_until":
+            cfg.transfer.freeze_until = "features.0"
+        return build.option(cfg.transfer, model)
+    return {"init": lambda: build.option(cfg.init), "norm": lambda: build.option(cfg.norm),
+            "averaging": lambda: build.build_averaging(cfg, model, 10)}[group]()
+
+
+@pytest.mark.parametrize("group, name", [(g, n) for g, n in OPTIONS if g in ("init", "norm", "averaging", "transfer")])
+def test_every_init_norm_averaging_and_transfer_option_builds_its_target(group, name):
+    made = _built(group, name)
+    target = get_object(OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")._target_)
+    if name == "none" and group in ("averaging", "transfer"):
+        assert made is None and target in (averaging.none, transfer.none)
+        return
+    assert type(made) is target
+    if group in ("norm", "transfer"):
+        assert made.name == name
+
+
+def test_runner_keys_are_left_out_and_the_rest_reach_the_target():
+    node = OmegaConf.create({"_target_": "runner.nets.layers.GroupNorm", "name": "group", "groups": 3, "eps": 0.1})
+    assert build.option(node) == layers.GroupNorm(groups=3, eps=0.1)
+    assert set(build.RUNNER_KEYS) >= {"name", "impl", "bias_correction", "warmup_epochs", "snapshot_ensemble",
+                                      "pretrained"}
+
+
+def test_a_partial_option_is_called_with_the_runs_values_or_stays_a_factory():
+    cfg = compose_config(["init=he_normal", "init.mode=fan_out"])
+    assert build.option(cfg.init) == init.HeNormal(mode="fan_out", gain="auto", bias=0.0)
+    act = build.option(compose_config(["activation=leaky_relu"]).activation)
+    assert isinstance(act, functools.partial) and act().negative_slope == 0.01  # a factory: one module per layer
+    optimizer = build.option(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 0.5  # _partial_ honoured
+    with pytest.raises(TypeError, match="_partial_"):
+        build.option(cfg.norm, 8)

@@ -1,0 +1,220 @@
+"""The config's schema and rules (runner.config): every key checked from one table, NaN refused, unknown keys and
+options answered with a did-you-mean, the absent keys completed, the regularizer table true to its files, and an
+error leaving no empty run directory."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import compose_config
+from runner.config import CONFIG_DIR, ConfigError, validate
+from runner.config.keys import REQUIRED, Key
+from runner.config.regularizers import DROPOUTS, REGULARIZERS, chosen
+from runner.config.schema import SCHEMA, check_choices
+from runner.engine.job import remove_if_empty
+
+
+def _refused(overrides, tiny=True):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(overrides, tiny=tiny, checked=False))
+    return str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Single keys, from the schema
+
+@pytest.mark.parametrize("override", [
+    "data.noise=-1", "data.split_seed=-1", "data.num_classes=0", "data.generator_seed=-3", "seed=-1",
+    "trainer.save_best=maybe", "trainer.deterministic=1", "trainer.resume=", "trainer.progress=1",
+])
+def test_keys_that_were_never_checked_are_refused(override):
+    key, value = override.split("=", 1)
+    assert _refused([override]).startswith(f"{key}=") and "is invalid" in _refused([override])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["data=cifar10", "data.root=5"], ["data=cifar10", "data.cache_dir=[a]"], ["data=cifar10", "data.download=sometimes"],
+    ["data=cifar10", "data.num_classes=5"],
+])
+def test_cifar10_keys_are_checked(overrides):
+    assert _refused(overrides, tiny=False).startswith(overrides[1].split("=")[0])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["activation=elu", "activation.alpha=big"], ["activation=gelu", "activation.approximate=exact"],
+    ["activation=prelu", "activation.num_parameters=0"], ["activation=leaky_relu", "activation.negative_slope=nan"],
+    ["model=airbench", "model.stem_width=0"], ["model=airbench", "model.head_scale=-1"],
+    ["model=vgg", "model.fc_widths=[0]"], ["model=vgg", "model.stages=[[8],[0]]"],
+])
+def test_every_model_and_activation_key_is_checked(overrides):
+    assert _refused(overrides).startswith(overrides[1].split("=")[0].split("[")[0])
+
+
+@pytest.mark.parametrize("override", ["optimizer.lr=nan", "optimizer.lr=inf", "optimizer.lr=-inf",
+                                      "regularization.l2.value=nan", "schedule.warmup_epochs=nan",
+                                      "schedule.pct_start=nan"])
+def test_nan_and_inf_are_refused_where_a_finite_number_is_needed(override):
+    assert _refused([override]).startswith(override)
+
+
+def test_the_message_says_the_range_in_words():
+    assert "must be a positive number" in _refused(["optimizer.lr=nan"])
+    assert "must be an integer >= 0" in _refused(["data.split_seed=-1"])
+    assert "must be a number in [0, 1)" in _refused(["optimizer.momentum=1"])
+    assert "allowed: true, false" in _refused(["trainer.save_best=maybe"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unknown keys
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("+trainer.epoch=3", "did you mean trainer.epochs?"),
+    ("+optimizer.momentun=0.9", "did you mean optimizer.momentum?"),
+    ("+regularization.dropot.p=0.1", "did you mean regularization.dropout"),
+    ("+epochs=3", "the keys of the config: seed, device, trainer"),
+])
+def test_an_unknown_key_added_with_plus_is_refused_with_a_did_you_mean(override, suggestion):
+    message = _refused([override])
+    assert message.startswith(f"{override[1:].split('=')[0].rsplit('.p', 1)[0]} is not a config key: ")
+    assert suggestion in message and "\n" not in message
+
+
+def test_hydra_keys_are_allowed_in_every_group():
+    for group in ("optimizer", "schedule", "norm", "augmentation"):
+        validate(compose_config([f"+{group}._convert_=all"], checked=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Completion: the group defaults a run records
+
+def test_validate_fills_in_the_group_defaults_an_option_leaves_out():
+    cfg = compose_config(["augmentation=flip", "init=he_normal"], checked=False)
+    assert "padding" not in cfg.augmentation
+    validate(cfg)
+    assert (cfg.augmentation.padding, cfg.augmentation.pad_mode, cfg.augmentation.cutout_pixels) == (0, "zeros", 0)
+    assert (cfg.init.first_layer, cfg.init.first_layer_bias_epochs, cfg.schedule.snapshot_ensemble) == (
+        "same", None, False)
+    assert "padding: 0" in OmegaConf.to_yaml(cfg)  # what config.yaml records
+
+
+def test_completion_keeps_the_options_own_values_and_is_idempotent():
+    cfg = compose_config(["augmentation=alternating_flip"])
+    assert (cfg.augmentation.padding, cfg.augmentation.flip, cfg.augmentation.pad_mode) == (2, "alternate", "reflect")
+    before = OmegaConf.to_container(cfg)
+    validate(cfg)
+    assert OmegaConf.to_container(cfg) == before
+
+
+def test_a_required_key_removed_is_refused():
+    assert _refused(["~trainer.epochs"]).startswith("trainer.epochs is missing")
+
+
+_GROUPS = [g for g in SCHEMA if isinstance(SCHEMA[g], dict) and g != "regularization"]
+
+
+def _option_files(group):
+    return sorted((CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", _GROUPS)
+def test_the_schema_knows_every_key_of_every_option_and_requires_only_keys_all_of_them_set(group):
+    root = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text()).get(group) or {}
+    for path in _option_files(group) or [None]:
+        keys = {**root, **(yaml.safe_load(path.read_text()) if path else {})}
+        assert {k for k in keys if not k.startswith("_")} <= set(SCHEMA[group]), path
+        required = {k for k, rule in SCHEMA[group].items() if isinstance(rule, Key) and rule.default is REQUIRED}
+        assert required <= set(keys), path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The regularizer table
+
+def test_the_regularizer_table_is_the_regularization_folder_with_its_keys():
+    files = {p.stem: yaml.safe_load(p.read_text()) or {} for p in _option_files("regularization")}
+    assert set(REGULARIZERS) == set(files) - {"none"} and files["none"] == {}
+    for name, regularizer in REGULARIZERS.items():
+        assert set(files[name]) == {name} and set(files[name][name]) == set(regularizer.keys), name
+        assert regularizer.what and regularizer.acts and regularizer.kind
+
+
+def test_the_dropout_kinds_come_from_the_table():
+    assert DROPOUTS == ("dropout", "gaussian_dropout", "alpha_dropout")
+    cfg = compose_config(["regularization=[l2,alpha_dropout,dropconnect]", "evaluation.mc_dropout_passes=2"])
+    assert chosen(cfg.regularization, "dropout") == ["alpha_dropout"]
+    assert "kinds of dropout" in _refused(["regularization=[dropout,alpha_dropout]"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unknown options on the command line, before Hydra
+
+@pytest.mark.parametrize("args", [
+    ["optimizer=adam"], ["optimizer=adam,sgd"], ["optimizer=choice(adam,sgd)"], ["+experiment=fast"],
+    ["regularization=[l2,dropout]"], ["regularization=[l2],[l2,dropout]"], ["regularization=[]"], ["~averaging"],
+    ["hydra/launcher=joblib"], ["hydra/sweeper/sampler=random"], ["optimizer@other=adam"], ["optimizer=glob(*)"],
+    ["experiment/init_study=relu_he"], ["optimizer.lr=0.1"], ["--cfg", "job"], ["-m", "seed=0,1"],
+    ["--config-dir=/elsewhere", "optimizer=mine"],
+])
+def test_option_choices_that_exist_pass(args):
+    check_choices(args)
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("optimizer=adma", "optimizer=adma is not an option: did you mean "),
+    ("optimizer=adam,sgdd", "optimizer=sgdd is not an option: did you mean sgd?"),
+    ("optimizer=choice(adam,sgdd)", "optimizer=sgdd is not an option"),
+    ("+experiment=fsat", "experiment=fsat is not an option: did you mean fast?"),
+    ("regularization=[l2,dropot]", "regularization=dropot is not an option: did you mean dropout"),
+    ("~averaging=emma", "averaging=emma is not an option: did you mean ema?"),
+])
+def test_an_unknown_option_is_one_line_with_a_did_you_mean(arg, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("?", r"\?")) as err:
+        check_choices([arg])
+    assert "allowed: " in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# No empty run directory after an error
+
+def _hydra_record(run_dir: Path) -> Path:
+    (run_dir / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (run_dir / ".hydra" / name).write_text("{}\n")
+    (run_dir / "runner.log").write_text("")
+    return run_dir
+
+
+def test_a_run_directory_holding_only_hydras_record_is_removed_with_its_empty_date_folder(tmp_path):
+    run = _hydra_record(tmp_path / "outputs" / "2024-01-02" / "10-00-00-abc")
+    remove_if_empty(run)
+    assert not (tmp_path / "outputs" / "2024-01-02").exists() and (tmp_path / "outputs").is_dir()
+
+
+def test_a_run_directory_holding_anything_else_stays(tmp_path):
+    run = _hydra_record(tmp_path / "outputs" / "2024-01-02" / "10-00-00-abc")
+    other = _hydra_record(tmp_path / "outputs" / "2024-01-02" / "10-00-01-def")
+    (run / "checkpoints").mkdir()
+    (other / ".hydra" / "notes.txt").write_text("mine")
+    remove_if_empty(run)
+    remove_if_empty(other)
+    assert (run / "checkpoints").is_dir() and (other / ".hydra" / "notes.txt").is_file()
+
+
+def test_the_working_directory_is_never_removed(tmp_path, monkeypatch):
+    run = _hydra_record(tmp_path / "here")
+    monkeypatch.chdir(run)
+    remove_if_empty(run)
+    remove_if_empty(tmp_path)
+    assert (run / "runner.log").is_file()
+
+
+def test_the_config_check_imports_no_torch():
+    code = ("import sys; sys.path.insert(0, 'tests'); from conftest import compose_config; "
+            "compose_config(['+experiment=fast']); import runner.config.schema, runner.config.rules, "
+            "runner.config.regularizers; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1],
+                   env={**os.environ, "PYTHONPATH": ""})
