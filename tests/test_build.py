@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from runner.config import CONFIG_DIR
+from runner.config.schema import complete_and_check
 from runner.engine import averaging, build
 from runner.nets import init, layers, transfer
 from runner.nets.models import CNN
@@ -30,12 +31,14 @@ def test_every_option_names_its_target_and_itself(group, name):
 
 
 def _built(group: str, name: str):
-    """The object the run builds for `group=name`, on a tiny CNN."""
+    """The object the run builds for `group=name`, on a tiny CNN (the keys checked and completed by the schema; the
+    rules between keys, e.g. transfer's need for model.pretrained, left out)."""
     cfg = compose_config([f"{group}={name}", "model.widths=[4,8]"], checked=False)
+    if name == "freeze_until":
+        cfg.transfer.freeze_until = "features.0"
+    complete_and_check(cfg)
     model = CNN([4, 8], 1, num_classes=10, act=torch.nn.ReLU, norm=layers.Norm())
     if group == "transfer":
-        if name == "freeze_until":
-            cfg.transfer.freeze_until = "features.0"
         return build.option(cfg.transfer, model)
     return {"init": lambda: build.option(cfg.init), "norm": lambda: build.option(cfg.norm),
             "averaging": lambda: build.build_averaging(cfg, model, 10)}[group]()
@@ -62,7 +65,8 @@ def test_runner_keys_are_left_out_and_the_rest_reach_the_target():
 
 def test_a_partial_option_is_called_with_the_runs_values_or_stays_a_factory():
     cfg = compose_config(["init=he_normal", "init.mode=fan_out"])
-    assert build.option(cfg.init) == init.HeNormal(mode="fan_out", gain="auto", bias=0.0)
+    assert build.option(cfg.init) == init.HeNormal(mode="fan_out", gain="auto", bias=0.0, first_layer="same",
+                                                   first_layer_trainable=True)
     act = build.option(compose_config(["activation=leaky_relu"]).activation)
     assert isinstance(act, functools.partial) and act().negative_slope == 0.01  # a factory: one module per layer
     optimizer = build.option(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))], lr=0.5)

@@ -3,6 +3,7 @@ options answered with a did-you-mean, the absent keys completed, the regularizer
 error leaving no empty run directory."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from runner.config import CONFIG_DIR, ConfigError, validate
 from runner.config.keys import REQUIRED, Key
 from runner.config.regularizers import DROPOUTS, REGULARIZERS, chosen
 from runner.config.schema import SCHEMA, check_choices
-from runner.engine.job import remove_if_empty
+from runner.job import remove_if_empty
 
 
 def _refused(overrides, tiny=True):
@@ -218,3 +219,15 @@ def test_the_config_check_imports_no_torch():
             "runner.config.regularizers; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1],
                    env={**os.environ, "PYTHONPATH": ""})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["regularization=[early_stopping]"], "regularization.early_stopping.metric='val_acc' is invalid"),
+    (["schedule=plateau"], "schedule.metric='val_acc' is invalid"),
+    (["regularization=[label_smoothing]"], "never reads"),
+    (["evaluation.tta_flip=true"], "evaluation.tta_flip=True"),
+])
+def test_the_autoencoder_refuses_options_that_need_labels_or_accuracy(overrides, message):
+    """On main the autoencoder's own loop silently ignored these."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose_config(["objective=autoencoder", *overrides], checked=False))

@@ -5,25 +5,29 @@ import json
 import math
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 from omegaconf import OmegaConf
 
 from runner import pictures
 from runner.config import ConfigError
+from runner.optimization import surfaces
 
 
 def _path(name, surface, noise_std=0.0, steps=200):
-    return pictures.trajectory(pictures.optimizer_config(name), surface,
-                               pictures.START if surface is pictures.quadratic else pictures.SADDLE_START,
+    from runner.engine.build import make_optimizer
+
+    return surfaces.trajectory(partial(make_optimizer, pictures.optimizer_config(name)), surface,
+                               surfaces.START if surface is surfaces.quadratic else surfaces.SADDLE_START,
                                steps, noise_std, seed=0)
 
 
 def test_sgd_zigzags_across_the_steep_direction_of_the_quadratic():
-    ys = [y for _, y in _path("sgd", pictures.quadratic, steps=30)]
+    ys = [y for _, y in _path("sgd", surfaces.quadratic, steps=30)]
     sign_changes = sum(a * b < 0 for a, b in zip(ys, ys[1:], strict=False))
     assert sign_changes >= 25  # y flips side nearly every step (lr * curvature = 1.8 > 1)
-    xs = [x for x, _ in _path("adam", pictures.quadratic, steps=30)]
+    xs = [x for x, _ in _path("adam", surfaces.quadratic, steps=30)]
     assert all(b >= a for a, b in zip(xs, xs[1:], strict=False))  # Adam goes straight along the valley
 
 
@@ -31,7 +35,7 @@ def test_sgd_stalls_at_the_saddle_where_momentum_and_adam_escape():
     minimum = math.sqrt(0.05 / 8)  # the saddle surface's minima at y = +-0.079
 
     def final_y(name, noise=0.0):
-        return abs(_path(name, pictures.saddle, noise)[-1][1])
+        return abs(_path(name, surfaces.saddle, noise)[-1][1])
 
     assert final_y("sgd") < 0.1 * minimum
     for name in ("momentum", "nesterov", "adam"):
@@ -41,7 +45,7 @@ def test_sgd_stalls_at_the_saddle_where_momentum_and_adam_escape():
 
 def test_every_optimizer_option_can_be_drawn_and_unknown_names_are_refused():
     for name in sorted(p.stem for p in (pictures.CONFIG_DIR / "optimizer").glob("*.yaml")):
-        assert len(_path(name, pictures.quadratic, steps=5)) == 6
+        assert len(_path(name, surfaces.quadratic, steps=5)) == 6
     with pytest.raises(ConfigError, match="allowed: .*adam"):
         pictures.optimizer_config("adamm")
 
@@ -52,7 +56,7 @@ def test_draw_writes_the_png_the_paths_and_a_tensorboard_image(tmp_path):
     result = pictures.draw(cfg, tmp_path)
     assert (tmp_path / "optimizer_pictures.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp_path / "trajectories.json").read_text())
-    assert set(saved["paths"]) == set(pictures.SURFACES) and saved["lr"] == {"sgd": 0.1, "adam": 0.001}
+    assert set(saved["paths"]) == set(surfaces.SURFACES) and saved["lr"] == {"sgd": 0.1, "adam": 0.001}
     assert len(saved["paths"]["saddle point"]["adam"]) == 21 == len(result["paths"]["noisy quadratic"]["sgd"])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -132,7 +132,7 @@ def test_a_job_without_a_final_status_is_recorded_as_failed(tmp_path):
 def test_config_error_in_a_multirun_job_raises_for_the_sweeper_instead_of_exiting():
     from hydra import compose, initialize_config_dir
 
-    from runner.engine.job import run_job
+    from runner.job import run_job
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*TINY, "trainer.epochs=0", "hydra.mode=MULTIRUN"],

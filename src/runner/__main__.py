@@ -14,7 +14,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from runner.engine.job import run_job  # deferred: torch is imported only once a job really runs
+    from runner.job import run_job  # deferred: torch is imported only once a job really runs
 
     return run_job(cfg)
 

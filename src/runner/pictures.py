@@ -13,39 +13,16 @@ TensorBoard image (pictures/optimizers) into the run directory, outputs/pictures
 """
 
 import json
-import math
+from functools import partial
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config import CONFIG_DIR, ConfigError, register_resolvers
+from runner.optimization.surfaces import EXTENT, SURFACES, trajectory
 
 register_resolvers()
-
-START = (-0.15, 0.05)  # where every path starts (the saddle's paths at y = 1e-3, just off the ridge)
-SADDLE_START = (-0.15, 1e-3)
-# The region is about as wide as the adaptive optimizers' lecture lrs (~1e-3 per step) cover in a few hundred
-# steps; SGD's dynamics on a quadratic do not depend on the scale at all.
-EXTENT = ((-0.2, 0.2), (-0.12, 0.12))
-
-
-def quadratic(x, y):
-    """0.5 * (x^2 + 18 y^2): condition number 18; SGD at lr 0.1 takes 1.8 * y across the valley each step."""
-    return 0.5 * (x * x + 18.0 * y * y)
-
-
-def saddle(x, y):
-    """0.5 x^2 - 0.05 y^2 + 4 y^4: a saddle at the origin, minima at (0, +-0.079). Near y = 0 the downhill
-    gradient is -0.1 y, so plain SGD at lr 0.1 grows y by only 1% per step: from 1e-3 to 7e-3 in 200 steps."""
-    return 0.5 * x * x - 0.05 * y * y + 4.0 * y ** 4
-
-
-SURFACES = {"ill-conditioned quadratic": (quadratic, START, False),
-            "saddle point": (saddle, SADDLE_START, False),
-            "noisy quadratic": (quadratic, START, True),
-            "noisy saddle point": (saddle, SADDLE_START, True)}
-
 
 def optimizer_config(name: str):
     """The optimizer group's option file for `name`, as `optimizer=<name>` reads it."""
@@ -54,31 +31,6 @@ def optimizer_config(name: str):
         choices = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
         raise ConfigError(f"optimizers: {name!r} is not an optimizer option; allowed: {choices}")
     return OmegaConf.load(path)
-
-
-def trajectory(optimizer_cfg, surface, start, steps: int, noise_std: float, seed: int,
-               lr: float | None = None) -> list[tuple[float, float]]:
-    """The (x, y) points an optimizer visits from `start` over `steps` steps on `surface`; with noise_std > 0
-    each gradient gets N(0, noise_std^2) noise per coordinate, from a generator seeded with `seed`."""
-    import torch
-
-    from runner.engine.build import make_optimizer
-
-    point = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-    opt = make_optimizer(optimizer_cfg, [point], lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    path = [tuple(point.tolist())]
-    for _ in range(steps):
-        opt.zero_grad()
-        surface(point[0], point[1]).backward()
-        if noise_std > 0:
-            point.grad += noise_std * torch.randn(2, generator=generator, dtype=torch.float64)
-        opt.step()
-        xy = tuple(point.tolist())
-        if not all(math.isfinite(v) for v in xy):
-            break
-        path.append(xy)
-    return path
 
 
 def figure(paths: dict[str, dict[str, list]], title: str):
@@ -113,11 +65,13 @@ def draw(cfg: DictConfig, run_dir: Path) -> dict:
         ocfg.impl = cfg.impl
         if "bias_correction" in ocfg and cfg.impl == "torch":
             ocfg.bias_correction = True
+    from runner.engine.build import make_optimizer
+
     paths = {surface_name: {} for surface_name in SURFACES}
     for surface_name, (surface, start, noisy) in SURFACES.items():
         for name, ocfg in configs.items():
-            paths[surface_name][name] = trajectory(ocfg, surface, start, cfg.steps, cfg.noise_std if noisy else 0.0,
-                                                   cfg.seed, cfg.lr)
+            paths[surface_name][name] = trajectory(partial(make_optimizer, ocfg, lr=cfg.lr), surface, start,
+                                                   cfg.steps, cfg.noise_std if noisy else 0.0, cfg.seed)
     lrs = {name: cfg.lr if cfg.lr is not None else ocfg.lr for name, ocfg in configs.items()}
     title = f"{cfg.steps} steps, impl={cfg.impl}, lr " + ", ".join(f"{n} {lr:g}" for n, lr in lrs.items())
     fig = figure(paths, title)

@@ -1,5 +1,5 @@
 """The sweeper: each multirun job is a trial of an Optuna study kept in the sweep directory (a journal file, or an
-RDB for workers on several machines). It maximizes the best validation accuracy (what runner.engine.job.run_job returns).
+RDB for workers on several machines). It maximizes the best validation accuracy (what runner.job.run_job returns).
 
 The search space is written in Hydra's override grammar, in `hydra.sweeper.params` (configs/sweep/*.yaml) and on
 the command line (which wins for the same key):

@@ -16,6 +16,7 @@ def check(cfg: DictConfig) -> None:
     _network(cfg)
     _training(cfg)
     _transfer(cfg)
+    _unlabelled(cfg)
 
 
 def _data(data: DictConfig) -> None:
@@ -108,3 +109,23 @@ def _transfer(cfg: DictConfig) -> None:
     if cfg.objective.name == "autoencoder" and transfer.name != "none":
         raise ConfigError(f"objective=autoencoder pretrains all layers without labels; transfer={transfer.name} "
                           "belongs to the later run that reuses them: use transfer=none here.")
+
+
+def _unlabelled(cfg: DictConfig) -> None:
+    """objective=autoencoder reads no labels and measures no accuracy: the options that need either are refused."""
+    if cfg.objective.name != "autoencoder":
+        return
+    regularization, evaluation = cfg.regularization, cfg.evaluation
+    watchers = [(f"{where}.metric", node.metric) for where, node in (
+        ("schedule", cfg.schedule), ("regularization.early_stopping", regularization.get("early_stopping")))
+        if node is not None and "metric" in node and node.metric != "val_loss"]
+    for key, metric in watchers:
+        fail(key, metric, "objective=autoencoder measures no accuracy: watch val_loss (the reconstruction error)")
+    if "label_smoothing" in regularization:
+        raise ConfigError("regularization=label_smoothing smooths the labels, which objective=autoencoder never "
+                          "reads: leave it out of regularization=.")
+    asked = [k for k, off in (("tta_flip", False), ("tta_translate", 0), ("mc_dropout_passes", 0))
+             if evaluation[k] != off]
+    if asked:
+        raise ConfigError(f"evaluation.{asked[0]}={evaluation[asked[0]]} scores a classifier's test predictions; "
+                          "objective=autoencoder has none (its test is the reconstruction error): leave it off.")

@@ -140,15 +140,15 @@ class Augmentation:
     with flip: alternate, the whole split mirrored as alternating_flip says, from the run's `seed`."""
 
     seed: int
-    padding: int = 0
-    pad_mode: str = "zeros"
-    flip: bool | str = False
+    padding: int  # these four keys' defaults are the config schema's (runner.config.schema)
+    pad_mode: str
+    flip: bool | str
+    cutout_pixels: int
     min_area_fraction: float | None = None
     aspect_ratio: list[float] | None = None
     brightness: float | None = None
     contrast: float | None = None
     saturation: float | None = None
-    cutout_pixels: int = 0
 
     def epoch_view(self, train_x: torch.Tensor, epoch: int) -> torch.Tensor:
         """The training split as `epoch` (0-based) sees it: alternately flipped with flip: alternate, else as is."""

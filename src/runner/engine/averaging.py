@@ -57,7 +57,6 @@ class Lookahead(EMA):
         super().__init__(model, decay, every_steps, True, total_steps, ramp_power)
 
 
-def none(model: nn.Module, total_steps: int = 1, **group_defaults) -> None:
-    """averaging=none: no average; the model is evaluated with its own weights only. (group_defaults: the keys the
-    config's schema gives every averaging option, every_steps and ramp_power, which mean nothing here.)"""
+def none(model: nn.Module, total_steps: int = 1) -> None:
+    """averaging=none: no average; the model is evaluated with its own weights only."""
     return None

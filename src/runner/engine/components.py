@@ -225,7 +225,7 @@ def build_components(cfg, run, ema, freezer, probe, progress, extra=()) -> list[
     components: list[Component] = [Divergence()]
     if freezer is not None:
         components.append(Freezing(freezer))
-    if cfg.init.get("first_layer") == "whiten" and cfg.init.get("first_layer_bias_epochs") is not None:
+    if cfg.init.first_layer == "whiten" and cfg.init.first_layer_bias_epochs is not None:
         components.append(StemBiasHold(first_conv(run.model).bias, cfg.init.first_layer_bias_epochs))
     if ema is not None:
         components.append(Averaging(ema))
@@ -235,7 +235,7 @@ def build_components(cfg, run, ema, freezer, probe, progress, extra=()) -> list[
         components.append(Progress(progress))
     if "early_stopping" in cfg.regularization:
         components.append(EarlyStopping(regularizers.EarlyStopping(**cfg.regularization.early_stopping)))
-    if cfg.schedule.get("snapshot_ensemble"):
+    if cfg.schedule.snapshot_ensemble:
         from runner.optimization import schedules
 
         total = run.steps_per_epoch * cfg.trainer.epochs

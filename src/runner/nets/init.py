@@ -64,10 +64,10 @@ class Init:
     whiten_epsilon (see whiten_conv_), whose weights then train only with first_layer_trainable.
     fill(weight, gain) fills one Linear/Conv weight, gain_for(activation) says with which gain."""
 
+    first_layer: str  # its default, and first_layer_trainable's, are the config schema's (runner.config.schema)
+    first_layer_trainable: bool
     bias: float = 0.0
-    first_layer: str = "same"
     whiten_epsilon: float | None = None
-    first_layer_trainable: bool = True
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         """The layers whose weights and biases this scheme sets: every Linear and Conv."""

@@ -1,4 +1,5 @@
-"""One job, as Hydra calls it: check the config, train, and turn a user's mistake into a one-line error."""
+"""The `runner` command's job, as Hydra calls it: check the config, train (a trial of a sweep reports to its study),
+and turn a user's mistake into a one-line error. The glue above the engine and the sweeps."""
 
 import contextlib
 import os
