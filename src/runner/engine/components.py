@@ -182,6 +182,25 @@ class Diagnostics(Component):
             self.probe.finish(run.step, x, outputs if labelled else None, y if labelled else None)
 
 
+class GradientClipping(Component):
+    """regularization=grad_clip: gradients clipped between backward and the step, by global norm or by value; the
+    mean global norm before clipping over each log window is train/grad_norm."""
+
+    def __init__(self, by: str, threshold: float):
+        self.by, self.threshold = by, threshold
+        self.norms, self.steps = None, 0
+
+    def after_backward(self, run) -> None:
+        run.speed.unscale(run.optimizer)  # fp16 gradients carry the scaler's factor until unscaled
+        norm = regularizers.clip_gradients(list(run.model.parameters()), self.by, self.threshold)
+        self.norms = norm if self.norms is None else self.norms + norm
+        self.steps += 1
+
+    def after_log(self, run, window: dict) -> None:
+        run.tracker.scalar("train/grad_norm", self.norms.item() / self.steps, run.step)
+        self.norms, self.steps = None, 0
+
+
 class Divergence(Component):
     """A training loss that becomes NaN or infinite ends the run with status `diverged`."""
 
@@ -231,6 +250,8 @@ def build_components(cfg, run, ema, freezer, probe, progress, extra=()) -> list[
         components.append(Averaging(ema))
     if probe is not None:
         components.append(Diagnostics(probe))
+    if "grad_clip" in cfg.regularization:  # after the diagnostics: they measure the gradients before clipping
+        components.append(GradientClipping(cfg.regularization.grad_clip.by, cfg.regularization.grad_clip.threshold))
     if progress is not None:
         components.append(Progress(progress))
     if "early_stopping" in cfg.regularization:

@@ -18,7 +18,6 @@ from runner.engine.run import BEST, LAST, Run, pick_device, resume_path  # noqa:
 from runner.engine.speed import EpochTimer
 from runner.engine.tracking import flat_hparams, record_run
 from runner.optimization import optimizers, regularizers, schedules
-from runner.optimization.regularizers import clip_gradients
 
 log = logging.getLogger("runner")
 
@@ -77,24 +76,49 @@ class EpochResult:
     seconds: float
 
 
+class _Sums:
+    """An epoch's running loss and correct predictions, on the device: summed per step, read back only at the end
+    of each log window (a read forces a GPU sync), then added to the epoch's totals."""
+
+    def __init__(self, device: torch.device):
+        self.loss, self.correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
+        self.total_loss, self.total_correct = self.loss.clone(), self.correct.clone()
+        self.n = 0  # this rank's images in the window
+
+    @torch.no_grad()
+    def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
+        self.loss += loss.detach() * n
+        if correct is not None:
+            self.correct += correct
+        self.n += n
+
+    def read(self, world, accuracy: bool) -> dict:
+        """The window's mean loss (and accuracy) over every rank; the window then starts again."""
+        distributed.sum_(self.loss, self.correct)
+        n = self.n * world.size
+        window = {"loss": self.loss.item() / n}
+        if accuracy:
+            window["acc"] = self.correct.item() / n
+        self.total_loss += self.loss
+        self.total_correct += self.correct
+        self.loss.zero_()
+        self.correct.zero_()
+        self.n = 0
+        return window
+
+
 def train_one_epoch(run: Run) -> tuple[EpochResult, End | None]:
-    """One shuffled pass over the training split. Running sums stay on the device and are read back only every
-    trainer.log_every_steps steps (a read forces a GPU sync), when the after_log hooks see them (divergence is
-    detected there). Under torchrun every rank augments the whole global batch with the shared generator, then
-    keeps its shard: the same images and views as one process with the same batch size (images counts the
-    global batch)."""
-    cfg, model, speed, world, objective = run.cfg, run.model, run.speed, run.world, run.objective
-    model.train()
+    """One shuffled pass over the training split; every trainer.log_every_steps steps the window's mean loss is
+    read back, logged and shown to the after_log hooks (divergence is detected there). Under torchrun every rank
+    augments the whole global batch with the shared generator, then keeps its shard: the same images and views as
+    one process with the same batch size (images counts the global batch)."""
+    cfg, speed, world, objective = run.cfg, run.speed, run.world, run.objective
+    run.model.train()
     before_step, after_backward = run.hooks("before_step"), run.hooks("after_backward")
     after_step, after_log = run.hooks("after_step"), run.hooks("after_log")
-    every, steps = cfg.trainer.log_every_steps, run.steps_per_epoch
-    total_loss = torch.zeros((), device=run.device)
-    total_correct = torch.zeros((), device=run.device, dtype=torch.long)
-    window_loss, window_correct, window_n, images = total_loss.clone(), total_correct.clone(), 0, 0
-    clip = cfg.regularization.get("grad_clip")
-    params, window_grad_norm = list(model.parameters()), total_loss.clone()
     uncompiled = getattr(run.net, "_orig_mod", run.net)
     groups = [g.get("name", str(i)) for i, g in enumerate(run.optimizer.param_groups)]
+    sums, images = _Sums(run.device), 0
     train_x = run.augmentation.epoch_view(run.splits.train_x, run.epoch)
     timer = EpochTimer(run.device)
     timer.start()
@@ -112,9 +136,6 @@ def train_one_epoch(run: Run) -> tuple[EpochResult, End | None]:
         speed.backward(loss)
         for hook in after_backward:
             hook(run)
-        if clip is not None:
-            speed.unscale(run.optimizer)
-            window_grad_norm += clip_gradients(params, clip.by, clip.threshold)
         speed.step(run.optimizer)
         for hook in after_step:
             hook(run, x, outputs, y)
@@ -125,37 +146,19 @@ def train_one_epoch(run: Run) -> tuple[EpochResult, End | None]:
         if run.first_step_at is None:
             run.first_step_at = time.time()
 
-        n = len(y)
-        images += n * world.size
-        with torch.no_grad():
-            window_loss += loss.detach() * n
-            if objective.has_accuracy:
-                window_correct += objective.correct(outputs, y)
-        window_n += n
-        if (i + 1) % every == 0 or i + 1 == steps:
-            distributed.sum_(window_loss, window_correct)  # over the ranks; window_n counted this rank's images
-            window_n *= world.size
-            window = {"loss": window_loss.item() / window_n, "steps": i + 1,
-                      "img_per_s": images / (time.perf_counter() - start)}
-            scalars = {"train/loss": window["loss"]}
-            if objective.has_accuracy:
-                scalars["train/acc"] = window["acc"] = window_correct.item() / window_n
-            ends = [e for hook in after_log if (e := hook(run, window)) is not None]
+        images += len(y) * world.size
+        sums.add(loss, objective.correct(outputs, y) if objective.has_accuracy else None, len(y))
+        if (i + 1) % cfg.trainer.log_every_steps == 0 or i + 1 == run.steps_per_epoch:
+            window = sums.read(world, objective.has_accuracy)
+            ends = [e for hook in after_log if (e := hook(run, {**window, "steps": i + 1,
+                                                               "img_per_s": images / (time.perf_counter() - start)}))]
             if ends:
                 return EpochResult(window["loss"], None, images, time.perf_counter() - start), ends[0]
-            run.tracker.scalars(scalars, run.step)
-            if clip is not None:
-                run.tracker.scalar("train/grad_norm", window_grad_norm.item() * n * world.size / window_n, run.step)
-                window_grad_norm.zero_()
-            total_loss += window_loss
-            total_correct += window_correct
-            window_loss.zero_()
-            window_correct.zero_()
-            window_n = 0
+            run.tracker.scalars({f"train/{k}": v for k, v in window.items()}, run.step)
     seconds = timer.seconds()
     run.progress_clear()
-    acc = total_correct.item() / images if objective.has_accuracy else None
-    return EpochResult(total_loss.item() / images, acc, images, seconds), None
+    acc = sums.total_correct.item() / images if objective.has_accuracy else None
+    return EpochResult(sums.total_loss.item() / images, acc, images, seconds), None
 
 
 # ---------------------------------------------------------------------------------------------------------------
