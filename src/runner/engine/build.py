@@ -15,7 +15,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from runner.config.regularizers import decays_decoupled
-from runner.nets import layers
+from runner.data import checkpoint
+from runner.engine.speed import use_fused
+from runner.nets import layers, transfer
 from runner.nets.init import initialize
 from runner.optimization import optimizers as optim
 from runner.optimization import schedules
@@ -62,9 +64,6 @@ def build_pretrained(cfg, model: nn.Module, run_dir=None) -> set[str]:
     the reused parameters (for transfer.lr_mult); empty without model.pretrained."""
     if cfg.model.pretrained is None:
         return set()
-    from runner.data import checkpoint
-    from runner.nets import transfer
-
     report = transfer.load_pretrained(model, str(cfg.model.pretrained))
     logging.getLogger("runner").info(report.summary())
     if run_dir is not None:
@@ -99,11 +98,7 @@ def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
     groups = optim.param_groups(model, cfg.regularization, decays_decoupled(cfg.optimizer), lr,
                                 cfg.trainer.norm_bias_lr_factor)
     if reused and "lr_mult" in cfg.transfer:
-        from runner.nets.transfer import lr_groups
-
-        groups = lr_groups(model, groups, reused, cfg.transfer.lr_mult, lr)
-    from runner.engine.speed import use_fused
-
+        groups = transfer.lr_groups(model, groups, reused, cfg.transfer.lr_mult, lr)
     fused = use_fused(cfg.trainer.fused_optimizer, next(model.parameters()).device)
     optimizer = make_optimizer(cfg.optimizer, groups, lr, fused)
     optim.register_hooks(optimizer)

@@ -25,7 +25,7 @@ import torch
 
 from runner.data import checkpoint
 from runner.nets.init import first_conv
-from runner.optimization import optimizers, regularizers
+from runner.optimization import optimizers, regularizers, schedules
 
 log = logging.getLogger("runner")
 
@@ -257,8 +257,6 @@ def build_components(cfg, run, ema, freezer, probe, progress, extra=()) -> list[
     if "early_stopping" in cfg.regularization:
         components.append(EarlyStopping(regularizers.EarlyStopping(**cfg.regularization.early_stopping)))
     if cfg.schedule.snapshot_ensemble:
-        from runner.optimization import schedules
-
         total = run.steps_per_epoch * cfg.trainer.epochs
         components.append(Snapshots(schedules.cycle_ends(run.scheduler, total), cfg.trainer.epochs))
     return [*components, *extra]

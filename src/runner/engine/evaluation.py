@@ -9,6 +9,7 @@ from torch import nn
 
 from runner.config import ConfigError
 from runner.config.regularizers import MC_DROPOUT_KINDS, REGULARIZERS, chosen
+from runner.data.augment import translate
 from runner.nets.layers import enable_dropout
 
 
@@ -17,8 +18,6 @@ def tta_views(x: torch.Tensor, tta_flip: bool = False, tta_translate: int = 0,
     """The views test-time augmentation averages over, of a uint8 batch: the image, with tta_flip its mirror image,
     and with tta_translate = t each of these also shifted by (t, t) and (-t, -t) pixels (the border filled as
     augment.pad does in pad_mode)."""
-    from runner.data.augment import translate
-
     flips = [x, x.flip(3)] if tta_flip else [x]
     shifts = [(0, 0)] + ([(tta_translate, tta_translate), (-tta_translate, -tta_translate)] if tta_translate else [])
     return [translate(v, dy, dx, pad_mode) if dy or dx else v for v in flips for dy, dx in shifts]

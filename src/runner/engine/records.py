@@ -4,6 +4,10 @@ declared here and `finish` a metrics key, so this table stays the truth."""
 
 import re
 
+from runner.data.augment import augmented_grid
+from runner.data.preprocess import input_grid
+from runner.optimization import schedules
+
 TAGS = {
     "train/loss": "mean training loss over the last trainer.log_every_steps steps",
     "train/acc": "training accuracy over the same window (augmented images, the model in training mode)",
@@ -85,10 +89,6 @@ def check_metrics(metrics: dict) -> None:
 def start_pictures(run) -> None:
     """TensorBoard at step 0 of a fresh run: the model's size and layers, the planned lr curve, augmented training
     images, and what the network sees after preprocessing."""
-    from runner.data.augment import augmented_grid
-    from runner.data.preprocess import input_grid
-    from runner.optimization import schedules
-
     cfg, tracker = run.cfg, run.tracker
     tracker.scalars({"model/params": run.n_params, "model/flops_per_image": run.flops}, 0)
     tracker.writer.add_text("model", f"{run.n_params:,} parameters, {run.flops / 1e6:.1f} MFLOPs per image\n\n"

@@ -6,6 +6,7 @@ anything that matters is refused with one line listing the keys and the ways out
 
 import logging
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from runner.data import loading as data
 from runner.engine import build, components, distributed, objectives, speed
 from runner.engine.tracking import Progress, Tracker
 from runner.nets.diagnostics import Probe
+from runner.nets.init import consistency_warnings
 from runner.nets.models import flops_per_image
 from runner.optimization import schedules
 
@@ -140,8 +142,6 @@ class Run:
 
     def _build(self, extra_components) -> None:
         cfg, device, world = self.cfg, self.device, self.world
-        from runner.nets.init import consistency_warnings
-
         consistency_warnings(cfg.activation, cfg.init, cfg.norm, cfg.regularization)
         self.splits = splits = data.load_splits(cfg.data, device)
         log.info("data=%s: %d train, %d val, %d test images on %s", cfg.data.name, len(splits.train_y),
@@ -179,8 +179,6 @@ class Run:
         self.ema = ema
 
     def _progress_enabled(self) -> bool:
-        import sys
-
         setting = self.cfg.trainer.progress
         return self.world.main and (sys.stderr.isatty() if setting == "auto" else bool(setting))
 

@@ -13,6 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 import runner
+from runner.data import checkpoint
 from runner.engine.records import check_tag
 
 
@@ -104,8 +105,6 @@ def environment(device: torch.device) -> dict:
 
 def record_run(cfg, run_dir: Path, device: torch.device, **extra) -> None:
     """What reproduces a run, beside its events and metrics: config.yaml (resolved) and environment.json."""
-    from runner.data import checkpoint
-
     checkpoint.write_json({**environment(device), **extra}, Path(run_dir) / "environment.json")
     checkpoint.write_text(OmegaConf.to_yaml(cfg, resolve=True), Path(run_dir) / "config.yaml")
 

@@ -2,6 +2,7 @@
 metrics.json. `fit` builds the run, resumes it, loops over epochs and tests; the techniques that keep state are
 components (runner.engine.components) called at their hooks; the run's objects and state are runner.engine.run."""
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -169,8 +170,6 @@ def _already_completed(run: Run) -> dict | None:
     done = run.run_dir / "metrics.json"
     if run.epoch < run.cfg.trainer.epochs or run.resume_from.parent.parent != run.run_dir or not done.is_file():
         return None
-    import json
-
     metrics = json.loads(done.read_text())
     if metrics.get("status") != "completed":
         return None
