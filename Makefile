@@ -46,6 +46,6 @@ tensorboard: install  ## TensorBoard on every run under outputs/ (http://127.0.0
 report: install  ## Ranked table and plots of a sweep: make report ARGS=outputs/multirun/<day>/<time>
 	$(PY) -m runner.report $(ARGS)
 
-clean:  ## Remove caches and build files (keeps outputs/ and .venv)
+clean:  ## Remove caches and build files of src/ and tests/ (keeps outputs/, data/ and .venv)
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info
-	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+	find src tests -name __pycache__ -prune -exec rm -rf {} +

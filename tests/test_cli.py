@@ -127,3 +127,12 @@ def test_two_processes_started_together_get_different_run_directories(tmp_path):
                               text=True) for _ in range(2)]
     dirs = [yaml.safe_load(p.communicate()[0])["hydra"]["run"]["dir"] for p in procs]
     assert dirs[0] != dirs[1] and all(d.startswith("outputs/") for d in dirs)
+
+
+@pytest.mark.parametrize("where", ["/proc/runner-test/run", "FILE/run"])
+def test_a_run_directory_that_cannot_be_made_is_one_line_before_hydra(tmp_path, where):
+    """On main Hydra failed there with a traceback or two lines that said nothing of what to do."""
+    (tmp_path / "FILE").write_text("a file where a folder should be")
+    proc = run_cli([f"hydra.run.dir={where}", "trainer.epochs=1"], cwd=tmp_path, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot be used" in lines[0] and where in lines[0]

@@ -123,13 +123,14 @@ def test_a_job_without_a_final_status_is_recorded_as_failed(tmp_path):
     assert outcome["status"] == "failed" and outcome["message"] == "RuntimeError: boom"
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted", "message": "stopped"}))
-    outcome = read_outcome(tmp_path)
-    assert (outcome["status"], outcome["interrupted"]) == ("failed", True)
+    outcome = read_outcome(tmp_path)  # not final: left as it is, for the next run of the sweep to resume
+    assert (outcome["status"], outcome["message"]) == ("interrupted", "stopped")
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "interrupted"
     assert summary([{"status": "completed"}, {"status": "pruned"}, {"status": "failed"}]) == \
         "3 trials: 1 completed, 1 pruned, 0 diverged, 1 failed"
 
 
-def test_config_error_in_a_multirun_job_raises_for_the_sweeper_instead_of_exiting():
+def test_config_error_in_a_multirun_job_raises_for_the_sweeper_instead_of_exiting(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from runner.job import run_job
@@ -137,6 +138,7 @@ def test_config_error_in_a_multirun_job_raises_for_the_sweeper_instead_of_exitin
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*TINY, "trainer.epochs=0", "hydra.mode=MULTIRUN"],
                       return_hydra_config=True)
+    cfg.hydra.runtime.output_dir = str(tmp_path)  # as Hydra sets it for every job
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -147,7 +149,7 @@ def test_config_error_in_a_multirun_job_raises_for_the_sweeper_instead_of_exitin
         HydraConfig.instance().cfg = None
 
 
-def test_trials_left_running_by_a_dead_sweep_process_are_failed():
+def test_trials_left_running_by_a_dead_sweep_process_are_recorded_from_their_job_dirs_or_resumed(tmp_path):
     import socket
     import subprocess
     import sys
@@ -156,13 +158,24 @@ def test_trials_left_running_by_a_dead_sweep_process_are_failed():
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    study = optuna.create_study()
-    orphan, alive = study.ask(), study.ask()
-    orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
-    alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    OptunaSweeper._fail_stale(None, study)
-    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]
-    assert study.trials[0].user_attrs["status"] == "failed"
+    study = optuna.create_study(direction="maximize")
+    outcomes = {"completed": {"status": "completed", "best_val_acc": 0.5}, "diverged": {"status": "diverged"},
+                "failed": {"status": "failed", "message": "boom"}, "interrupted": {"status": "interrupted"},
+                "killed": None, "alive": {"status": "completed", "best_val_acc": 0.7}}
+    for name, metrics in outcomes.items():
+        trial = study.ask()
+        owner = os.getpid() if name == "alive" else dead.pid  # a sweep process still running keeps its trials
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{owner}")
+        trial.set_user_attr("job_dir", name)
+        (tmp_path / name).mkdir()
+        if metrics is not None:
+            (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    again = OptunaSweeper._recover(None, study, tmp_path, wait_s=0)
+    assert [t.number for t in again] == [3, 4]  # interrupted, killed: run again in their job directories
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "RUNNING", "RUNNING"]
+    assert study.trials[0].value == 0.5 and study.trials[0].user_attrs["status"] == "completed"
+    assert study.trials[2].user_attrs["message"] == "boom"
+    assert not (tmp_path / "killed" / "metrics.json").exists()  # nothing written where the trial will resume
 
 
 # ---------------------------------------------------------------------------------------------------------------

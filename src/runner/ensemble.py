@@ -13,7 +13,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from runner.config import ConfigError, UserError, register_resolvers
+from runner.config import CheckpointError, ConfigError, UserError, register_resolvers
+from runner.config.schema import SCHEMA
 
 LAST = Path("checkpoints/last.pt")
 
@@ -64,9 +65,15 @@ def evaluate_ensemble(runs: list[Path], device_name: str = "auto", batch_size: i
     splits = data.load_splits(configs[0].data, device)
     members, probs = [], []
     for run, cfg in zip(runs, configs, strict=True):
-        state = checkpoint.load(run / LAST, map_location=device)
+        state = checkpoint.load(run / LAST, map_location=device, needs=("model", "preprocess", "epoch"),
+                                remedy=f"leave {run} out of the ensemble")
         model = build_model(cfg, len(splits.classes)).to(device)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:  # weights of another shape or other layers than its config.yaml builds
+            first = str(err).strip().splitlines()[-1].strip()[:160]
+            raise CheckpointError(f"{run / LAST} does not fit the model of {run / 'config.yaml'} ({first}); leave "
+                                  f"{run} out of the ensemble") from None
         preprocess = Preprocess(**state["preprocess"]).to(device)
         probs.append(evaluation.probabilities(model, preprocess, splits.test_x, batch_size))
         members.append({"run": str(run), "epoch": state["epoch"], **evaluation.scores(probs[-1], splits.test_y)})
@@ -84,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     register_resolvers()
     try:
+        problem = SCHEMA["device"].problem(args.device)
+        if problem:
+            raise ConfigError(f"--device {args.device}: {problem}")
         runs = find_runs(args.dirs)
         result = evaluate_ensemble(runs, args.device)
     except UserError as err:

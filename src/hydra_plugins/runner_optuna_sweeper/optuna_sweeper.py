@@ -12,6 +12,11 @@ Any other override (`trainer.epochs=3`) is given to every trial as it is.
 A trial's job reports its validation accuracy every epoch and stops itself when the pruner says so
 (runner.sweeps.study.trial_reporter). Whatever the job does -- complete, get pruned, diverge, crash, exit on a config
 error -- is recorded in the study and in trials.csv, and the sweep goes on.
+
+Parallel workers (a joblib launcher, or several sweep processes on one study) never draw the same point: each trial
+is drawn by a sampler seeded from (seed, trial number). A killed sweep leaves no worker behind (each worker watches
+the sweep process), and running its command again records what its jobs finished and resumes the trials they left
+unfinished, each in its own job directory from its last checkpoint.
 """
 
 import itertools
@@ -20,6 +25,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,16 +143,6 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "\\'") + "'"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The sweeper
 
@@ -217,24 +213,43 @@ class OptunaSweeper(Sweeper):
                 "with `hydra.sweep.dir=<new dir>` (or `hydra.sweeper.study_name=<new name>`).")
         sampler = self._node("sampler")
         if not sampler.get("grid"):
-            # A resumed study reseeds past its earlier trials, so it does not draw its first points again.
-            if sampler.get("seed") is not None:
-                sampler["seed"] += len(study.trials)
-            study.sampler = instantiate(sampler)
-        self._fail_stale(study)
+            from runner.sweeps.sampling import PerTrialSeed
+
+            study.sampler = PerTrialSeed(sampler)
         return study
 
-    def _fail_stale(self, study) -> None:
-        """Trials left running by a sweep process of this machine that has ended (killed, power cut) failed."""
+    def _recover(self, study, sweep_dir: Path, wait_s: float = 30) -> list:
+        """The trials left running by a sweep process of this machine that has ended (killed, power cut, stopped
+        by Ctrl-C). A trial whose job finished (its worker outlived the sweep) is recorded as its metrics.json says;
+        the others are returned, to be run again in their job directory, where trainer.resume=auto continues from
+        the last checkpoint. A job still running (a worker that has not yet noticed the end of its sweep) is waited
+        for up to wait_s seconds, then left alone."""
         from optuna.trial import TrialState
 
-        host = socket.gethostname()
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
-            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
-                study._storage.set_trial_user_attr(trial._trial_id, "status", "failed")
-                study._storage.set_trial_user_attr(trial._trial_id, "message", "its sweep process ended first")
-                study.tell(trial.number, state=TrialState.FAIL)
+        from runner.sweeps import study as glue
+
+        stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if glue.process_state(t.user_attrs.get("worker")) == "ended"]
+        deadline = time.monotonic() + wait_s
+        while any(glue.process_state(t.user_attrs.get("job")) == "running" for t in stale) and \
+                time.monotonic() < deadline:
+            time.sleep(0.5)
+        again = []
+        for trial in stale:
+            job = trial.user_attrs.get("job")
+            if glue.process_state(job) == "running":
+                log.warning("trial %d is still running in process %s, which its ended sweep left behind: it is left "
+                            "alone; run the command again once that process has ended", trial.number, job)
+                continue
+            outcome = glue.final_outcome(sweep_dir / trial.user_attrs.get("job_dir", "-"))
+            if outcome is None:
+                again.append(trial)
+            else:
+                _tell(study, trial, outcome, trial.user_attrs["job_dir"], "(finished after its sweep process ended)")
+        if again:
+            log.info("resuming %d trial(s) that a sweep process left unfinished: %s", len(again),
+                     ", ".join(str(t.number) for t in again))
+        return again
 
     def _batch_size(self) -> int:
         if self.n_jobs is not None:
@@ -295,6 +310,7 @@ class OptunaSweeper(Sweeper):
             glue.write_table(table, rows, param_keys)
             return rows
 
+        unfinished = self._recover(study, sweep_dir)  # before counting: it records what ended jobs finished
         done_states = (TrialState.COMPLETE, TrialState.PRUNED)
         already = sum(t.state in done_states for t in study.get_trials(deepcopy=False))
         if already:
@@ -302,6 +318,9 @@ class OptunaSweeper(Sweeper):
         budget, launched, batch_size, interrupted = max(0, target - already), 0, self._batch_size(), False
         attempted = set()  # grid points launched by this process: a failed one is retried by the next run only
         while launched < budget and not interrupted:
+            # The trials an ended sweep process left unfinished first (in their own job directories), then new ones.
+            k = min(batch_size, budget - launched)
+            batch, unfinished = unfinished[:k], unfinished[k:]
             trials = study.get_trials(deepcopy=False)
             taken = [t for t in trials if t.state in done_states or t.state == TrialState.RUNNING]
             if grid:
@@ -310,19 +329,18 @@ class OptunaSweeper(Sweeper):
                 room = len(todo)
             else:
                 room = target - len(taken)
-            n = min(batch_size, room, budget - launched)
-            if n <= 0:
+            n = min(batch_size - len(batch), room, budget - launched - len(batch))
+            if n <= 0 and not batch:
                 break
-            batch = []
-            for i in range(n):
+            for i in range(max(n, 0)):
                 if grid:
                     study.enqueue_trial(todo[i])
                     attempted.add(key(todo[i]))
                 batch.append(study.ask(distributions))
-                batch[-1].set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-            self._run_batch(study, batch, space, sweep_dir)
-            launched += n
-            interrupted = any(t.user_attrs.get("interrupted") for t in batch)
+            for trial in batch:
+                study._storage.set_trial_user_attr(trial._trial_id, "worker", f"{socket.gethostname()}:{os.getpid()}")
+            interrupted = self._run_batch(study, batch, space, sweep_dir)
+            launched += len(batch)
             write_table()
 
         rows = write_table()
@@ -340,33 +358,34 @@ class OptunaSweeper(Sweeper):
             sys.exit(130)  # the shell's code for Ctrl-C
         return rows
 
-    def _run_batch(self, study, batch: list, space: SearchSpace, sweep_dir: Path) -> None:
-        from optuna.trial import TrialState
-
+    def _run_batch(self, study, batch: list, space: SearchSpace, sweep_dir: Path) -> bool:
+        """Run these trials (new, or resumed in their job directory) and record each one's outcome. True when the
+        user interrupted them: the sweep stops, and its next run resumes them."""
         from runner.sweeps import study as glue
 
         jobs, dirs, names = [], [], short_keys(list(space.params))
         for trial, device in zip(batch, self._devices(len(batch), space), strict=True):
             params = {k: trial.params[k] for k in space.params}
             subdir = trial_dirname(trial.number, [f"{names[k]}={space.params[k].label(v)}" for k, v in params.items()])
-            # The trial's storage id (Optuna keeps it private) lets the job report to this very trial.
+            # The trial's storage id (Optuna keeps it private) lets the job report to this very trial; the sweep
+            # process's id lets a worker process end with it.
             spec = {"storage": self.storage_spec, "study": study.study_name, "trial_id": trial._trial_id,
-                    "pruner": self._node("pruner")}
+                    "pruner": self._node("pruner"), "sweeper_pid": os.getpid()}
+            # The same overrides for a resumed trial: its checkpoint is refused under another config.
             job = [*space.fixed, *(space.params[k].override(v) for k, v in params.items())]
             job += [f"device={device}"] if device else []
             job += [f"hydra.sweep.subdir={_quote(subdir)}",
                     f"hydra.sweeper.trial={_quote(json.dumps(spec))}"]
             jobs.append(job)
             dirs.append(sweep_dir / subdir)
-            trial.set_user_attr("job_dir", subdir)
-            trial.set_user_attr("values", {k: space.params[k].override(v).partition("=")[2] for k, v in params.items()})
-        error, returns = None, [None] * len(batch)
+            values = {k: space.params[k].override(v).partition("=")[2] for k, v in params.items()}
+            for name, value in (("job_dir", subdir), ("values", values), ("status", None), ("message", None)):
+                study._storage.set_trial_user_attr(trial._trial_id, name, value)
+        error, returns, interrupted = None, [None] * len(batch), False
         try:
             returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
         except KeyboardInterrupt:
-            error = "interrupted by the user"
-            for trial in batch:
-                trial.set_user_attr("interrupted", True)
+            error, interrupted = "interrupted by the user", True
         except Exception as err:  # the launcher itself failed (a worker process killed, a cluster error)
             error = f"the launcher failed: {type(err).__name__}: {err}"
             log.error(error)
@@ -374,23 +393,33 @@ class OptunaSweeper(Sweeper):
             job_error = error
             if ret is not None and ret.status == JobStatus.FAILED:
                 job_error = " ".join(f"{type(ret._return_value).__name__}: {ret._return_value}".split())
-            outcome = glue.read_outcome(job_dir, job_error)
-            for name, value in outcome.items():
-                if value is not None and (name != "interrupted" or value):
-                    trial.set_user_attr(name, value)
-            status = outcome["status"]
-            if status == "completed" and outcome["best_val_acc"] is not None:
-                study.tell(trial, outcome["best_val_acc"])
-            elif status in ("pruned", "diverged"):
-                # Told as pruned: samplers (TPE) rank a diverged trial below every completed one, rather than
-                # ignoring it as they ignore failed trials.
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                study.tell(trial, state=TrialState.FAIL)
-            detail = (f"best_val_acc {outcome['best_val_acc']:.4f}" if outcome["best_val_acc"] is not None
-                      else outcome["message"] or "")
-            (log.warning if status == "failed" else log.info)("trial %d %s: %s  [%s]", trial.number, status,
-                                                               detail, job_dir.name)
+            outcome = glue.read_outcome(job_dir, job_error, interrupted)
+            interrupted |= outcome["status"] == "interrupted"
+            _tell(study, trial, outcome, job_dir.name)
+        return interrupted
+
+
+def _tell(study, trial, outcome: dict, job_dir: str, note: str = "") -> None:
+    """Record a trial's outcome (runner.sweeps.study.read_outcome) in the study. An interrupted trial stays running
+    there: the next run of the sweep, finding its sweep process ended, resumes it."""
+    from optuna.trial import TrialState
+
+    for name, value in outcome.items():
+        if value is not None:
+            study._storage.set_trial_user_attr(trial._trial_id, name, value)
+    status = outcome["status"]
+    if status == "completed" and outcome["best_val_acc"] is not None:
+        study.tell(trial.number, outcome["best_val_acc"])
+    elif status in ("pruned", "diverged"):
+        # Told as pruned: samplers (TPE) rank a diverged trial below every completed one, rather than ignoring it
+        # as they ignore failed trials.
+        study.tell(trial.number, state=TrialState.PRUNED)
+    elif status != "interrupted":
+        study.tell(trial.number, state=TrialState.FAIL)
+    detail = (f"best_val_acc {outcome['best_val_acc']:.4f}" if outcome["best_val_acc"] is not None
+              else outcome["message"] or "")
+    (log.warning if status in ("failed", "interrupted") else log.info)("trial %d %s: %s  [%s]%s", trial.number,
+                                                                       status, detail, job_dir, note and " " + note)
 
 
 def _positive_int(value) -> bool:

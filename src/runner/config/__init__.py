@@ -33,6 +33,11 @@ class DataError(UserError, RuntimeError):
     """Data that cannot be used as it is: the message names the file and what to do."""
 
 
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be used (missing, damaged, hostile, not a checkpoint, not the kind needed): the
+    message names the file, what is wrong and what to do."""
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("runner_uid"):
         OmegaConf.register_new_resolver("runner_uid", lambda: _PROCESS_UID)

@@ -26,9 +26,13 @@ def _data(data: DictConfig) -> None:
     if not data.val_size < total:
         fail("data.val_size", data.val_size, f"must be an integer in [0, {total}) for data={data.name} ({total} "
              "training images)")
-    if data.train_size is not None and not data.train_size <= total - data.val_size:
-        fail("data.train_size", data.train_size, f"must be null or an integer in [1, {total - data.val_size}] "
-             f"(training images left after val_size={data.val_size})")
+    left, half = total - data.val_size, ""
+    if data.train_half is not None and data.classes is None:  # (a class subset's count is known once loaded)
+        left = left // 2 if data.train_half == "first" else left - left // 2  # the first half is the smaller
+        half = f" and train_half={data.train_half}"
+    if data.train_size is not None and not data.train_size <= left:
+        fail("data.train_size", data.train_size, f"must be null or an integer in [1, {left}] (training images left "
+             f"after val_size={data.val_size}{half})")
     classes = data.classes
     if classes is not None and (len(set(classes)) != len(classes) or max(classes) >= data.num_classes):
         fail("data.classes", classes, f"must be null or a list of at least two distinct class indices in "

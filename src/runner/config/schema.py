@@ -63,7 +63,9 @@ class Some(dict):
 SCHEMA = {
     **required(
         seed=_SEED,
-        device=text(r"auto|cpu|mps|cuda(:\d+)?", "allowed: auto, cpu, cuda, cuda:N, mps")),
+        # a device index past any machine's (torch.device overflows on 20 digits) is refused here, in words
+        device=text(r"auto|cpu|mps|cuda(:(0|[1-9]\d{0,2}))?", "allowed: auto, cpu, cuda, cuda:N, mps (N: the GPU's "
+                    "index, 0..999)")),
     "trainer": required(
         epochs=_POSITIVE_INT, batch_size=_POSITIVE_INT, eval_batch_size=_POSITIVE_INT, log_every_steps=_POSITIVE_INT,
         resume=text(message="must be auto, never, or a run directory or checkpoint to continue"),

@@ -1,4 +1,6 @@
-"""Atomic files: a crash, a kill or a full disk mid-write leaves the previous file intact, never half a file.
+"""Atomic files: a crash, a kill or a full disk mid-write leaves the previous file intact, never half a file. And the
+one way every checkpoint is read (resume, model.pretrained, the ensemble command, snapshots): weights_only, bounded
+in time, and any failure one CheckpointError line naming the file and what is wrong with it.
 
 torch is imported only by save/load, so the sweeper can write its files through here without paying for it."""
 
@@ -6,6 +8,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+from runner.config import CheckpointError
 
 
 def atomic_write(path: Path, write) -> None:
@@ -31,11 +35,210 @@ def save(obj, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load(path: Path, map_location="cpu"):
-    """Load a checkpoint without unpickling arbitrary objects (weights_only: tensors, containers, numbers)."""
+_ZIP = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive holding data.pkl and the tensors
+_MAX_PICKLE_BYTES = 64 * 2**20  # a checkpoint's pickle holds the structure only (the tensors lie beside it)
+_MAX_ELEMENTS = 10**7  # containers and values in a checkpoint, shared references counted each time (a ResNet's: 10^4)
+_MARK = object()
+
+
+def load(path: Path, map_location="cpu", needs: tuple[str, ...] = (), remedy: str = ""):
+    """Load a checkpoint without unpickling arbitrary objects (weights_only: tensors, containers, numbers), in time
+    bounded by its size. Every way it can fail is one CheckpointError naming the file: missing, damaged (truncated?),
+    hostile (it asks to run code: refused, and loading it otherwise is never suggested), not a PyTorch file, or
+    without the keys `needs` (a runner checkpoint's "model", "optimizer", ...). `remedy` ends the message: what the
+    caller's user can do."""
     import torch
 
-    return torch.load(path, map_location=map_location, weights_only=True)
+    path = Path(path)
+
+    def fail(problem: str):
+        raise CheckpointError(f"{path} {problem}" + (f"; {remedy}" if remedy else "."))
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        fail("does not exist")
+    except IsADirectoryError:
+        fail("is a directory, not a checkpoint file")
+    except OSError as err:
+        fail(f"cannot be read ({err.strerror or err})")
+    if not head:
+        fail("is empty (damaged: a disk fault, or a copy that never finished)")
+    if head != _ZIP and head[:1] != b"\x80":  # the legacy format, and plain pickles, start with PROTO
+        kind = "text" if _is_text(path) else "another kind of file"
+        fail(f"is not a PyTorch checkpoint (it is {kind}): give a file written by torch.save, e.g. a run's "
+             "checkpoints/last.pt")
+    problem = _scan(path, head == _ZIP)
+    if problem:
+        fail(problem)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever torch raises, the file is unusable: say which way, in a line
+        fail(_diagnose(err))
+    if _elements(obj) > _MAX_ELEMENTS:
+        fail(f"holds more than {_MAX_ELEMENTS:,} nested values, far more than any checkpoint: refused")
+    if needs:
+        if not isinstance(obj, dict):
+            fail(f"is not a runner checkpoint (it holds a {type(obj).__name__}, not a dict with {', '.join(needs)})")
+        absent = [k for k in needs if k not in obj]
+        if absent:
+            fail(f"is not a runner checkpoint of this kind: it lacks {', '.join(absent)}")
+    return obj
+
+
+def check_fits(path: Path, state: dict, own: dict, remedy: str = "") -> None:
+    """Refuse, in one line, a loaded checkpoint whose parts do not fit the objects they would be loaded into. `own`
+    is what those objects save now (a run's state_dict): each state dict of tensors (a model's, a preprocessing's)
+    must hold the same names with the same shapes; an optimizer's state the same parameter groups and sizes."""
+    import torch
+
+    def fail(problem: str):
+        raise CheckpointError(f"{path} {problem}" + (f"; {remedy}" if remedy else "."))
+
+    for part, mine in own.items():
+        theirs = state.get(part)
+        if isinstance(mine, dict) and mine and all(isinstance(v, torch.Tensor) for v in mine.values()):
+            if not isinstance(theirs, dict):
+                fail(f"does not fit this run: its {part!r} is not a state dict")
+            absent, extra = sorted(mine.keys() - theirs.keys()), sorted(theirs.keys() - mine.keys())
+            if absent or extra:
+                fail(f"was made by another architecture: its {part!r} lacks {len(absent)} of this run's tensors "
+                     f"({', '.join(absent[:3]) or 'none'}) and has {len(extra)} this run has not "
+                     f"({', '.join(extra[:3]) or 'none'})")
+            shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
+                      if not isinstance(theirs[k], torch.Tensor) or theirs[k].shape != v.shape]
+            if shapes:
+                fail(f"was made by another architecture: {len(shapes)} of its {part!r} tensors have other shapes "
+                     f"({'; '.join(shapes[:2])})")
+        elif part == "optimizer" and isinstance(mine, dict):
+            sizes = [len(g["params"]) for g in mine.get("param_groups", [])]
+            try:
+                saved = [len(g["params"]) for g in theirs["param_groups"]]
+            except (TypeError, KeyError):
+                fail("does not fit this run: its optimizer state has no parameter groups")
+            if saved != sizes:
+                fail(f"does not fit this run: its optimizer holds parameter groups of {saved} tensors, this run's "
+                     f"{sizes} (another model, optimizer or regularization)")
+
+
+def _is_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        start = f.read(512)
+    try:
+        start.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _diagnose(err: Exception) -> str:
+    """torch.load's failure in a few words. Its own message for a refused global is several lines of advice to load
+    with weights_only=False, which would run the file's code: never repeated here."""
+    import pickle
+    import re
+
+    reason = str(err.__context__ or err) if isinstance(err, pickle.UnpicklingError) else str(err)
+    hostile = re.search(r"GLOBAL ([\w.]+)", reason)
+    if hostile:
+        return (f"is refused: loading it would run code ({hostile.group(1)}), which no checkpoint needs (runner loads "
+                "only tensors and plain values); do not use this file")
+    first = reason.strip().splitlines()[0][:160] if reason.strip() else type(err).__name__
+    return f"is damaged (truncated?): it cannot be read as a checkpoint ({first})"
+
+
+def _scan(path: Path, is_zip: bool) -> str | None:
+    """What is wrong with the checkpoint's pickle, read without building anything (None: nothing found): too large,
+    malformed, asking to run code (a plain pickle's globals), or building a tuple whose hash would visit more
+    elements than any checkpoint holds (a tuple nested through the pickle's memo is tiny in the file, 2^40 steps to
+    hash as a dict key)."""
+    import pickletools
+    import zipfile
+
+    try:
+        if is_zip:
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not names:
+                    return "is not a PyTorch checkpoint (a zip archive without data.pkl)"
+                info = archive.getinfo(names[0])
+                if info.file_size > _MAX_PICKLE_BYTES:
+                    return f"is refused: its data.pkl is {info.file_size:,} bytes, far more than any checkpoint's"
+                program = archive.read(info)
+        else:  # the legacy format (before torch 1.6) is several pickles in a row: the first is a magic number
+            with open(path, "rb") as f:
+                program = f.read(_MAX_PICKLE_BYTES)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        return f"is damaged (truncated?): {str(err)[:160] or type(err).__name__}"
+    stack, memo, largest, names = [], {}, 0, []
+    try:
+        for op, arg, _ in pickletools.genops(program):
+            name = op.name
+            if isinstance(arg, str):
+                names = [*names[-1:], arg]  # the module and name a STACK_GLOBAL takes
+            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+            elif name == "MARK":
+                stack.append(_MARK)
+            else:
+                if not is_zip and name in ("GLOBAL", "STACK_GLOBAL", "INST"):
+                    # a plain pickle naming a callable: torch would misread it as the legacy format
+                    what = arg.replace(" ", ".") if arg else ".".join(names)
+                    if what.split(".")[0] not in ("torch", "collections"):
+                        return (f"is refused: loading it would run code ({what}), which no checkpoint needs (runner "
+                                "loads only tensors and plain values); do not use this file")
+                before = op.stack_before
+                popped = []
+                if pickletools.markobject in before:
+                    mark = len(stack) - 1 - stack[::-1].index(_MARK)
+                    popped = stack[mark + 1:]
+                    del stack[mark - before.index(pickletools.markobject):]
+                else:
+                    popped = stack[len(stack) - len(before):] if before else []
+                    del stack[len(stack) - len(before):]
+                    if len(popped) < len(before):
+                        raise IndexError("stack underflow")
+                # tuples and frozensets are hashed whole; anything else is counted as one element
+                size = 1 + sum(popped) if name.startswith("TUPLE") or name == "FROZENSET" else 1
+                largest = max(largest, min(size, _MAX_ELEMENTS + 1))
+                stack.extend([min(size, _MAX_ELEMENTS + 1)] * len(op.stack_after))
+    except (ValueError, IndexError, KeyError) as err:
+        return f"is damaged (truncated?): its pickle is malformed ({str(err)[:160] or type(err).__name__})"
+    if largest > _MAX_ELEMENTS:
+        return f"is refused: it builds a tuple of more than {_MAX_ELEMENTS:,} nested elements (a pickle bomb)"
+    return None
+
+
+def _elements(obj) -> int:
+    """The values of a loaded checkpoint, each shared reference counted each time (memoized: time linear in the
+    objects really there), capped just above _MAX_ELEMENTS; a structure holding itself counts as too many."""
+    counted, open_ = {}, set()
+
+    def count(node) -> int:
+        key = id(node)
+        if key in counted:
+            return counted[key]
+        if key in open_:
+            return _MAX_ELEMENTS + 1
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, (list, tuple, set)) else ()
+        open_.add(key)
+        total = 1
+        for child in children:
+            total = min(total + count(child), _MAX_ELEMENTS + 1)
+            if total > _MAX_ELEMENTS:
+                break
+        open_.discard(key)
+        counted[key] = total
+        return total
+
+    try:
+        return count(obj)
+    except RecursionError:
+        return _MAX_ELEMENTS + 1
 
 
 def write_json(obj, path: Path) -> None:

@@ -5,10 +5,11 @@ The whole uint8 data set lives on the training device as one tensor (50,000 x 3 
 batch is an index slice of it: no DataLoader, no per-image PIL work (uint8 is 4x less to move than float).
 """
 
-import codecs
 import hashlib
 import io
 import json
+import logging
+import math
 import os
 import pickle
 import tarfile
@@ -31,46 +32,213 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 CACHE_VERSION = 1
 
+log = logging.getLogger("runner")
+
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reading the official pickles without ever running code from them
+# Reading the official pickles without ever running code from them, in bounded time and memory
 
-def _numpy_reconstruct():
-    core = getattr(np, "_core", None) or np.core  # numpy 2 moved numpy.core to numpy._core
-    return core.multiarray._reconstruct
+MAX_MEMBER_BYTES = 64 * 2**20  # an official batch is 31 MB (10,000 images x 3,073 bytes, plus file names)
+MAX_ARCHIVE_BYTES = 256 * 2**20  # the official archive unpacks to 178 MB
+_MAX_INT = 2**63  # CIFAR holds small integers only: a longer one costs time to hash, print or convert
+_NUMBER_DTYPES = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"}
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Admits only what a CIFAR batch holds: dicts, lists, strings, ints and plain numpy arrays.
+def _refuse(what: str):
+    raise pickle.UnpicklingError(what)
+
+
+def _latin1(text, encoding):
+    """_codecs.encode as protocol-2 pickles use it (bytes written as a latin1 str); any other codec is refused
+    (hex and friends grow their input: chained, they would fill the memory)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        _refuse(f"_codecs.encode with {type(text).__name__} and {encoding!r} is not part of a CIFAR batch")
+    return text.encode("latin1")
+
+
+class _Dtype:
+    """numpy.dtype as a pickle names it: a plain number type only (no objects, records or sub-arrays)."""
+
+    def __init__(self, spec, align=False, copy=True):
+        if spec not in _NUMBER_DTYPES:
+            _refuse(f"numpy dtype {str(spec)[:20]!r} is not part of a CIFAR batch")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in ("<", ">", "|", "=")
+                and state[2] is None and state[3] is None and state[4] is None):
+            _refuse("a numpy dtype with fields or sub-arrays is not part of a CIFAR batch")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _array_from(raw, dtype, shape, order: str) -> np.ndarray:
+    """The ndarray a pickle describes, built only once its shape and dtype are checked against the bytes the file
+    really holds (so a claimed shape allocates nothing beyond the file's own size)."""
+    if isinstance(raw, str):
+        raw = raw.encode("latin1")  # Python 2's pickles (the official files) hold the bytes as a str
+    if not (isinstance(raw, (bytes, bytearray)) and isinstance(dtype, _Dtype) and isinstance(shape, tuple)
+            and len(shape) <= 4 and all(type(n) is int and n >= 0 for n in shape) and order in ("C", "F")):
+        _refuse("an array that is not a plain number array")
+    if math.prod(shape) * dtype.dtype.itemsize != len(raw):
+        _refuse(f"an array of shape {shape} whose {len(raw)} bytes do not fill it")
+    return np.frombuffer(raw, dtype.dtype).reshape(shape, order=order).copy()
+
+
+class _Array:
+    """An ndarray under construction: numpy pickles `_reconstruct(ndarray, (0,), 'b')`, then its state."""
+
+    array = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) in (4, 5)):
+            _refuse("an array state that numpy does not write")
+        shape, dtype, fortran, raw = state[-4:]
+        self.array = _array_from(raw, dtype, shape, "F" if fortran is True else "C")
+
+
+_NDARRAY = object()  # numpy.ndarray as a pickle names it: an argument of _reconstruct, never called
+
+
+def _reconstruct(subtype, shape, dtype):
+    if subtype is not _NDARRAY:
+        _refuse("_reconstruct of something other than numpy.ndarray")
+    return _Array()
+
+
+def _frombuffer(buf, dtype, shape, order):
+    """numpy.core.numeric._frombuffer, as protocol 5 pickles an array."""
+    out = _Array()
+    out.array = _array_from(buf, dtype, shape, order)
+    return out
+
+
+def _checked_ints(load):
+    """An opcode that pushes an integer, refusing the long ones."""
+    def checked(self):
+        load(self)
+        value = self.stack[-1]
+        if type(value) is int and not -_MAX_INT <= value < _MAX_INT:
+            _refuse("an integer longer than 64 bits")
+    return checked
+
+
+def _checked_keys(load):
+    """An opcode that sets dict items: keys must be strings or small integers. A tuple key would be hashed on
+    insertion, and a tuple nested through the pickle's memo (40 levels, each holding the one below twice) is tiny in
+    the file but takes 2^40 steps to hash."""
+    def checked(self):
+        keys = [self.stack[-2]] if load is _BASE[pickle.SETITEM[0]] else self.stack[0::2]  # after MARK: k, v, ...
+        if not all(type(k) in (str, bytes, int) for k in keys):  # (ints are bounded when pushed)
+            _refuse("a dict key other than a string or an integer")
+        load(self)
+    return checked
+
+
+def _build(self):
+    """BUILD sets the state of the array and dtype stand-ins only (on anything else it would set attributes)."""
+    if not isinstance(self.stack[-2], (_Array, _Dtype)):
+        _refuse(f"setting the state of a {type(self.stack[-2]).__name__}")
+    _BASE[pickle.BUILD[0]](self)
+
+
+class _Opcodes(dict):
+    def __missing__(self, opcode: int):
+        _refuse(f"pickle opcode {bytes([opcode])!r} is not used by a CIFAR batch")
+
+
+_BASE = pickle._Unpickler.dispatch
+_OPCODES = _Opcodes({op[0]: _BASE[op[0]] for op in (
+    pickle.PROTO, pickle.FRAME, pickle.STOP, pickle.MARK, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.NONE,
+    pickle.NEWTRUE, pickle.NEWFALSE, pickle.BININT, pickle.BININT1, pickle.BININT2, pickle.FLOAT, pickle.BINFLOAT,
+    pickle.STRING, pickle.BINSTRING, pickle.SHORT_BINSTRING, pickle.BINBYTES, pickle.SHORT_BINBYTES,
+    pickle.BINBYTES8, pickle.BYTEARRAY8, pickle.UNICODE, pickle.BINUNICODE, pickle.SHORT_BINUNICODE,
+    pickle.BINUNICODE8, pickle.EMPTY_TUPLE, pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3,
+    pickle.EMPTY_LIST, pickle.LIST, pickle.APPEND, pickle.APPENDS, pickle.EMPTY_DICT, pickle.GLOBAL,
+    pickle.STACK_GLOBAL, pickle.REDUCE, pickle.GET, pickle.BINGET, pickle.LONG_BINGET, pickle.PUT, pickle.BINPUT,
+    pickle.LONG_BINPUT, pickle.MEMOIZE)})
+_OPCODES.update({op[0]: _checked_ints(_BASE[op[0]]) for op in (pickle.INT, pickle.LONG, pickle.LONG1, pickle.LONG4)})
+_OPCODES.update({op[0]: _checked_keys(_BASE[op[0]]) for op in (pickle.SETITEM, pickle.SETITEMS, pickle.DICT)})
+_OPCODES[pickle.BUILD[0]] = _build
+
+
+class _CifarUnpickler(pickle._Unpickler):
+    """Admits only what a CIFAR batch holds: dicts, lists, tuples, strings, bytes, small ints, floats and plain
+    number arrays, in time and memory bounded by the file's size.
 
     A pickle can name any importable callable and have it called on load; refusing every global except the few
-    that rebuild an ndarray makes loading a hostile file fail instead of executing it.
+    that rebuild an ndarray (each replaced by a checked stand-in) makes loading a hostile file fail instead of
+    executing it. The opcode table is Python's own pickle implementation's, cut down to the opcodes a CIFAR batch
+    uses: no sets, no objects built by their class, no extension codes or persistent ids.
     """
 
+    dispatch = _OPCODES
+
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-        ("numpy", "ndarray"): lambda: np.ndarray,
-        ("numpy", "dtype"): lambda: np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _Dtype,
         # Python 3 writes bytes into a protocol-2 pickle as _codecs.encode(str, "latin1"): a pure conversion
-        ("_codecs", "encode"): lambda: codecs.encode,
+        ("_codecs", "encode"): _latin1,
     }
 
     def find_class(self, module: str, name: str):
-        factory = self._ALLOWED.get((module, name))
-        if factory is None:
-            raise pickle.UnpicklingError(f"refused to load global '{module}.{name}': not part of a CIFAR batch")
-        return factory()
+        if (module, name) not in self._ALLOWED:
+            _refuse(f"refused to load global '{module}.{name}': not part of a CIFAR batch")
+        return self._ALLOWED[(module, name)]
+
+
+def _refusal(source: str, problem: str) -> DataError:
+    return DataError(f"{source}: {problem}; replace it with the official file ({CIFAR10_URL}), or point data.root= "
+                     "at a good copy.")
 
 
 def _unpickle(raw: bytes, source: str) -> dict:
+    """A CIFAR pickle's top-level dict, with its arrays built; never runs code, time and memory bounded by the
+    file's size (which is bounded before it is read)."""
+    if len(raw) > MAX_MEMBER_BYTES:
+        raise _refusal(source, f"{len(raw):,} bytes, more than any CIFAR-10 file ({MAX_MEMBER_BYTES:,})")
     try:
         obj = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except Exception as err:  # truncated, corrupt or hostile: all mean "not a usable CIFAR file"
-        raise DataError(f"{source}: not a valid CIFAR-10 pickle ({type(err).__name__}: {err})") from err
+        raise _refusal(source, f"not a valid CIFAR-10 pickle ({type(err).__name__}: {str(err)[:200]})") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{source}: expected a dict, found {type(obj).__name__}")
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+        raise _refusal(source, f"expected a dict, found {type(obj).__name__}")
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, _Array):
+            if value.array is None:
+                raise _refusal(source, f"its {str(key)[:40]!r} is an array without contents")
+            value = value.array
+        out[key.decode("latin1") if isinstance(key, bytes) else key] = value
+    return out
+
+
+def _describe(value) -> str:
+    """A value in a few words, never its contents: a hostile value can be huge, or nested so that printing it
+    never ends."""
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    return f"a {type(value).__name__}" + (f" of length {len(value)}" if isinstance(value, (list, tuple, dict)) else "")
+
+
+def _labels(labels, count: int, source: str) -> np.ndarray:
+    """'labels' as int64, after checking, element by element and never recursing, that it is a flat list (or 1-D
+    integer array) of count integers in 0..9: a nested list is refused before numpy could unroll it."""
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.tolist()
+    if not isinstance(labels, list):
+        raise _refusal(source, f"'labels' must be a flat list of integers 0..9, found {_describe(labels)}")
+    if len(labels) != count:
+        raise _refusal(source, f"{len(labels)} labels for {count} images")
+    for i, label in enumerate(labels):
+        if type(label) is not int or not 0 <= label <= 9:
+            found = label if type(label) is int else _describe(label)
+            raise _refusal(source, f"labels must lie in 0..9 (a flat list of integers), found {found} at position {i}")
+    return np.array(labels, dtype=np.int64)
 
 
 def parse_batch(raw: bytes, source: str, expected_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -78,45 +246,57 @@ def parse_batch(raw: bytes, source: str, expected_count: int | None = None) -> t
     batch = _unpickle(raw, source)
     missing = {"data", "labels"} - batch.keys()
     if missing:
-        raise DataError(f"{source}: missing key(s) {sorted(missing)}; found {sorted(batch.keys())}")
-    data, labels = batch["data"], batch["labels"]
+        found = sorted(str(k)[:40] for k in batch)[:10]
+        raise _refusal(source, f"missing key(s) {sorted(missing)}; found {found}")
+    data = batch["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"{source}: 'data' must be a uint8 array of shape (N, 3072), found {desc}")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{source}: 'labels' must be a list of integers ({err})") from err
-    if labels.shape != (len(data),):
-        raise DataError(f"{source}: {len(labels)} labels for {len(data)} images")
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{source}: labels must lie in 0..9, found {labels.min()}..{labels.max()}")
+        raise _refusal(source, f"'data' must be a uint8 array of shape (N, 3072), found {_describe(data)}")
+    labels = _labels(batch["labels"], len(data), source)
     if expected_count is not None and len(data) != expected_count:
-        raise DataError(f"{source}: {len(data)} images, expected {expected_count} (batches.meta num_cases_per_batch)")
+        raise _refusal(source, f"{len(data)} images, expected {expected_count} (batches.meta num_cases_per_batch)")
     return data.reshape(-1, 3, 32, 32), labels
 
 
+_NAMES = (*TRAIN_BATCHES, TEST_BATCH, "batches.meta")
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """The files of the folder layout, each checked to be there and of a size a CIFAR-10 file can have."""
+    folder = root / CIFAR10_FOLDER
+    absent = [n for n in _NAMES if not (folder / n).is_file()]
+    if absent:
+        raise DataError(f"{folder}: missing {', '.join(absent)}; put the complete official "
+                        f"'{CIFAR10_FOLDER}' folder there (or the '{CIFAR10_ARCHIVE}' archive in {root})")
+    for name in _NAMES:
+        size = (folder / name).stat().st_size
+        if size > MAX_MEMBER_BYTES:
+            raise _refusal(str(folder / name), f"{size:,} bytes, more than any CIFAR-10 file ({MAX_MEMBER_BYTES:,})")
+    return [folder / n for n in _NAMES]
+
+
 def _read_members(root: Path) -> tuple[dict[str, bytes], str]:
-    """The raw bytes of every CIFAR-10 file, from the folder if present, else from the archive (never extracted)."""
-    names = (*TRAIN_BATCHES, TEST_BATCH, "batches.meta")
+    """The raw bytes of every CIFAR-10 file, from the folder if present, else from the archive (never extracted);
+    each file's size is checked before it is read, and the archive is read no further than its official size."""
     folder = root / CIFAR10_FOLDER
     if folder.is_dir():
-        absent = [n for n in names if not (folder / n).is_file()]
-        if absent:
-            raise DataError(f"{folder}: missing {', '.join(absent)}; put the complete official "
-                            f"'{CIFAR10_FOLDER}' folder there (or the '{CIFAR10_ARCHIVE}' archive in {root})")
-        return {n: (folder / n).read_bytes() for n in names}, str(folder)
+        return {p.name: p.read_bytes() for p in _folder_files(root)}, str(folder)
     archive = root / CIFAR10_ARCHIVE
     members = {}
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            for member in tar.getmembers():
+            for member in tar:
+                if member.offset > MAX_ARCHIVE_BYTES:
+                    raise DataError(f"{archive}: unpacks to more than {MAX_ARCHIVE_BYTES:,} bytes, far more than the "
+                                    "official archive; delete it and run again to re-download")
                 name = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and name in names:
+                if member.isfile() and name in _NAMES:
+                    if member.size > MAX_MEMBER_BYTES:
+                        raise _refusal(f"{archive}/{member.name}", f"{member.size:,} bytes, more than any CIFAR-10 "
+                                       f"file ({MAX_MEMBER_BYTES:,})")
                     members[name] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise DataError(f"{archive}: cannot read the archive ({err}); delete it and run again to re-download") from err
-    absent = [n for n in names if n not in members]
+    absent = [n for n in _NAMES if n not in members]
     if absent:
         raise DataError(f"{archive}: the archive lacks {', '.join(absent)}")
     return members, str(archive)
@@ -127,8 +307,9 @@ def read_cifar10(root: Path) -> dict[str, np.ndarray]:
     raw, where = _read_members(root)
     meta = _unpickle(raw["batches.meta"], f"{where}/batches.meta")
     per_batch = meta.get("num_cases_per_batch")
-    if not isinstance(per_batch, int) or per_batch <= 0:
-        raise DataError(f"{where}/batches.meta: 'num_cases_per_batch' must be a positive integer, found {per_batch!r}")
+    if type(per_batch) is not int or per_batch <= 0:
+        found = per_batch if type(per_batch) is int else _describe(per_batch)
+        raise _refusal(f"{where}/batches.meta", f"'num_cases_per_batch' must be a positive integer, found {found}")
     train = [parse_batch(raw[n], f"{where}/{n}", per_batch) for n in TRAIN_BATCHES]
     test_x, test_y = parse_batch(raw[TEST_BATCH], f"{where}/{TEST_BATCH}", per_batch)
     return {
@@ -137,6 +318,25 @@ def read_cifar10(root: Path) -> dict[str, np.ndarray]:
         "test_x": test_x,
         "test_y": test_y,
     }
+
+
+def _download_into(root: Path) -> None:
+    """Download the archive into root, creating root when it does not exist (and saying so: a typo in data.root
+    shows in the log); a failed download removes the folders it created."""
+    created = [p for p in (root, *root.parents) if not p.exists()]
+    if created:
+        log.info("data.root=%s does not exist: creating it to download CIFAR-10 (163 MB) into it (data.download=true)",
+                 root)
+    try:
+        _download(root)
+    except DataError:
+        (root / CIFAR10_ARCHIVE).unlink(missing_ok=True)
+        for folder in created:  # the deepest first; only while empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _download(root: Path) -> None:
@@ -157,8 +357,7 @@ def _download(root: Path) -> None:
 
 def _fingerprint(root: Path) -> list:
     """Names, sizes and modification times of the source files: any change to them makes the cache stale."""
-    folder = root / CIFAR10_FOLDER
-    paths = [folder / n for n in (*TRAIN_BATCHES, TEST_BATCH, "batches.meta")] if folder.is_dir() else [root / CIFAR10_ARCHIVE]
+    paths = _folder_files(root) if (root / CIFAR10_FOLDER).is_dir() else [root / CIFAR10_ARCHIVE]
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
 
 
@@ -204,8 +403,7 @@ def load_cifar10(root: Path, cache_dir: Path, download: bool) -> dict[str, np.nd
         if not download:
             raise DataError(f"CIFAR-10 is not under {root}: put '{CIFAR10_FOLDER}/' or '{CIFAR10_ARCHIVE}' there, "
                             "set data.root=/path/to/dir, or allow data.download=true")
-        root.mkdir(parents=True, exist_ok=True)
-        _download(root)
+        _download_into(root)
     fingerprint = _fingerprint(root)
     path = _cache_path(root, cache_dir)
     arrays = _load_cache(path, fingerprint)
@@ -305,6 +503,10 @@ def split(arrays: dict[str, np.ndarray], classes: tuple[str, ...], val_size: int
         half = len(train_idx) // 2
         train_idx = train_idx[:half] if train_half == "first" else train_idx[half:]
     if train_size is not None:
+        if train_size > len(train_idx):
+            raise DataError(f"data.train_size={train_size} is more than this task has: {len(train_idx)} training "
+                            f"images after data.classes, data.train_half and the data.val_size={val_size} hold-out; "
+                            f"set data.train_size={len(train_idx)} or lower (or null: all of them).")
         train_idx = train_idx[:train_size]
     if per_class is not None:
         labels = arrays["train_y"][train_idx]

@@ -8,7 +8,8 @@ Lightning's Callback do). The loop (runner.engine.train) calls every component's
   after_backward(run)                 between backward and the optimizer step
   after_step(run, x, outputs, y)      after the optimizer step (x: the network's input batch)
   after_log(run, window) -> End|None  every trainer.log_every_steps steps, with the window's mean loss (and acc)
-  epoch_end(run, epoch, val) -> End|None   after validation and the checkpoint
+  epoch_end(run, epoch, val) -> End|None   after validation, before the best and last checkpoints; a diverged
+                                      End ends the run at once (later hooks and the checkpoints skip the epoch)
   finish(run)                         after the last epoch, before the test
   test_scores(run) -> dict            further test scores, keyed by TensorBoard tag
   state_dict() / load_state_dict(s)   what survives a kill, saved under the component's `name` in the checkpoint
@@ -32,7 +33,8 @@ log = logging.getLogger("runner")
 
 @dataclass
 class End:
-    """Why a run ends before its last epoch: status (diverged, pruned, stopped) and a message for the user."""
+    """Why a run ends before its last epoch: status (diverged, pruned, interrupted, or completed for early stopping)
+    and a message for the user."""
 
     status: str
     message: str
@@ -202,15 +204,68 @@ class GradientClipping(Component):
 
 
 class Divergence(Component):
-    """A training loss that becomes NaN or infinite ends the run with status `diverged`."""
+    """Ends the run with status `diverged`, before anything is validated further or saved as best or last, when
+    - a training window's mean loss is NaN or infinite, or has exploded: above EXPLODED x the first window's loss of
+      the run and above the floor (classification: 10 x ln(classes), ten times the loss of a uniform guess; the
+      autoencoder: an MSE of 10, ten times that of an all-zero reconstruction of standardized images). Normal
+      training, noisy as it is, stays within a few times its first loss; a real explosion passes 1e3 within steps;
+    - a weight or buffer (batch norm's running statistics) of the model is NaN or infinite (checked with the loss,
+      one device sync per log window: with one step per epoch it shows before the validation does);
+    - the validation loss is NaN or infinite, or exploded by the same rule (epoch_end, before the other components
+      see it: with one step per epoch, weights that are finite but far off show only there)."""
+
+    name = "divergence"
+    EXPLODED = 100.0
+
+    def __init__(self, floor: float):
+        self.floor, self.first = floor, None  # first: the first log window's mean training loss
 
     def after_log(self, run, window: dict) -> End | None:
-        if math.isfinite(window["loss"]):
+        loss = window["loss"]
+        if not math.isfinite(loss):
+            return self._end(run, f"the training loss became {loss}")
+        if self.first is None:
+            self.first = loss
+        elif loss > max(self.EXPLODED * self.first, self.floor):
+            return self._end(run, f"the training loss exploded to {loss:.4g} (it started at {self.first:.4g}; the "
+                             f"limit is {self.EXPLODED:g}x that and at least {self.floor:.3g})")
+        bad = non_finite(run.model)
+        return self._end(run, f"weights became NaN or infinite ({bad})") if bad else None
+
+    def epoch_end(self, run, epoch, val) -> End | None:
+        bad = [f"{k} became {v}" for k, v in val.items() if not math.isfinite(v)]
+        if not bad and self.first is not None and val.get("loss", 0.0) > max(self.EXPLODED * self.first, self.floor):
+            bad = [f"loss exploded to {val['loss']:.4g} (the training loss started at {self.first:.4g})"]
+        if not bad:
             return None
-        message = (f"training diverged in epoch {run.epoch + 1}: the loss became {window['loss']}. "
-                   "Lower optimizer.lr, add a warmup (schedule.warmup_epochs) or clip gradients.")
+        run.history.pop()  # the run stands where its last checkpoint does
+        return self._end(run, "the validation " + ", ".join(bad))
+
+    @staticmethod
+    def _end(run, what: str) -> End:
+        message = (f"training diverged in epoch {run.epoch + 1} (step {run.step}): {what}. Nothing was saved from "
+                   "this epoch. Lower optimizer.lr, add a warmup (schedule.warmup_epochs) or clip gradients "
+                   "(regularization=[...,grad_clip]), and start afresh with trainer.resume=never or in a new run "
+                   "directory.")
         log.error(message)
         return End("diverged", message)
+
+    def state_dict(self) -> dict:
+        return {"first": self.first}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first = state["first"]
+
+
+def non_finite(model: torch.nn.Module) -> str:
+    """The names of the model's NaN or infinite parameters and floating buffers (a few), or "" when all are finite;
+    one device sync."""
+    tensors = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+    if not tensors:
+        return ""
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).tolist()
+    bad = [n for (n, _), ok in zip(tensors, finite, strict=True) if not ok]
+    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
 class Progress(Component):
@@ -241,7 +296,8 @@ class SweepReport(Component):
 def build_components(cfg, run, ema, freezer, probe, progress, extra=()) -> list[Component]:
     """The components `cfg` asks for, in the order their hooks run (averaging before diagnostics after a step;
     early stopping before the sweep's report after validation), then `extra` (e.g. a SweepReport)."""
-    components: list[Component] = [Divergence()]
+    floor = 10 * math.log(max(2, len(run.splits.classes))) if run.objective.has_accuracy else 10.0
+    components: list[Component] = [Divergence(floor)]
     if freezer is not None:
         components.append(Freezing(freezer))
     if cfg.init.first_layer == "whiten" and cfg.init.first_layer_bias_epochs is not None:

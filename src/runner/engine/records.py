@@ -41,9 +41,10 @@ TAGS = {
 }
 
 METRICS = {
-    "status": "completed, diverged, interrupted or pruned",
+    "status": "completed, diverged, interrupted, pruned or failed (an unexpected error, named in message)",
     "objective": "classify or autoencoder",
     "message": "why the run ended as it did, when not completed (and what to do)",
+    "signal": "SIGINT or SIGTERM, for an interrupted run",
     "epochs_completed": "epochs trained",
     "steps": "optimizer steps taken",
     "best_val_acc": "the best validation accuracy (null without a val split or accuracy)",

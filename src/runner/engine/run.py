@@ -4,8 +4,12 @@ that must survive a kill (model, optimizer, schedule, RNG, every component's sta
 every objective. A checkpoint records the config it was made from: resuming it under a config that differs in
 anything that matters is refused with one line listing the keys and the ways out."""
 
+import errno
+import fcntl
 import logging
+import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from runner.config import ConfigError
+from runner.config import ConfigError, UserError
 from runner.data import checkpoint
 from runner.data import loading as data
 from runner.engine import build, components, distributed, objectives, speed
@@ -34,6 +38,87 @@ FORMAT = 2  # checkpoints/last.pt's layout; 1: before it recorded its config
 MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.log_every_steps",
               "trainer.eval_batch_size", "trainer.save_best", "device", "data.root", "data.cache_dir",
               "data.download", "diagnostics")
+
+
+class OutputError(UserError):
+    """The run directory cannot be written (full disk, read-only, not a directory): the message names the path and
+    what to do; the files already saved are intact (every checkpoint is written atomically)."""
+
+
+class RunDirBusy(UserError):
+    """Another process holds the run directory's lock (the job leaves that directory alone)."""
+
+    owned_by_another = True
+
+
+LOCK = ".runner.lock"
+# What a run writes into its directory, moved to previous/<time>/ when a run starts afresh in a used directory
+# (runner.log and Hydra's .hydra/ belong to the process that starts).
+RUN_FILES = ("checkpoints", "metrics.json", "config.yaml", "environment.json", "pretrained.json")
+
+
+# The errors of a location that cannot be written: full, over quota, read-only, forbidden, not a directory.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)
+
+
+def output_error(err: OSError, path: Path, resume_hint: str = "") -> OutputError:
+    """One line for a failed write: which path, why, what to do."""
+    why = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = "free space there, or continue elsewhere with hydra.run.dir=<dir on another disk> trainer.resume=" \
+               "<this run directory>"
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        todo = "make it writable, or give a writable directory with hydra.run.dir=<dir>"
+    elif err.errno in (errno.ENOTDIR, errno.EEXIST, errno.ENOENT):
+        todo = "a file may stand where a directory should be: give a directory with hydra.run.dir=<dir>"
+    else:
+        todo = "check the location, or give another one with hydra.run.dir=<dir>"
+    return OutputError(f"cannot write {path}: {why}. To go on: {todo}.{resume_hint}")
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """Take the run directory's exclusive lock (flock on run_dir/.runner.lock, which records the owner's pid): one
+    process at a time trains in a directory. The kernel releases the lock when its process ends, however it ends,
+    so a killed owner never blocks the next run. Returns the lock's file descriptor."""
+    path = run_dir / LOCK
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise output_error(err, path) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunDirBusy(f"another process (pid {owner}) is using the run directory {run_dir}: wait for it to end "
+                         f"(or stop it), or give this run its own directory with hydra.run.dir=<dir>") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def keep_previous_apart(run_dir: Path) -> Path | None:
+    """Starting afresh in a directory where a run already wrote: move that run's files (RUN_FILES and its
+    TensorBoard events) into run_dir/previous/<time>/, so that checkpoints and curves of two runs never mix.
+    Returns where they went, or None when there was nothing to move."""
+    found = [p for p in (*(run_dir / name for name in RUN_FILES), *run_dir.glob("events.out.tfevents.*"))
+             if p.exists()]
+    if not any(p.name == "checkpoints" or p.name == "metrics.json" or p.name.startswith("events.") for p in found):
+        return None
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    target = run_dir / "previous" / stamp
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir / "previous" / f"{stamp}_{n}"
+    try:
+        target.mkdir(parents=True)
+        for p in found:
+            shutil.move(str(p), str(target / p.name))
+    except OSError as err:
+        raise output_error(err, target) from None
+    return target
 
 
 def pick_device(name: str) -> torch.device:
@@ -127,6 +212,21 @@ class Run:
             device = torch.device("cuda", self.world.local_rank % torch.cuda.device_count())
         self.device = device
         self.resume_from = resume_path(cfg, self.run_dir)
+        self.stop_signal: list[int] = []  # the SIGINT/SIGTERM received (runner.engine.train sets the handlers)
+        self._lock = lock_run_dir(self.run_dir) if self.world.main else None
+        try:
+            self._start_here(cfg, extra_components)
+        except BaseException:
+            self.release()
+            raise
+
+    def _start_here(self, cfg, extra_components) -> None:
+        own = self.resume_from is not None and self.resume_from.resolve().is_relative_to(self.run_dir.resolve())
+        if self.world.main and not own:
+            moved = keep_previous_apart(self.run_dir)
+            if moved is not None:
+                log.warning("starting afresh in %s, where a run had already written: its files (checkpoints, "
+                            "metrics, TensorBoard events) are now in %s", self.run_dir, moved)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.seed)
@@ -244,18 +344,51 @@ class Run:
 
     def save_last(self) -> None:
         if self.world.main:
-            checkpoint.save(self.state_dict(), self.run_dir / LAST)
+            self._save(self.state_dict(), self.run_dir / LAST)
 
     def save_weights(self, path: Path, epoch: int) -> None:
         if self.world.main:
-            checkpoint.save(self.weights(epoch), path)
+            self._save(self.weights(epoch), path)
+
+    def _save(self, state: dict, path: Path) -> None:
+        """checkpoint.save (atomic: the file it replaces stays whole when a write fails); a failed write is one line
+        naming the path and what to do."""
+        try:
+            checkpoint.save(state, path)
+        except OSError as err:
+            raise output_error(err, path, self._resume_hint()) from None
+        except RuntimeError as err:  # torch's writer reports a full disk as "unexpected pos"
+            if "unexpected pos" not in str(err) and shutil.disk_usage(path.parent).free > 2**20:
+                raise
+            raise output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path, self._resume_hint()) from None
+
+    def _resume_hint(self) -> str:
+        last = self.run_dir / LAST
+        return (f" {last} (epoch {len(self.history) - 1}) is intact: run the same command again to resume from it."
+                if last.is_file() else "")
+
+    def release(self) -> None:
+        """Give up the run directory's lock (the kernel does it too when the process ends)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def resume(self) -> None:
         """Continue from trainer.resume's checkpoint, after checking it was made by this config. A run with more
         epochs than its checkpoint planned continues on the schedule re-planned over the new length, from the step
         it stands at."""
         path = self.resume_from
-        state = checkpoint.load(path, map_location=self.device)
+        # A checkpoint that cannot continue this run (damaged, hostile, weights only, another model) is one line
+        # with the ways out: a damaged auto-resumed last.pt would otherwise stop every re-run of this directory.
+        best = path.parent / Path(BEST).name
+        remedy = ("give trainer.resume= another run directory or checkpoint, or trainer.resume=never"
+                  if self.cfg.trainer.resume != "auto" else
+                  "start afresh here with trainer.resume=never, or in a new run directory (hydra.run.dir=<new dir>)")
+        if best.is_file():
+            remedy += (f". {best} holds weights only (no optimizer, schedule or step): it cannot continue training, "
+                       f"but model.pretrained={best} starts a new run from its weights (the output layer excepted)")
+        state = checkpoint.load(path, map_location=self.device, needs=("model", "optimizer", "step"), remedy=remedy)
+        checkpoint.check_fits(path, state, self.state_dict(), remedy)
         saved = state.get("config")
         if saved is None:
             log.warning("%s records no config (made by an older runner): resuming without checking that it was made "

@@ -2,8 +2,11 @@
 metrics.json. `fit` builds the run, resumes it, loops over epochs and tests; the techniques that keep state are
 components (runner.engine.components) called at their hooks; the run's objects and state are runner.engine.run."""
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +14,22 @@ from pathlib import Path
 import torch
 
 import runner
+from runner.config import UserError
 from runner.data import checkpoint
 from runner.data import loading as data
 from runner.engine import distributed, records
 from runner.engine.components import End
-from runner.engine.run import BEST, LAST, Run, pick_device, resume_path  # noqa: F401 (the engine's public names)
+from runner.engine.run import (  # noqa: F401 (the engine's public names)
+    BEST,
+    LAST,
+    LOCK,
+    WRITE_ERRNOS,
+    OutputError,
+    Run,
+    output_error,
+    pick_device,
+    resume_path,
+)
 from runner.engine.speed import EpochTimer
 from runner.engine.tracking import flat_hparams, record_run
 from runner.optimization import optimizers, regularizers, schedules
@@ -23,10 +37,40 @@ from runner.optimization import optimizers, regularizers, schedules
 log = logging.getLogger("runner")
 
 
-def fit(cfg, run_dir: Path, choices: dict[str, str], extra_components=()) -> dict:
+def fit(cfg, run_dir: Path, choices: dict[str, str], extra_components=(), command: str | None = None) -> dict:
     """Train, validate every epoch, checkpoint every epoch, test at the end. Returns the final metrics, also
-    written to run_dir/metrics.json. extra_components: components from outside the engine (a sweep's report)."""
-    run = Run(cfg, run_dir, choices, extra_components)
+    written to run_dir/metrics.json, whose status says how the run ended: completed, diverged, interrupted (SIGINT
+    or SIGTERM: the run stops after the step it is taking), pruned, or failed (an unexpected error: recorded, then
+    raised). extra_components: components from outside the engine (a sweep's report). command: the command that
+    resumes this run, for the messages (the job knows it; None: "the same command")."""
+    again = _diverged_already(cfg, Path(run_dir))
+    if again is not None:
+        return again
+    run = Run(cfg, run_dir, choices, extra_components)  # owns the run directory from here on
+    try:
+        with _stop_signals() as stop:
+            run.stop_signal = stop
+            return _train(run, command)
+    except UserError as err:
+        if isinstance(err, OutputError):
+            _record_failure(run, str(err))
+        raise
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            _record_failure(run, f"failed: {type(err).__name__}: {' '.join(str(err).split())}")
+            raise
+        error = output_error(err, Path(err.filename or run.run_dir))
+        _record_failure(run, str(error))
+        raise error from None
+    except Exception as err:
+        _record_failure(run, f"failed: {type(err).__name__}: {' '.join(str(err).split())}")
+        raise
+    finally:
+        run.release()
+
+
+def _train(run: Run, command: str | None) -> dict:
+    cfg = run.cfg
     if run.resume_from is not None:
         run.resume()
         done = _already_completed(run)
@@ -36,7 +80,7 @@ def fit(cfg, run_dir: Path, choices: dict[str, str], extra_components=()) -> dic
     end = None
     try:
         for epoch in range(run.epoch, cfg.trainer.epochs):
-            if run.stop_before_next_epoch:
+            if run.stop_before_next_epoch or run.stop_signal:
                 break
             run.epoch = epoch
             for hook in run.hooks("epoch_start"):
@@ -45,18 +89,18 @@ def fit(cfg, run_dir: Path, choices: dict[str, str], extra_components=()) -> dic
             if end is not None:
                 break
             val = _validate(run, result)
-            ends = [e for hook in run.hooks("epoch_end") if (e := hook(run, epoch, val)) is not None]
+            end = _epoch_end(run, epoch, val)
+            if end is not None and end.status == "diverged":
+                break
             _keep_best(run, val)
             run.save_last()
             _log_epoch(run, result, val)
-            if ends:
-                end = ends[0]
+            if end is not None:
                 break
-    except KeyboardInterrupt:
-        run.progress_clear()
-        message = f"interrupted after {len(run.history)} epoch(s); run the same command again to resume"
-        log.warning(message)
-        return finish(run, "interrupted", message)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the handlers were in place
+        run.stop_signal.append(signal.SIGINT)
+    if run.stop_signal:
+        end = _interrupted(run, command)
     if end is not None and end.status != "completed":
         return finish(run, end.status, end.message)
     if not run.world.main:  # rank 0 alone tests and writes the final metrics
@@ -64,6 +108,84 @@ def fit(cfg, run_dir: Path, choices: dict[str, str], extra_components=()) -> dic
     for hook in run.hooks("finish"):
         hook(run)
     return _test(run)
+
+
+def _epoch_end(run: Run, epoch: int, val: dict) -> End | None:
+    """The components' epoch_end hooks in order. A diverged End ends the run at once, before the later hooks and
+    the checkpoints see this epoch; other Ends (early stopping, a sweep's pruner) end it after the epoch is saved."""
+    ends = []
+    for hook in run.hooks("epoch_end"):
+        end = hook(run, epoch, val)
+        if end is not None and end.status == "diverged":
+            return end
+        if end is not None:
+            ends.append(end)
+    return ends[0] if ends else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stopping on a signal, and failing
+
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGINT and SIGTERM only set a flag (the list yielded gets the signal's number), which the loop reads after
+    each step: the step in progress finishes, and checkpoints/last.pt stays the last complete epoch's. A second
+    SIGINT raises KeyboardInterrupt as usual. The previous handlers are put back at the end. Only the main thread
+    may set handlers (a sweep's job in a thread keeps the default ones)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning("%s received: stopping after this step", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _interrupted(run: Run, command: str | None) -> End:
+    run.progress_clear()
+    name = signal.Signals(run.stop_signal[0]).name
+    last = run.run_dir / LAST
+    kept = (f"{last} holds epoch {len(run.history)}, untouched" if last.is_file()
+            else "no epoch had finished, so there is no checkpoint to resume from yet")
+    how = command or f"the same command with hydra.run.dir={run.run_dir}"
+    message = (f"interrupted by {name} in epoch {run.epoch + 1} at step {run.step}; {kept}. To resume: {how} "
+               f"(without hydra.run.dir a run starts afresh in a new directory)")
+    log.warning(message)
+    return End("interrupted", message)
+
+
+def _record_failure(run: Run, message: str) -> None:
+    """metrics.json with status failed and the one-line message, where it can still be written; the checkpoints
+    already saved are left as they are."""
+    log.error(message)
+    with contextlib.suppress(Exception):
+        finish(run, "failed", message)
+    with contextlib.suppress(Exception):
+        run.tracker.close()
+
+
+def _diverged_already(cfg, run_dir: Path) -> dict | None:
+    """A run directory whose run diverged, run again with trainer.resume=auto: its metrics and the same status,
+    with no file touched (resuming would diverge again in the same way)."""
+    done = run_dir / "metrics.json"
+    if cfg.trainer.resume != "auto" or not done.is_file():
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        metrics = json.loads(done.read_text())
+        if metrics.get("status") == "diverged":
+            log.error("this run diverged already: %s", metrics.get("message"))
+            return metrics
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,7 +271,11 @@ def train_one_epoch(run: Run) -> tuple[EpochResult, End | None]:
 
         images += len(y) * world.size
         sums.add(loss, objective.correct(outputs, y) if objective.has_accuracy else None, len(y))
+        if run.stop_signal and world.size == 1:  # SIGINT/SIGTERM: stop here, nothing of this epoch is saved
+            return EpochResult(float("nan"), None, images, time.perf_counter() - start), End("interrupted", "")
         if (i + 1) % cfg.trainer.log_every_steps == 0 or i + 1 == run.steps_per_epoch:
+            if world.size > 1 and _signalled_anywhere(run):  # every rank stops at the same step
+                return EpochResult(float("nan"), None, images, time.perf_counter() - start), End("interrupted", "")
             window = sums.read(world, objective.has_accuracy)
             ends = [e for hook in after_log if (e := hook(run, {**window, "steps": i + 1,
                                                                "img_per_s": images / (time.perf_counter() - start)}))]
@@ -160,6 +286,16 @@ def train_one_epoch(run: Run) -> tuple[EpochResult, End | None]:
     run.progress_clear()
     acc = sums.total_correct.item() / images if objective.has_accuracy else None
     return EpochResult(sums.total_loss.item() / images, acc, images, seconds), None
+
+
+def _signalled_anywhere(run: Run) -> bool:
+    """Under torchrun: whether any rank got SIGINT/SIGTERM (one all-reduce per log window), so that all stop at the
+    same step rather than some waiting forever in the next all-reduce."""
+    flag = torch.tensor(float(run.stop_signal[0] if run.stop_signal else 0), device=run.device)
+    distributed.sum_(flag)
+    if flag.item() and not run.stop_signal:
+        run.stop_signal.append(signal.SIGTERM)  # another rank's signal (a scheduler stops all ranks)
+    return bool(flag.item())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,6 +415,8 @@ def finish(run: Run, status: str, message: str | None = None, test: dict | None 
             metrics[c.name] = c.summary()
     if message:
         metrics["message"] = message
+    if status == "interrupted" and run.stop_signal:
+        metrics["signal"] = signal.Signals(run.stop_signal[0]).name
     records.check_metrics(metrics)
     if run.world.main:
         checkpoint.write_json(metrics, run.run_dir / "metrics.json")

@@ -2,10 +2,11 @@
 (`model.pretrained=`), replace its output layer, and train it as `transfer=` says: a linear probe (everything frozen
 but the new head), fine-tuning with a lower lr for the reused layers, frozen up to a layer, or unfrozen gradually.
 
-Weights are read with weights_only=True (tensors and containers, never arbitrary pickled objects), matched to the
-model by name and shape, and what was loaded, skipped and newly initialized is reported (log, pretrained.json in
-the run directory, TensorBoard text). torchvision's pretrained weights (`model.pretrained=torchvision:<Weights>`)
-are downloaded where there is network and read from torch's hub cache or a local file where there is not.
+Weights are read through runner.data.checkpoint.load (weights_only: tensors and containers, never arbitrary pickled
+objects; a damaged or hostile file is refused in one line), matched to the model by name and shape, and what was
+loaded, skipped and newly initialized is reported (log, pretrained.json in the run directory, TensorBoard text).
+torchvision's pretrained weights (`model.pretrained=torchvision:<Weights>`) are downloaded where there is network
+and read from torch's hub cache or a local file where there is not.
 """
 
 import logging
@@ -61,13 +62,8 @@ def read_state_dict(source: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigError(f"model.pretrained={source!r}: no such file (give a runner run directory, a checkpoint "
                           "file or a state dict file).")
-    try:
-        obj = checkpoint.load(path, map_location="cpu")
-    except pickle.UnpicklingError as err:
-        raise ConfigError(f"model.pretrained={source!r}: refused to load {path}: it holds pickled objects other than "
-                          f"tensors, which could run code when loaded (weights_only=True): {err}") from None
-    except (RuntimeError, OSError, EOFError) as err:
-        raise ConfigError(f"model.pretrained={source!r}: cannot read {path} as a PyTorch file ({err})") from None
+    obj = checkpoint.load(path, map_location="cpu", remedy=f"model.pretrained={source!r} needs a runner run "
+                          "directory, a runner checkpoint or a state dict file (name -> tensor).")
     state = obj.get("model", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"model.pretrained={source!r}: {path} is neither a state dict (name -> tensor) nor a "
@@ -92,11 +88,14 @@ def torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
     except (ValueError, KeyError, AttributeError) as err:
         raise ConfigError(f"model.pretrained={TORCHVISION_PREFIX}{name}: not a torchvision weights name ({err}); "
                           "e.g. torchvision:ResNet18_Weights.IMAGENET1K_V1") from None
+    file = weights.url.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / file
     try:
         return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True,
                                                   weights_only=True)
-    except (OSError, RuntimeError) as err:  # no network (URLError is an OSError), or a corrupt download
-        file = weights.url.rsplit("/", 1)[-1]
+    except (OSError, RuntimeError, pickle.UnpicklingError) as err:  # no network (URLError is an OSError), a corrupt
+        if cached.is_file():  # download, or a damaged or hostile cached file: the one safe path names what it is
+            checkpoint.load(cached, remedy=f"delete {cached} to download it again")
         raise ConfigError(
             f"model.pretrained={TORCHVISION_PREFIX}{name}: cannot download {weights.url} ({err}). Offline, copy "
             f"{file} into {Path(torch.hub.get_dir()) / 'checkpoints'} or give its path: model.pretrained=/path/{file}"

@@ -1,5 +1,5 @@
 """What a sweep needs around its trials: the study storage, a trial's per-epoch report to the study (and its
-pruning), the trial statuses, the sweep's table (trials.csv) and summary, and the spreading of parallel jobs
+pruning), a trial's watch on the sweep process (a killed sweep leaves no worker behind), the trial statuses, the sweep's table (trials.csv) and summary, and the spreading of parallel jobs
 over several GPUs.
 
 The sweeper itself is the Hydra plugin in src/hydra_plugins/runner_optuna_sweeper. Optuna is imported inside the
@@ -9,16 +9,25 @@ functions that need it, so a run that is not a trial never imports it.
 import csv
 import io
 import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 from runner.data import checkpoint
+
+log = logging.getLogger(__name__)
 
 JOURNAL = "optuna.journal"
 TABLE = "trials.csv"
 SPACE = "search_space.json"  # each searched parameter's range or choices, for runner.report
 
 # What metrics.json says at the end of a trial (train.py), or what the sweeper writes there when the job failed.
+# `interrupted` is not final: the trial stays running in the study, and the next run of the sweep resumes it.
 STATUSES = ("completed", "pruned", "diverged", "failed")
 METRICS = ("best_val_acc", "best_epoch", "test_acc", "final_val_acc", "final_val_loss", "final_train_loss",
            "epochs_completed", "wall_time_s")
@@ -57,15 +66,73 @@ def trial_reporter():
     from hydra.utils import instantiate
 
     spec = json.loads(spec)
+    if spec.get("sweeper_pid") is not None:
+        watch_sweep_process(spec["sweeper_pid"])
     study = optuna.load_study(study_name=spec["study"], storage=open_storage(spec["storage"]),
                               sampler=optuna.samplers.RandomSampler(), pruner=instantiate(spec["pruner"]))
     trial = optuna.trial.Trial(study, spec["trial_id"])
+    # Which process runs the job: a sweep run again waits for it to end before it resumes or records this trial.
+    trial.set_user_attr("job", f"{socket.gethostname()}:{os.getpid()}")
 
     def report(epoch: int, val_acc: float) -> str | None:
         trial.report(val_acc, epoch)
         return "prune" if trial.should_prune() else None
 
     return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inside a trial run by a worker process (joblib's, submitit_local's): end with the sweep process
+
+WATCH_EVERY_S = 0.5  # how often a worker looks whether the sweep process is still its parent
+STOP_GRACE_S = 10  # how long a worker whose sweep ended may take to stop cleanly before it is ended outright
+_watched = set()
+
+
+def watch_sweep_process(pid: int) -> None:
+    """When the sweep process `pid` is this process's parent (a joblib or submitit_local worker), watch it: once
+    it has ended (killed), stop the trial as SIGTERM does (status interrupted, the last checkpoint kept: the sweep
+    run again resumes it), then end this process, at the latest STOP_GRACE_S later. Loky's workers notice a dead
+    parent only between jobs (if at all: their siblings hold the job queue open), so a killed sweep's trials went
+    on for their whole length, holding memory and devices. A job run in the sweep process itself, or on another
+    machine (SLURM), has nothing to watch."""
+    parent = os.getppid()
+    if parent != pid or pid in _watched:
+        return
+    _watched.add(pid)
+    outside_runs = signal.getsignal(signal.SIGTERM)  # the engine puts its own in place while a run trains
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_EVERY_S)
+        log.warning("the sweep process %d has ended: stopping this trial (its job directory keeps the last "
+                    "checkpoint; run the sweep's command again to resume it)", pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while signal.getsignal(signal.SIGTERM) != outside_runs and time.monotonic() < deadline:
+            time.sleep(0.1)  # the run is stopping: its metrics.json is written once its handler is gone
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-sweep-process", daemon=True).start()
+
+
+def process_state(owner: str | None) -> str | None:
+    """`running` or `ended` for the process `host:pid` (a trial's `worker` or `job` attribute) when it is one of
+    this machine; None when it is not, or not recorded: nothing here can tell."""
+    owner_host, _, pid = (owner or "").rpartition(":")
+    if owner_host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return "ended"
+    except PermissionError:
+        return "running"
+    try:  # a killed process that its parent has not reaped yet (a zombie) has ended too
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return "running"
+    return "ended" if state == "Z" else "running"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,22 +150,40 @@ def assign_devices(n_jobs: int, device_count: int, device: str) -> list[str | No
 # ---------------------------------------------------------------------------------------------------------------
 # The end of a trial
 
-def read_outcome(job_dir: Path, error: str | None = None) -> dict:
-    """A trial's status and final metrics from its metrics.json. A job that left no final status (an exception, a
-    config error, a killed or interrupted process) is recorded as failed, and its metrics.json says so.
-    `interrupted` tells the sweeper that the user stopped the job (Ctrl-C), so the sweep should stop too."""
+def read_outcome(job_dir: Path, error: str | None = None, interrupted: bool = False) -> dict:
+    """A trial's status and final metrics from its metrics.json. A job stopped by a signal (status `interrupted`
+    there, or none when the user's Ctrl-C stopped the launcher, `interrupted=True`) is `interrupted`: not final, its
+    job directory is left as it is for the next run of the sweep to resume. Any other job that left no final status
+    (an exception, a config error) is recorded as failed, and its metrics.json says so."""
     path = Path(job_dir) / "metrics.json"
+    metrics = _metrics(path)
+    if metrics.get("status") == "interrupted" or (interrupted and metrics.get("status") not in STATUSES):
+        metrics = {**metrics, "status": "interrupted",
+                   "message": metrics.get("message") or error or "interrupted by the user"}
+    elif metrics.get("status") not in STATUSES:
+        metrics = {**metrics, "status": "failed", "message": error or f"the job left no final status in {path}"}
+        if path.parent.is_dir():
+            checkpoint.write_json(metrics, path)
+    return _outcome(metrics)
+
+
+def final_outcome(job_dir: Path) -> dict | None:
+    """The outcome a trial's metrics.json records when its job ended with a final status; None when it did not
+    (killed, interrupted, never started), with nothing written."""
+    metrics = _metrics(Path(job_dir) / "metrics.json")
+    return _outcome(metrics) if metrics.get("status") in STATUSES else None
+
+
+def _metrics(path: Path) -> dict:
     try:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
-        metrics = {}
-    interrupted = metrics.get("status") == "interrupted"
-    if metrics.get("status") not in STATUSES:
-        message = metrics.get("message") if interrupted else error
-        metrics = {**metrics, "status": "failed", "message": message or f"the job left no final status in {path}"}
-        if path.parent.is_dir():
-            checkpoint.write_json(metrics, path)
-    outcome = {"status": metrics["status"], "message": metrics.get("message"), "interrupted": interrupted}
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _outcome(metrics: dict) -> dict:
+    outcome = {"status": metrics["status"], "message": metrics.get("message")}
     outcome.update({key: metrics.get(key) for key in METRICS})
     return outcome
 

@@ -1,0 +1,343 @@
+"""Hostile and broken input files, made here as an attacker or a disk fault would make them: each is refused in one
+line that names the file and what to do, no code in any of them runs, and none makes loading run for long or
+allocate without limit. The time bombs run in a child process: before they were refused they ran forever."""
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import choices_of, compose_config
+from runner import ensemble
+from runner.config import CheckpointError, ConfigError, DataError
+from runner.data import checkpoint
+from runner.data import loading as data
+from runner.engine import train
+from runner.nets import transfer
+from test_data import PER_BATCH, write_cifar
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _timed_in_child(code: str, limit: float = 60) -> tuple[float, str]:
+    """Run `code` (which sets `call`, a function of no arguments) in a fresh Python; returns the seconds call() took
+    and the message of the error it raised. A call that never ends fails the test at `limit` seconds."""
+    script = textwrap.dedent(code) + textwrap.dedent("""
+        import time
+        start = time.perf_counter()
+        try:
+            call()
+            message = "no error"
+        except Exception as err:
+            message = f"{type(err).__name__}: {err}"
+        print(time.perf_counter() - start)
+        print(message)
+    """)
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=limit, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still loading after {limit} s")
+    seconds, message = proc.stdout.strip().split("\n", 1)
+    return float(seconds), message
+
+
+def _tuple_bomb(levels: int = 40) -> bytes:
+    """A pickle of {t40: 0}, t_i = (t_{i-1}, t_{i-1}): 40 memo references make it 210 bytes, and hashing the key
+    (which unpickling a dict does) visits 2^40 tuples."""
+    out = bytearray(b"\x80\x02}q\x00)")  # PROTO 2, EMPTY_DICT, BINPUT 0, EMPTY_TUPLE
+    for i in range(1, levels + 1):
+        out += b"q" + bytes([i]) + b"h" + bytes([i]) + b"\x86"  # BINPUT i, BINGET i, TUPLE2
+    return bytes(out + b"K\x00s.")  # BININT1 0, SETITEM, STOP
+
+
+def _nested(levels: int = 40, kind=list):
+    """l_i = [l_{i-1}, l_{i-1}] (or a dict): pickled with memo references, tiny; unrolled, 2^levels elements."""
+    node = kind()
+    for _ in range(levels):
+        node = [node, node] if kind is list else {"a": node, "b": node}
+    return node
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CIFAR batches
+
+def test_self_referencing_nested_labels_are_refused_in_well_under_a_second(tmp_path):
+    write_cifar(tmp_path)
+    path = tmp_path / data.CIFAR10_FOLDER / "data_batch_1"
+    batch = {"data": np.zeros((PER_BATCH, 3072), np.uint8), "labels": [_nested(39)] * PER_BATCH}
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    assert path.stat().st_size < 70_000  # 61 KB of pixels, 0.4 KB of labels that unroll to 10^13
+    seconds, message = _timed_in_child(f"""
+        from pathlib import Path
+        from runner.data import loading
+        call = lambda: loading.read_cifar10(Path({str(tmp_path)!r}))
+    """)
+    assert seconds < 5
+    assert message.startswith("DataError") and "data_batch_1: labels must lie in 0..9 (a flat list" in message
+    assert "data.root=" in message and "\n" not in message
+
+
+def test_a_tuple_key_that_takes_forever_to_hash_is_refused_at_once(tmp_path):
+    write_cifar(tmp_path)
+    (tmp_path / data.CIFAR10_FOLDER / "data_batch_5").write_bytes(_tuple_bomb())
+    seconds, message = _timed_in_child(f"""
+        from pathlib import Path
+        from runner.data import loading
+        call = lambda: loading.read_cifar10(Path({str(tmp_path)!r}))
+    """)
+    assert seconds < 5
+    assert message.startswith("DataError") and "data_batch_5: not a valid CIFAR-10 pickle" in message
+    assert "a dict key other than a string or an integer" in message
+
+
+def test_a_growing_codec_chain_is_refused(tmp_path):
+    """_codecs.encode is admitted for latin1 (how protocol 2 writes bytes); hex doubles its input, so a chain of
+    them would fill the memory from a few hundred bytes."""
+    write_cifar(tmp_path)
+    levels = 24  # 16 MB here; 40 would be a terabyte
+    program = (b"\x80\x02}X\x04\x00\x00\x00datac_codecs\nencode\nq\x01" + b"h\x01" * levels
+               + b"X\x01\x00\x00\x00aX\x06\x00\x00\x00latin1\x86R"  # encode("a", "latin1")
+               + b"X\x03\x00\x00\x00hex\x86R" * levels + b"s.")
+    (tmp_path / data.CIFAR10_FOLDER / "test_batch").write_bytes(program)
+    with pytest.raises(DataError, match=r"test_batch: not a valid CIFAR-10 pickle .*_codecs.encode with bytes and "
+                                        r"'hex' is not part of a CIFAR batch"):
+        data.read_cifar10(tmp_path)
+
+
+def test_an_array_claiming_a_huge_shape_allocates_nothing_for_it(tmp_path):
+    """numpy pickles `_reconstruct(ndarray, (0,), b'b')` and then the real state; a hostile file claims 2 GB there."""
+    written = write_cifar(tmp_path)
+    path = tmp_path / data.CIFAR10_FOLDER / "data_batch_2"
+    raw = path.read_bytes()
+    at = raw.index(b"K\x00\x85", raw.index(b"ndarray"))  # BININT1 0, TUPLE1: the (0,) shape
+    path.write_bytes(raw[:at] + b"J\xff\xff\xff\x7f\x85" + raw[at + 3:])  # BININT 2^31 - 1
+    tracemalloc.start()
+    try:
+        arrays = data.read_cifar10(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20
+    x2 = arrays["train_x"][PER_BATCH:2 * PER_BATCH].reshape(PER_BATCH, -1)
+    assert np.array_equal(x2, written["data_batch_2"][0])
+
+
+def test_a_file_larger_than_any_cifar_batch_is_refused_before_it_is_read(tmp_path):
+    write_cifar(tmp_path)
+    path = tmp_path / data.CIFAR10_FOLDER / "data_batch_4"
+    with open(path, "r+b") as f:
+        f.truncate(data.MAX_MEMBER_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(DataError, match=r"data_batch_4: 67,108,865 bytes, more than any CIFAR-10 file") as err:
+        data.load_cifar10(tmp_path, tmp_path / "cache", download=False)
+    assert "\n" not in str(err.value)
+
+
+def test_a_missing_batch_is_named_in_one_line(tmp_path):
+    write_cifar(tmp_path)
+    (tmp_path / data.CIFAR10_FOLDER / "data_batch_3").unlink()
+    with pytest.raises(DataError, match=r"cifar-10-batches-py: missing data_batch_3; put the complete official"):
+        data.load_cifar10(tmp_path, tmp_path / "cache", download=False)
+
+
+def test_a_mistyped_data_root_is_not_left_on_disk(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    def no_network(url, root, *args, **kwargs):
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision's does, before it fails
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(tv_utils, "download_url", no_network)
+    with pytest.raises(DataError, match="could not be downloaded"):
+        data.load_cifar10(tmp_path / "dtaa" / "cifar", tmp_path / "cache", download=True)
+    assert not (tmp_path / "dtaa").exists()
+
+
+def test_a_training_size_larger_than_the_task_is_refused_with_the_count():
+    arrays = {"train_x": np.zeros((200, 3, 32, 32), np.uint8), "train_y": np.arange(200) % 10,
+              "test_x": np.zeros((5, 3, 32, 32), np.uint8), "test_y": np.zeros(5, np.int64)}
+    with pytest.raises(DataError, match=r"data.train_size=150 is more than this task has: 90 training images"):
+        data.split(arrays, data.CIFAR10_CLASSES, 20, 150, 0, "cpu", train_half="first")
+    with pytest.raises(ConfigError, match=r"data.train_size=600 is invalid: must be null or an integer in \[1, 500\]"):
+        compose_config(["data.train_size=600", "data.train_half=first"])  # 1200 - 200 held out, halved
+
+
+def test_a_device_index_past_any_machine_is_refused_in_the_schema():
+    with pytest.raises(ConfigError, match=r"device='cuda:99999999999999999999' is invalid: allowed: .*cuda:N"):
+        compose_config(["device=cuda:99999999999999999999"])
+
+
+def test_make_clean_leaves_outputs_and_data_alone(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    kept = [tmp_path / "outputs" / "run" / "__pycache__", tmp_path / "data" / "__pycache__"]
+    gone = [tmp_path / "src" / "runner" / "__pycache__", tmp_path / "tests" / "__pycache__"]
+    for folder in kept + gone:
+        folder.mkdir(parents=True)
+    subprocess.run(["make", "clean"], cwd=tmp_path, check=True, capture_output=True)
+    assert all(f.is_dir() for f in kept) and not any(f.exists() for f in gone)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints: resume, model.pretrained, the ensemble command
+
+FAST = ["model.widths=[8,16]", "data.train_examples=700", "data.test_examples=100", "trainer.epochs=1",
+        "diagnostics.every_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """One completed tiny run: checkpoints/last.pt (the run's state) and best.pt (weights only)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    train.fit(compose_config(FAST), run_dir, choices_of(FAST))
+    return run_dir
+
+
+def _fit(run_dir: Path, overrides=()):
+    overrides = [*FAST, *overrides]
+    return train.fit(compose_config(overrides), run_dir, choices_of(overrides))
+
+
+def _truncated_copy(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    last = to / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:last.stat().st_size // 2])
+    return last
+
+
+class _Payload:
+    """Unpickling this calls os.system: what a hostile checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_damaged_auto_resume_checkpoint_names_the_file_and_the_ways_out(run, tmp_path):
+    last = _truncated_copy(run, tmp_path / "run")
+    with pytest.raises(CheckpointError) as err:
+        _fit(tmp_path / "run", ["trainer.epochs=2"])
+    message = str(err.value)
+    assert message.startswith(f"{last} is damaged (truncated?)") and "\n" not in message
+    assert "trainer.resume=never" in message and "hydra.run.dir=<new dir>" in message
+    assert "best.pt holds weights only" in message and "model.pretrained=" in message
+
+
+def test_a_hostile_checkpoint_is_refused_by_every_reader_without_running(run, tmp_path):
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"model": {"head.weight": torch.zeros(1)}, "payload": _Payload(marker)}, evil)
+    readers = [lambda: checkpoint.load(evil), lambda: transfer.read_state_dict(str(evil)),
+               lambda: _fit(tmp_path / "resumed", [f"trainer.resume={evil}"])]
+    for read in readers:
+        with pytest.raises(CheckpointError, match=r"evil.pt is refused: loading it would run code \(posix.system\)") \
+                as err:
+            read()
+        assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+def test_a_hostile_plain_pickle_is_called_hostile_not_damaged(tmp_path):
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(_Payload(marker), protocol=4))
+    with pytest.raises(CheckpointError, match=r"evil.pkl is refused: loading it would run code \(posix.system\)"):
+        checkpoint.load(evil)
+    assert not marker.exists()
+
+
+def test_a_text_file_is_not_a_checkpoint(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("epoch 3: val acc 0.61\n")
+    with pytest.raises(CheckpointError, match=r"notes.txt is not a PyTorch checkpoint \(it is text\).*"
+                                              r"model.pretrained='.*notes.txt' needs a runner run directory"):
+        transfer.read_state_dict(str(notes))
+
+
+def test_weights_only_best_pt_cannot_resume_and_says_what_it_lacks(run, tmp_path):
+    best = run / "checkpoints" / "best.pt"
+    with pytest.raises(CheckpointError, match=r"best.pt is not a runner checkpoint of this kind: it lacks optimizer, "
+                                              r"step; give trainer.resume= another run directory"):
+        _fit(tmp_path / "resumed", [f"trainer.resume={best}", "trainer.epochs=2"])
+
+
+def test_resuming_another_architecture_is_one_line(run, tmp_path):
+    with pytest.raises(CheckpointError, match=r"last.pt was made by another architecture: 6 of its 'model' tensors "
+                                              r"have other shapes") as err:
+        _fit(tmp_path / "resumed", [f"trainer.resume={run}", "trainer.resume_allow=[model]", "model.widths=[8,32]",
+                                    "trainer.epochs=2"])
+    assert "\n" not in str(err.value)
+
+
+def test_the_ensemble_command_refuses_a_damaged_member_in_one_line(run, tmp_path, capsys):
+    _truncated_copy(run, tmp_path / "member")
+    with pytest.raises(SystemExit) as exit_:
+        ensemble.main([str(tmp_path / "member"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert "last.pt is damaged (truncated?)" in err and "leave" in err and "out of the ensemble" in err
+
+
+def test_a_checkpoint_whose_key_takes_forever_to_hash_is_refused_at_once(run, tmp_path):
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(run / "checkpoints" / "best.pt") as src, zipfile.ZipFile(bomb, "w") as out:
+        for info in src.infolist():
+            out.writestr(info.filename, _tuple_bomb() if info.filename.endswith("data.pkl") else src.read(info))
+    seconds, message = _timed_in_child(f"""
+        from runner.data import checkpoint
+        call = lambda: checkpoint.load({str(bomb)!r})
+    """)
+    assert seconds < 5
+    assert message.startswith("CheckpointError") and "bomb.pt is refused: it builds a tuple of more than" in message
+
+
+def test_a_checkpoint_nested_beyond_any_real_one_is_refused(tmp_path):
+    """A config of 2^40 keys would stop resume's key-by-key comparison for ever."""
+    path = tmp_path / "nested.pt"
+    torch.save({"model": {}, "config": _nested(40, dict)}, path)
+    assert path.stat().st_size < 10_000
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="nested.pt holds more than 10,000,000 nested values"):
+        checkpoint.load(path)
+    assert time.perf_counter() - start < 5
+
+
+def test_a_sound_checkpoint_still_loads(run):
+    state = checkpoint.load(run / "checkpoints" / "last.pt", needs=("model", "optimizer", "step"))
+    assert state["step"] > 0 and json.loads((run / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_hostile_file_in_torchs_hub_cache_is_refused_in_one_line(tmp_path, monkeypatch):
+    """model.pretrained=torchvision:... reads torch's hub cache; on main a hostile cached file printed torch's
+    multi-line advice to retry with weights_only=False."""
+    import torch
+
+    from runner.config import UserError
+    from runner.nets import transfer
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(tmp_path / "checkpoints" / "resnet18-f37072fd.pth", "wb") as f:
+        pickle.dump(Payload(), f)
+    with pytest.raises(UserError) as err:
+        transfer.torchvision_state_dict("ResNet18_Weights.IMAGENET1K_V1")
+    message = str(err.value)
+    assert "\n" not in message and "weights_only" not in message and "resnet18-f37072fd.pth" in message
+    assert not marker.exists()
