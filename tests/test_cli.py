@@ -136,3 +136,12 @@ def test_a_run_directory_that_cannot_be_made_is_one_line_before_hydra(tmp_path, 
     proc = run_cli([f"hydra.run.dir={where}", "trainer.epochs=1"], cwd=tmp_path, check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "cannot be used" in lines[0] and where in lines[0]
+
+
+def test_a_run_names_its_directory_first_and_says_how_to_look_at_it_last(tmp_path):
+    """On main a single run never said where its results went or how to see them."""
+    run = tmp_path / "run"
+    proc = run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], cwd=tmp_path)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "[runner]" in line]
+    assert f"run directory {run} (a new run)" in lines[0]
+    assert "completed: metrics.json" in lines[-1] and f"tensorboard --logdir {run}" in lines[-1]

@@ -222,6 +222,9 @@ class Run:
 
     def _start_here(self, cfg, extra_components) -> None:
         own = self.resume_from is not None and self.resume_from.resolve().is_relative_to(self.run_dir.resolve())
+        if self.world.main:
+            log.info("run directory %s (%s)", self.run_dir, "resuming its checkpoint" if own else
+                     f"continuing {self.resume_from}" if self.resume_from else "a new run")
         if self.world.main and not own:
             moved = keep_previous_apart(self.run_dir)
             if moved is not None:

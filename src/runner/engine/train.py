@@ -427,4 +427,7 @@ def finish(run: Run, status: str, message: str | None = None, test: dict | None 
     if run.tracker.writer is not None:
         run.tracker.hparams({**flat_hparams(run.cfg, run.choices), "status": status}, scalars, run.step)
     run.tracker.close()
+    if run.world.main and status != "interrupted":  # an interrupted run's last line is the command that resumes it
+        log.info("%s: metrics.json, checkpoints/ and the TensorBoard events are in %s; see the curves with "
+                 "`tensorboard --logdir %s`", status, run.run_dir, run.run_dir)
     return metrics
