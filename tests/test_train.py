@@ -177,3 +177,13 @@ def test_the_autoencoder_trains_on_the_same_loop_with_its_options(tmp_path):
     assert "val_loss_ema" in metrics["history"][-1] and "test_loss" in metrics
     assert metrics["early_stopping"]["best_epoch"] >= 1
     assert len(_scalars(tmp_path, "train/grad_norm")) == 2 * 2  # log_every_steps=5 over 10 steps, 2 epochs
+
+
+def test_records_refuse_an_undeclared_tag_even_one_that_starts_like_a_declared_one():
+    from runner.engine import records
+
+    records.check_tag("diag/act_std/features.0.act")
+    with pytest.raises(KeyError, match="not declared"):
+        records.check_tag("train/loss_typo")
+    with pytest.raises(KeyError, match="not declared"):
+        records.check_metrics({"status": "completed", "test_acc": 0.5, "tset_acc": 0.5})

@@ -75,9 +75,6 @@ class Averaging(Component):
     def load_state_dict(self, state: dict) -> None:
         self.ema.load_state_dict(state)
 
-    def test_scores(self, run) -> dict:
-        return {}  # test/acc_ema is one of the objective's test scores (evaluation.final_scores gets the EMA)
-
 
 class EarlyStopping(Component):
     """regularization=early_stopping: ends the run once the validation metric has not improved for

@@ -126,8 +126,6 @@ class Reconstruct:
     def loss(self, outputs: torch.Tensor, inputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(outputs, inputs)
 
-    correct = None
-
     @torch.no_grad()
     def evaluate(self, net: nn.Module, preprocess: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  batch_size: int) -> dict:

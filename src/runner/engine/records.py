@@ -63,8 +63,8 @@ METRICS = {
 
 
 def _pattern(names) -> re.Pattern:
-    return re.compile("|".join(re.sub(r"<\w+>", r"[^/]+", re.escape(n).replace(r"\<", "<").replace(r"\>", ">"))
-                               for n in names) + "$")
+    """One regex for the declared names, each `<...>` standing for one path segment."""
+    return re.compile("(?:" + "|".join(re.sub(r"<\w+>", r"[^/]+", re.escape(n)) for n in names) + ")$")
 
 
 _TAG = _pattern(TAGS)
