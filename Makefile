@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run transfer-grid sweep test test-all lint bench tensorboard report clean
+.PHONY: help install run lr-find transfer-grid sweep test test-all test-slow lint bench tensorboard report clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ install: $(VENV)/.installed  ## Create .venv and install runner with its dev too
 run: install  ## Train the default experiment (CIFAR-10 under data/, or where RUNNER_DATA_DIR points); ARGS=overrides
 	$(PY) -m runner $(ARGS)
 
+lr-find: install  ## The learning-rate range test of a run's config: plot, CSV, suggested lr; ARGS=overrides
+	$(PY) -m runner.lr_find $(ARGS)
+
 sweep: install  ## A multirun sweep, e.g. make sweep ARGS="optimizer=sgd,momentum,adam seed=0,1,2"
 	$(PY) -m runner -m $(ARGS)
 
@@ -31,10 +34,13 @@ test: install  ## The test suite (fast: no downloads, synthetic data; real-data 
 test-all: install  ## The test suite including the slow tests
 	$(PY) -m pytest -m "" $(ARGS)
 
+test-slow: install  ## Only the tests marked slow (what `make test` leaves out; CI runs both)
+	$(PY) -m pytest -m slow $(ARGS)
+
 lint: install  ## ruff on the sources and tests
 	$(VENV)/bin/ruff check src tests
 
-bench: install  ## Speed benchmarks, side by side in one run (input pipeline, engine overhead, start-up)
+bench: install  ## Speed benchmarks side by side (pipeline, overhead, start-up, the reference scripts, a sweep's fixed cost)
 	$(PY) -m runner.bench $(ARGS)
 
 transfer-grid: install  ## The lecture's 2x2 transfer grid in one command (results.md in its run dir); ARGS=overrides

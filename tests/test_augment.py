@@ -145,6 +145,7 @@ def test_scale_crops_zoom_in_keep_orientation_and_constant_images_constant():
     assert torch.equal(augment.random_resized_crop(flat, 0.3, [0.5, 2.0], torch.Generator()), flat)
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_augmented_grid_shows_originals_then_copies():
     x = _batch(4)
     grid = augment.augmented_grid(x, build_augmentation(compose_config(["augmentation=cutout"])), seed=0, copies=3)

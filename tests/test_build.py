@@ -17,8 +17,8 @@ from runner.nets import init, layers, transfer
 from runner.nets.models import CNN
 
 GROUPS = ("model", "activation", "init", "norm", "optimizer", "schedule", "augmentation", "preprocess", "averaging",
-          "transfer", "objective")
-NAMED = ("init", "norm", "schedule", "augmentation", "preprocess", "averaging", "transfer", "objective")
+          "transfer", "objective", "prune")
+NAMED = ("init", "norm", "schedule", "augmentation", "preprocess", "averaging", "transfer", "objective", "prune")
 OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONFIG_DIR / group).glob("*.yaml"))]
 
 

@@ -20,6 +20,7 @@ def run_dir(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_run_directory_holds_config_events_metrics_and_checkpoints(run_dir):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["optimizer"]["_target_"] == "torch.optim.Adam" and config["trainer"]["epochs"] == 2
@@ -75,6 +76,7 @@ def test_bad_values_give_one_line_errors_before_torch_is_imported(tmp_path, over
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("metrics.json"))
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_absent_device_is_refused_before_data_loads(tmp_path):
     import torch
 
@@ -138,6 +140,7 @@ def test_a_run_directory_that_cannot_be_made_is_one_line_before_hydra(tmp_path, 
     assert proc.returncode == 2 and len(lines) == 1 and "cannot be used" in lines[0] and where in lines[0]
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_a_run_names_its_directory_first_and_says_how_to_look_at_it_last(tmp_path):
     """On main a single run never said where its results went or how to see them."""
     run = tmp_path / "run"

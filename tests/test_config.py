@@ -144,7 +144,7 @@ def test_the_regularizer_table_is_the_regularization_folder_with_its_keys():
 
 
 def test_the_dropout_kinds_come_from_the_table():
-    assert DROPOUTS == ("dropout", "gaussian_dropout", "alpha_dropout")
+    assert DROPOUTS == ("dropout", "gaussian_dropout", "alpha_dropout", "uout")
     cfg = compose_config(["regularization=[l2,alpha_dropout,dropconnect]", "evaluation.mc_dropout_passes=2"])
     assert chosen(cfg.regularization, "dropout") == ["alpha_dropout"]
     assert "kinds of dropout" in _refused(["regularization=[dropout,alpha_dropout]"])

@@ -188,6 +188,7 @@ def test_synthetic_data_is_seeded_and_class_dependent():
 
 
 @pytest.mark.skipif(not (SHARED_DATA / data.CIFAR10_FOLDER).is_dir(), reason="no shared CIFAR-10 copy")
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_shared_copy_counts_and_channel_means(tmp_path):
     arrays = data.load_cifar10(SHARED_DATA, tmp_path, download=False)
     assert arrays["train_x"].shape == (50000, 3, 32, 32) and arrays["test_x"].shape == (10000, 3, 32, 32)

@@ -21,8 +21,9 @@ class FakeTracker:
     """Records what the probe writes."""
 
     def __init__(self):
-        self.values, self.histograms = {}, {}
-        self.writer = SimpleNamespace(add_histogram_raw=self._histogram)
+        self.values, self.histograms, self.figures = {}, {}, {}
+        self.writer = SimpleNamespace(add_histogram_raw=self._histogram,
+                                      add_figure=lambda tag, figure, step: self.figures.__setitem__(tag, figure))
 
     def scalars(self, values, step):
         for tag, value in values.items():
@@ -32,7 +33,7 @@ class FakeTracker:
         self.values.setdefault(tag, {})[step] = value
 
     def _histogram(self, tag, **kw):
-        self.histograms[tag] = kw
+        self.histograms.setdefault(tag, {})[kw["global_step"]] = kw
 
 
 def _probe(model, every=1, histograms=True):
@@ -88,14 +89,20 @@ def test_probe_measures_activations_gradients_and_update_ratios():
                                                               / weights[f"{first}.weight"].norm().item(), rel=1e-4)
     for layer in ("hidden.0.act", "hidden.1.act"):
         assert {f"diag/act_mean/{layer}", f"diag/act_std/{layer}", f"diag/saturated_frac/{layer}"} <= out.keys()
-        assert f"act/{layer}" in tracker.histograms
-        hist = tracker.histograms[f"act/{layer}"]
-        assert sum(hist["bucket_counts"]) == hist["num"] == 16 * 32
     assert "diag/dead_frac/hidden.0.act" not in out  # tanh units do not die
     assert "diag/bn_train_eval_gap" not in out  # no batch norm
-    # At step 0: the std over depth as a curve (x = layer), equal to the per-layer values.
-    assert tracker.values["diag/act_std_by_layer"] == {1: out["diag/act_std/hidden.0.act"],
-                                                       2: out["diag/act_std/hidden.1.act"]}
+    # At step 0: the std over depth as a figure (x = layer, not a step), its points the per-layer values.
+    figure = tracker.figures["diag/act_std_by_layer"]
+    assert list(figure.axes[0].lines[0].get_ydata()) == pytest.approx([out["diag/act_std/hidden.0.act"],
+                                                                       out["diag/act_std/hidden.1.act"]])
+    assert "layer" in figure.axes[0].get_xlabel() and "diag/act_std_by_layer" not in tracker.values
+    # Histograms wait for a second diagnostic step (a lone slice says nothing), then both steps are written.
+    assert tracker.histograms == {}
+    _sgd_step(model, probe, step=1, lr=0.1)
+    for layer in ("hidden.0.act", "hidden.1.act"):
+        hists = tracker.histograms[f"act/{layer}"]
+        assert sorted(hists) == [1, 2]
+        assert all(sum(h["bucket_counts"]) == h["num"] == 16 * 32 for h in hists.values())
 
 
 def test_hooks_are_attached_only_for_a_diagnostic_step():
@@ -174,6 +181,7 @@ def test_batch_norm_gap_compares_batch_and_running_statistics_and_changes_nothin
     assert batch_norm_losses(build_model(compose_config(["norm=none", "model.widths=[4]"]), 10), x, y) is None
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_a_run_writes_diagnostics_and_model_size_to_tensorboard(tmp_path):
     overrides = ["trainer.epochs=1", "diagnostics.every_steps=4", "model.widths=[8,16]"]
     train.fit(compose_config(overrides), tmp_path, choices_of(overrides))
@@ -181,10 +189,11 @@ def test_a_run_writes_diagnostics_and_model_size_to_tensorboard(tmp_path):
     events.Reload()
     scalars = events.Tags()["scalars"]
     assert {"model/params", "model/flops_per_image", "diag/initial_loss", "diag/bn_train_eval_gap",
-            "diag/act_std_by_layer", "diag/grad_norm/head", "diag/update_ratio/features.0.conv",
+            "diag/grad_norm/head", "diag/update_ratio/features.0.conv",
             "diag/dead_frac/features.0.act"} <= set(scalars)
     # measured at step 0 and every 4 (10 steps), logged after each at the count of steps done
     assert [e.step for e in events.Scalars("diag/update_ratio/head")] == [1, 5, 9]
-    assert "act/features.0.act" in events.Tags()["histograms"]
+    assert [e.step for e in events.Histograms("act/features.0.act")] == [1, 5, 9]
+    assert "diag/act_std_by_layer" in events.Tags()["images"]
     params = build_model(compose_config(overrides), 10)
     assert events.Scalars("model/params")[0].value == sum(p.numel() for p in params.parameters())

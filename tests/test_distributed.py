@@ -28,6 +28,7 @@ def _run(nproc: int, cwd, extra=()) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_two_processes_match_one_in_steps_images_and_accuracy(tmp_path):
     _run(1, tmp_path, ["hydra.run.dir=one"])
     _run(2, tmp_path)  # no hydra.run.dir: rank 0 picks the run directory for both

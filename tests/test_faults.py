@@ -89,6 +89,7 @@ def test_sigterm_finishes_the_step_keeps_last_checkpoint_and_restores_the_handle
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_sigterm_to_the_command_exits_143_with_status_and_resume_command(tmp_path):
     run_dir, out = tmp_path / "run", tmp_path / "out.txt"
     proc = _start([*LONG, f"hydra.run.dir={run_dir}"], tmp_path, out)
@@ -134,6 +135,7 @@ def _hold_lock(run_dir: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_a_second_process_on_a_run_directory_is_refused_naming_the_owner(tmp_path):
     run_dir = tmp_path / "run"
     owner = _hold_lock(run_dir)
@@ -159,6 +161,7 @@ def test_a_killed_owner_never_blocks_the_run_directory(tmp_path):
     os.close(fd)
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_starting_afresh_in_a_used_directory_moves_the_old_run_apart(tmp_path):
     first = _fit(tmp_path, ["trainer.epochs=1"])
     old_last = (tmp_path / train.LAST).read_bytes()
@@ -176,6 +179,7 @@ def test_starting_afresh_in_a_used_directory_moves_the_old_run_apart(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # Divergence
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_exploding_loss_with_batch_norm_is_diverged_exit_3_and_a_rerun_says_so_again(tmp_path):
     """lr=1e6 with batch norm: on main the loss reached 6e16 and the run ended `completed`, exit 0."""
     run_dir = tmp_path / "run"
@@ -253,6 +257,7 @@ def test_a_file_where_the_run_directory_should_be_is_one_line(tmp_path):
         _fit(tmp_path / "file" / "run")
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_an_unexpected_error_is_status_failed_one_line_and_exit_1(tmp_path):
     """An exception inside the run: metrics.json says failed and names it, last.pt stays, the command prints one
     line (the traceback only with HYDRA_FULL_ERROR=1) and exits 1."""

@@ -39,6 +39,7 @@ def source(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n != "source"])
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_fixed_run_gives_the_recorded_metrics(name, source, tmp_path):
     from runner.engine.train import fit
 

@@ -72,6 +72,7 @@ def _nested(levels: int = 40, kind=list):
 # ---------------------------------------------------------------------------------------------------------------
 # CIFAR batches
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_self_referencing_nested_labels_are_refused_in_well_under_a_second(tmp_path):
     write_cifar(tmp_path)
     path = tmp_path / data.CIFAR10_FOLDER / "data_batch_1"
@@ -88,6 +89,7 @@ def test_self_referencing_nested_labels_are_refused_in_well_under_a_second(tmp_p
     assert "data.root=" in message and "\n" not in message
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_a_tuple_key_that_takes_forever_to_hash_is_refused_at_once(tmp_path):
     write_cifar(tmp_path)
     (tmp_path / data.CIFAR10_FOLDER / "data_batch_5").write_bytes(_tuple_bomb())
@@ -289,6 +291,7 @@ def test_the_ensemble_command_refuses_a_damaged_member_in_one_line(run, tmp_path
     assert "last.pt is damaged (truncated?)" in err and "leave" in err and "out of the ensemble" in err
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_a_checkpoint_whose_key_takes_forever_to_hash_is_refused_at_once(run, tmp_path):
     bomb = tmp_path / "bomb.pt"
     with zipfile.ZipFile(run / "checkpoints" / "best.pt") as src, zipfile.ZipFile(bomb, "w") as out:

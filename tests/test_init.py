@@ -239,6 +239,7 @@ def test_whitening_needs_its_keys():
         validate(compose_config(["init=dirac", "init.first_layer=pca"], checked=False))
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_whitening_bias_trains_for_first_layer_bias_epochs_then_stays(tmp_path):
     """init.first_layer_bias_epochs=N: the stem's bias moves in the first N epochs only (held by optim.hold, which
     drops its gradient, so momentum and decay cannot move it either)."""

@@ -80,6 +80,28 @@ def test_adam_without_bias_correction_follows_its_formula():
         assert torch.allclose(step, expected * torch.tensor([1.0, -1.0], dtype=torch.float64))
 
 
+def test_adam_without_bias_correction_takes_larger_steps_not_tiny_ones():
+    """On a constant gradient m_t = (1 - b1^t) g and v_t = (1 - b2^t) g^2, so the uncorrected step is
+    lr (1 - b1^t) / sqrt(1 - b2^t): 3.16 lr at t = 1, about 6.5 lr near t = 10 (the docstring's figures), while
+    the corrected step stays lr."""
+    lr, (b1, b2), steps = 0.01, (0.9, 0.999), 30
+    sizes = {}
+    for correction in (True, False):
+        x = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+        opt = reference_optim.Adam([x], lr=lr, betas=(b1, b2), eps=0.0, bias_correction=correction)
+        sizes[correction] = []
+        for _ in range(steps):
+            before = x.detach().clone()
+            x.grad = torch.full_like(x, 0.3)
+            opt.step()
+            sizes[correction].append(float((before - x.detach()).abs()))
+    t = torch.arange(1, steps + 1, dtype=torch.float64)
+    assert torch.allclose(torch.tensor(sizes[True], dtype=torch.float64), torch.full_like(t, lr), rtol=1e-9)
+    expected = lr * (1 - b1 ** t) / (1 - b2 ** t).sqrt()
+    assert torch.allclose(torch.tensor(sizes[False], dtype=torch.float64), expected, rtol=1e-9)
+    assert sizes[False][0] / lr == pytest.approx(3.162, abs=1e-3) and 6.4 < sizes[False][9] / lr < 6.6
+
+
 def test_reference_state_round_trips_through_a_checkpoint(tmp_path):
     """Resume needs the optimizer state: save, load into a fresh optimizer, continue identically."""
     from runner.data import checkpoint

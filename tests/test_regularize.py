@@ -102,6 +102,7 @@ def _scripted_val(monkeypatch, accs):
     monkeypatch.setattr(Classify, "evaluate", fake)
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_early_stopping_stops_restores_the_best_weights_and_stays_stopped(tmp_path, monkeypatch):
     overrides = [*FAST, "trainer.epochs=5", "regularization=[early_stopping]",
                  "regularization.early_stopping.patience_epochs=2"]

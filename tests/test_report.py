@@ -28,6 +28,10 @@ def make_sweep(path, trials, space):
         if best is not None:
             row.update(best_val_acc=best, test_acc=best - 0.01, epochs_completed=epochs)
         rows.append(row)
+    # the sweeper's rank: 1 for the completed trial with the best best_val_acc (the default metric), and so on
+    done = sorted((r for r in rows if r["status"] == "completed"), key=lambda r: -r["best_val_acc"])
+    for rank, row in enumerate(done, start=1):
+        row["rank"] = rank
     write_table(path / "trials.csv", rows, keys)
     (path / "search_space.json").write_text(json.dumps(space))
     return path
@@ -127,4 +131,4 @@ def test_without_a_directory_the_latest_sweep_is_reported(tmp_path, monkeypatch)
 def test_table_columns_are_what_the_sweeper_writes(grid_sweep):
     with (grid_sweep / "trials.csv").open(newline="") as f:
         header = next(csv.reader(f))
-    assert header == ["trial", "status", "optimizer", "seed", *METRICS, "job_dir", "message"]
+    assert header == ["trial", "status", "rank", "optimizer", "seed", *METRICS, "job_dir", "message"]

@@ -20,6 +20,7 @@ def _fit(tmp_path, overrides=()):
     return train.fit(cfg, tmp_path, choices_of(overrides))
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_loss_falls_and_accuracy_rises_well_above_chance(tmp_path):
     metrics = _fit(tmp_path, ["trainer.epochs=3"])
     history = metrics["history"]
@@ -30,6 +31,7 @@ def test_loss_falls_and_accuracy_rises_well_above_chance(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] == metrics["test_acc"]
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
     a = _fit(tmp_path / "a", ["seed=3", "trainer.epochs=1"])
     b = _fit(tmp_path / "b", ["seed=3", "trainer.epochs=1"])
@@ -47,6 +49,7 @@ def test_divergence_ends_the_run_with_status_diverged(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
     _fit(tmp_path, ["trainer.epochs=1"])
     state = checkpoint.load(tmp_path / train.LAST)
@@ -56,6 +59,7 @@ def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
     assert (tmp_path / train.BEST).is_file()
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_resume_an_already_completed_run_trains_no_further(tmp_path):
     """Running a completed run again reports its metrics and rewrites nothing (no second HPARAMS entry)."""
     first = _fit(tmp_path, ["trainer.epochs=1"])
@@ -66,6 +70,7 @@ def test_resume_an_already_completed_run_trains_no_further(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in files} == files  # only the lock records its new owner
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_resume_from_other_run_directory(tmp_path):
     _fit(tmp_path / "a", ["trainer.epochs=1"])
     metrics = _fit(tmp_path / "b", ["trainer.epochs=2", f"trainer.resume={tmp_path / 'a'}"])
@@ -88,6 +93,8 @@ def test_pick_device():
 KILL_ARGS = ["data.train_examples=3000", "trainer.epochs=3", "trainer.batch_size=50", "seed=5"]
 
 
+# slow (two 3-epoch CLI runs and a kill): resume equality runs fast in-process in test_train_techniques
+@pytest.mark.slow
 def test_killed_mid_epoch_then_resumed_equals_uninterrupted_run(tmp_path):
     """SIGKILL during epoch 2, re-run the same command in the same run directory: the final metrics equal
     those of a run that was never interrupted."""
@@ -127,6 +134,7 @@ def _scalars(run_dir, tag):
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_resuming_under_another_optimizer_is_refused_with_the_differing_keys(tmp_path):
     """On main this crashed with KeyError: 'step' (Adam's state read from SGD's checkpoint)."""
     _fit(tmp_path, ["trainer.epochs=1", "optimizer=sgd"])
@@ -145,6 +153,7 @@ def test_a_changed_data_size_is_not_reported_as_the_old_run(tmp_path):
         _fit(tmp_path, ["trainer.epochs=1", "data.train_size=600"])
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_more_epochs_continue_on_the_replanned_schedule(tmp_path):
     """Raising trainer.epochs re-plans the schedule: the first new step uses the new plan's lr at that step (on
     main it used the old plan's last lr, 25x-1000x smaller for onecycle)."""
@@ -159,6 +168,7 @@ def test_more_epochs_continue_on_the_replanned_schedule(tmp_path):
     assert lrs[11] > 10 * lrs[10]
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_tensorboard_holds_every_epochs_scalars_once_after_a_resume(tmp_path):
     """On main the resumed run's purge_step deleted the last checkpointed epoch's val scalars."""
     _fit(tmp_path, ["trainer.epochs=1"])

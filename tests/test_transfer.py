@@ -290,6 +290,7 @@ def test_bad_transfer_settings_are_refused_at_startup(overrides, message):
 # ---------------------------------------------------------------------------------------------------------------
 # Autoencoder pretraining
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_autoencoder_reconstructs_and_its_encoder_transfers(tmp_path):
     # A 32-number code (widths [16,32]) of low-noise synthetic images: learnable in a few epochs.
     cfg = compose_config(["model.widths=[16,32]", "objective=autoencoder", "data.train_examples=400", "data.noise=5",
@@ -305,6 +306,7 @@ def test_autoencoder_reconstructs_and_its_encoder_transfers(tmp_path):
     assert set(report.new) == {"head.weight", "head.bias"} and not any("decoder" in k for k in report.loaded)
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_autoencoder_run_resumes_where_a_crash_left_it(tmp_path, monkeypatch):
     """A crash after epoch 1's checkpoint, then the same command again: the same history as an uninterrupted run."""
     from runner.engine import run
@@ -330,7 +332,7 @@ def test_autoencoder_run_resumes_where_a_crash_left_it(tmp_path, monkeypatch):
     monkeypatch.setattr(run.checkpoint, "save", record)
     resumed = pretrain(compose_config(overrides), tmp_path / "crashed", {})
     assert saved_epochs == [2]  # epoch 1 was not trained again
-    untimed = [[{k: v for k, v in h.items() if k not in ("epoch_s", "img_per_s")} for h in m["history"]]
+    untimed = [[{k: v for k, v in h.items() if k not in ("epoch_s", "img_per_s", "val_s")} for h in m["history"]]
                for m in (resumed, whole)]
     assert untimed[0] == untimed[1] and resumed["steps"] == whole["steps"]
 
@@ -343,6 +345,7 @@ def test_autoencoder_output_has_the_image_shape():
 # ---------------------------------------------------------------------------------------------------------------
 # End to end
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_cli_linear_probe_reports_and_logs_trainable_parameters(tmp_path, source):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -378,6 +381,18 @@ def test_grid_plan_pretrains_once_then_every_setting_in_every_cell(tmp_path):
     assert "objective=autoencoder" in plan(OmegaConf.merge(grid, {"pretrain": "autoencoder"}), tmp_path)[0]["overrides"]
 
 
+def test_grid_transfer_runs_never_reuse_the_pretraining_seed(tmp_path):
+    """A transfer run with the pretraining run's seed would start from the pretraining run's initial head."""
+    from runner.transfer_grid import plan
+
+    grid = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "transfer_grid.yaml"), {"seed": 7})
+    runs = plan(grid, tmp_path / "pretrain")
+    seeds = [[o for o in r["overrides"] if o.startswith("seed=")] for r in runs]
+    assert seeds[0] == ["seed=7"] and all(s == ["seed=8"] for s in seeds[1:])
+    with pytest.raises(ConfigError, match="overrides has seed=3"):
+        plan(OmegaConf.merge(grid, {"overrides": ["seed=3"]}), tmp_path)
+
+
 @pytest.mark.slow
 def test_grid_one_command_writes_the_results_table(tmp_path):
     """The whole grid on tiny synthetic data (1 epoch each): a table with every cell and setting."""
@@ -394,6 +409,7 @@ def test_grid_one_command_writes_the_results_table(tmp_path):
 
 
 
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_transfer_none_leaves_a_frozen_layer_frozen(tmp_path):
     """transfer=none must not touch requires_grad: the fast preset's whitened stem is frozen by its init
     (init.first_layer_trainable=false) and stays so through training, whatever the learning rate."""

@@ -8,7 +8,18 @@
 (c) start-up: seconds from process start to the first training step, and for `python -m runner --cfg job`;
 (d) speed options: img/s of the default cnn with each of trainer.channels_last / precision / compile switched on;
 (e) data parallel: img/s of `torchrun --nproc_per_node=2` against one process, same global batch;
-(f) the fast preset against the default cnn at the same wall-clock budget: test accuracy after each epoch.
+(f) the fast preset against the default cnn at the same wall-clock budget: test accuracy after each epoch;
+(g) inference latency per activation: one forward pass of the default cnn (or --latency-model) in eval mode, fp32,
+    with its batch norms as they are and folded into the conv before them, at batch 1 and a large batch (median and
+    IQR over --repeats x 10 timed calls), side by side;
+(h) the default experiment against ../shared/bench/baseline_cnn.py (the same cnn by hand), same images and epochs;
+(i) the fast preset against ../shared/bench/airbench_ref.py (airbench94's recipe), same images and epochs, plain and
+    TTA accuracy;
+    (h) and (i): --train-size, --epochs, --seeds (quick by default; --full: all 50,000 images, 10 epochs, 2 seeds);
+    they need the CIFAR-10 folder (--data-root) and the reference scripts (RUNNER_BENCH_REFERENCE, default
+    ../shared/bench);
+(j) a sweep's fixed cost per trial (start-up, data, test pass, the sweep's own work) against its 1-epoch trial on
+    5,000 images, with the test pass in each trial and left to the end of the sweep.
 
 Data: the CIFAR-10 copy under data.root / RUNNER_DATA_DIR when there is one, else synthetic data of the same shape.
 Timings on a shared machine are noisy: read the ratios, which are measured side by side.
@@ -32,6 +43,8 @@ from runner.config.schema import CIFAR10_TRAIN_IMAGES
 from runner.data import loading as data
 from runner.engine import train
 from runner.engine.build import build_augmentation, build_preprocess
+
+PARTS = "abcdefghij"  # the parts, in the order they run (--only)
 
 
 def _config(overrides):
@@ -111,27 +124,26 @@ def bench_input_pipeline(arrays, device, images: int, batch_size: int = 256) -> 
 
 
 def bench_engine(arrays, device, train_size: int, repeats: int, overrides=()) -> dict:
-    """One epoch over train_size images: runner's train_one_epoch (logging on) against a bare loop."""
-    cfg = _config([f"device={device}", "trainer.progress=false", *overrides])
-    splits = data.split(arrays, data.CIFAR10_CLASSES, 0, train_size, 0, device)
+    """One epoch over train_size images: runner's train_one_epoch (a real Run: logging, components) against a bare
+    loop, same model, optimizer, schedule and data."""
     from runner.engine.build import build_model, build_optimizer, build_schedule
+    from runner.engine.run import Run
 
+    cfg = _config([f"device={device}", "trainer.progress=false", "data=synthetic",
+                   f"data.train_examples={train_size + 10}", "data.test_examples=10", "data.val_size=10",
+                   f"trainer.epochs={repeats + 1}", *overrides])
+    splits = data.split(arrays, data.CIFAR10_CLASSES, 0, train_size, 0, device)
     augmentation = build_augmentation(cfg)
+    steps = data.steps_per_epoch(train_size, cfg.trainer.batch_size)
 
-    def fresh():
+    def bare_state():
         torch.manual_seed(0)
         model = build_model(cfg, 10).to(device)
-        pre = build_preprocess(cfg, splits.train_x).to(device)
         opt = build_optimizer(cfg, model)
-        steps = data.steps_per_epoch(train_size, cfg.trainer.batch_size)
-        sched = build_schedule(cfg, opt, steps * (repeats + 1), steps)
-        return model, pre, opt, sched
+        return model, build_preprocess(cfg, splits.train_x).to(device), opt, build_schedule(cfg, opt, steps * (repeats + 1), steps)
 
-    def runner_epoch(state, tracker):
-        model, pre, opt, sched = state
-        progress = train.Progress(False, 1, 1)
-        result = train.train_one_epoch(model, pre, splits, opt, sched, torch.nn.CrossEntropyLoss(), cfg,
-                                       torch.Generator(device=device).manual_seed(0), tracker, 0, 0, progress)
+    def runner_epoch(run):
+        result, _ = train.train_one_epoch(run)
         return result.images / result.seconds
 
     def bare_epoch(state):
@@ -150,19 +162,21 @@ def bench_engine(arrays, device, train_size: int, repeats: int, overrides=()) ->
         loss.item()  # wait for the device
         return n / (time.perf_counter() - start)
 
-    from runner.engine.tracking import Tracker
-
     with tempfile.TemporaryDirectory() as tmp:
-        tracker = Tracker(Path(tmp))
-        ours_state, bare_state = fresh(), fresh()
-        runner_epoch(ours_state, tracker)  # warm-up both
-        bare_epoch(bare_state)
-        ours, bare = [], []
+        torch.manual_seed(0)
+        run = Run(cfg, Path(tmp), {"model": "bench"})
+        run.splits = splits  # the bench's data, in place of the tiny synthetic set the config loaded
+        run.open_tracker()
+        bare = bare_state()
+        runner_epoch(run)  # warm-up both
+        bare_epoch(bare)
+        ours, theirs = [], []
         for _ in range(repeats):
-            ours.append(runner_epoch(ours_state, tracker))
-            bare.append(bare_epoch(bare_state))
-        tracker.close()
-    o, b = statistics.median(ours), statistics.median(bare)
+            ours.append(runner_epoch(run))
+            theirs.append(bare_epoch(bare))
+        run.tracker.close()
+        run.release()
+    o, b = statistics.median(ours), statistics.median(theirs)
     return {"runner_img_per_s": o, "bare_img_per_s": b, "overhead_pct": 100 * (b - o) / b,
             "model": cfg.model._target_, "batch_size": cfg.trainer.batch_size, "train_size": train_size}
 
@@ -256,6 +270,180 @@ def bench_preset(data_args: list[str], device, train_size: int, epochs: int) -> 
     return rows
 
 
+def bench_latency(device, model: str, batch_sizes: list[int], repeats: int) -> dict:
+    """{activation: {unfolded|folded: {batch size: latency}}} of `model=` with each `activation=` option."""
+    from runner.config.keys import option_names
+    from runner.engine.build import build_model
+    from runner.engine.inference import latency_table
+    from runner.nets.fold import fold_batch_norm
+
+    out = {}
+    for activation in option_names("activation"):
+        cfg = _config([f"model={model}", f"activation={activation}", "norm=batch", f"device={device}"])
+        torch.manual_seed(0)
+        net = build_model(cfg, 10).to(device).eval()
+        folded, count = fold_batch_norm(net)
+        images = torch.randn(max(batch_sizes), 3, 32, 32, device=device)
+        out[activation] = {"batch_norms_folded": count,
+                           **latency_table({"unfolded": net, "folded": folded}, images, batch_sizes, repeats)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Against the reference scripts (../shared/bench), run as they are, on the same images, epochs and machine
+
+REFERENCE_DIR = Path(os.environ.get("RUNNER_BENCH_REFERENCE", Path(__file__).resolve().parents[3] / "shared" / "bench"))
+
+
+def _subset_root(root: Path, tmp: Path, name: str, positions, bytes_keys: bool = False) -> Path:
+    """A copy of the CIFAR-10 folder at `root` whose training image at file position positions[j] is runner's j-th
+    training image (data.val_size=0: the first train_size images of its seeded permutation), the other images after
+    them: a script that takes the images at those positions trains on exactly runner's images. The test batch and
+    meta file are links to the originals. bytes_keys: the batches' keys as bytes (airbench_ref.py unpickles with
+    encoding="bytes"), else str (baseline_cnn.py, encoding="latin1")."""
+    import pickle
+
+    arrays = data.read_cifar10(root)
+    n = len(arrays["train_y"])
+    positions = positions(n) if callable(positions) else positions  # a function of the number of images
+    mine = np.random.default_rng(0).permutation(n)  # runner's split with data.split_seed=0, data.val_size=0
+    order = np.empty(n, dtype=np.int64)
+    order[positions] = mine[:len(positions)]
+    rest = np.setdiff1d(np.arange(n), positions, assume_unique=True)
+    order[rest] = mine[len(positions):]
+    folder = tmp / name / data.CIFAR10_FOLDER
+    folder.mkdir(parents=True)
+    x, y = arrays["train_x"][order].reshape(n, -1), arrays["train_y"][order]
+    for i, part in enumerate(np.array_split(np.arange(n), len(data.TRAIN_BATCHES))):
+        with (folder / data.TRAIN_BATCHES[i]).open("wb") as f:  # the keys as the official files hold them
+            keys = (b"data", b"labels") if bytes_keys else ("data", "labels")
+            pickle.dump(dict(zip(keys, (x[part], y[part].tolist()), strict=True)), f, protocol=4)
+    for other in (data.TEST_BATCH, "batches.meta"):
+        (folder / other).symlink_to((root / data.CIFAR10_FOLDER / other).resolve())
+    return folder.parent
+
+
+def _script(args: list[str]) -> tuple[str, float]:
+    """Run a reference script with this Python; its stdout and wall seconds."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout, time.perf_counter() - start
+
+
+def _timed_run(args: list[str], run_dir: Path) -> tuple[dict, float]:
+    start = time.perf_counter()
+    metrics = _run(args, run_dir)
+    return metrics, time.perf_counter() - start
+
+
+def bench_baseline(root: str, device, train_size: int, epochs: int, seeds: int) -> dict:
+    """(h) The default experiment against ../shared/bench/baseline_cnn.py (the same cnn written by hand), same
+    images (all of them, or the same train_size: the script's first images are runner's), same epochs, no
+    validation hold-out. The script fixes its seed (torch.manual_seed(0)): its repeats differ only by chance."""
+    n = CIFAR10_TRAIN_IMAGES if train_size >= CIFAR10_TRAIN_IMAGES else train_size
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        script_root = Path(root) if n == CIFAR10_TRAIN_IMAGES else _subset_root(Path(root), tmp, "first", np.arange(n))
+        for seed in range(seeds):
+            metrics, wall = _timed_run([f"data.root={root}", f"device={device}", f"seed={seed}",
+                                        f"trainer.epochs={epochs}", "data.val_size=0", f"data.train_size={n}"],
+                                       tmp / f"runner{seed}")
+            ours.append({"test_acc": metrics["test_acc"], "wall_s": wall, "train_s": metrics["wall_time_s"]})
+            out, wall = _script([str(REFERENCE_DIR / "baseline_cnn.py"), str(script_root), str(n), str(epochs)])
+            last = [line for line in out.splitlines() if line.startswith("epoch ")][-1]
+            theirs.append({"test_acc": float(last.split("test acc ")[1].split()[0]), "wall_s": wall})
+    return {"train_size": n, "epochs": epochs, "runner": ours, "baseline": theirs, "device": str(device)}
+
+
+def bench_airbench(root: str, device, train_size: int, epochs: int, seeds: int) -> dict:
+    """(i) +experiment=fast against ../shared/bench/airbench_ref.py (airbench94's recipe written independently):
+    same images (the script's random subset, generator seed 1234, is given runner's images at its positions), same
+    epochs, no validation hold-out; test accuracy plain and with TTA, wall seconds."""
+    n = min(train_size, CIFAR10_TRAIN_IMAGES)
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        script_root = Path(root)
+        if n < CIFAR10_TRAIN_IMAGES:
+            def picked(total: int) -> np.ndarray:  # what airbench_ref.py takes of `total` training images
+                return torch.randperm(total, generator=torch.Generator().manual_seed(1234))[:n].numpy()
+
+            script_root = _subset_root(Path(root), tmp, "airbench", picked, bytes_keys=True)
+        for seed in range(seeds):
+            metrics, wall = _timed_run([f"data.root={root}", f"device={device}", f"seed={seed}", "+experiment=fast",
+                                        f"trainer.epochs={epochs}", "data.val_size=0", f"data.train_size={n}"],
+                                       tmp / f"runner{seed}")
+            ours.append({"test_acc": metrics["test_acc"], "tta_acc": metrics.get("test_acc_tta"), "wall_s": wall,
+                         "train_s": sum(h["epoch_s"] for h in metrics["history"])})
+            args = [str(REFERENCE_DIR / "airbench_ref.py"), "--data", str(script_root), "--train-size", str(n),
+                    "--epochs", str(epochs), "--seed", str(seed), "--device", str(device)]
+            out, wall = _script(args + (["--bf16"] if device.type == "cuda" else []))
+            ref = json.loads(out.strip().splitlines()[-1])
+            theirs.append({"test_acc": ref["test_acc"], "tta_acc": ref["tta_acc"], "wall_s": wall,
+                           "train_s": ref["train_s"]})
+    return {"train_size": n, "epochs": epochs, "runner": ours, "airbench_ref": theirs, "device": str(device)}
+
+
+def _mean_sd(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.4f}{spread}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A sweep's fixed cost per trial
+
+def _trial_times(job_dir: Path) -> dict:
+    """A trial's job start and end (time.time()), and the seconds of its real work: training and validation."""
+    m = json.loads((job_dir / "metrics.json").read_text())
+    started = m["first_step_at"] - m["startup_s"]
+    ended = started + m["startup"]["setup_s"] + m["wall_time_s"]
+    work = sum(h["epoch_s"] + h["val_s"] for h in m["history"])
+    return {"started": started, "ended": ended, "work_s": work, "startup_s": m["startup_s"], **m["startup"]}
+
+
+def bench_sweep_cost(data_args: list[str], device, train_size: int, trials: int) -> dict:
+    """(j) What a sweep's trial pays besides training and validating: a grid of `trials` seeds, 1 epoch on
+    train_size images each, the default cnn, Hydra's basic launcher (one process), measured twice side by side: each
+    trial testing at its end (hydra.sweeper.test_trials=all) and the test left to the end of the sweep
+    (test_trials=best, test_best=1). Fixed cost of a trial = its job's seconds minus its training and validation,
+    plus the sweep's gap before the next trial (Hydra, Optuna, trials.csv); the first trial (imports) apart."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("all", "best"):
+            sweep_dir = Path(tmp) / mode
+            cmd = [sys.executable, "-m", "runner", "-m", *data_args, f"device={device}", "trainer.epochs=1",
+                   f"data.train_size={train_size}", "trainer.progress=false", f"seed={','.join(map(str, range(trials)))}",
+                   f"hydra.sweeper.test_trials={mode}", "hydra.sweeper.test_best=1", f"hydra.sweep.dir={sweep_dir}"]
+            start = time.time()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            end = time.time()
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+            times = sorted((_trial_times(d) for d in sweep_dir.iterdir() if (d / "metrics.json").is_file()),
+                           key=lambda t: t["started"])
+            gaps = [b["started"] - a["ended"] for a, b in zip(times, times[1:], strict=False)]
+            later = times[1:] or times
+            gap = statistics.fmean(gaps) if gaps else 0.0
+            fixed = [t["ended"] - t["started"] - t["work_s"] + gap for t in later]
+            trial = [t["ended"] - t["started"] + gap for t in later]
+            out[mode] = {
+                "trials": len(times), "fixed_s": statistics.fmean(fixed), "trial_s": statistics.fmean(trial),
+                "ratio": statistics.fmean(fixed) / statistics.fmean(trial), "gap_s": gap,
+                "startup_s": statistics.fmean(t["startup_s"] for t in later),
+                "parts": {k: statistics.fmean(t[k] for t in later) for k in ("setup_s", "data_s", "build_s",
+                                                                              "first_step_s")},
+                "first_trial_startup_s": times[0]["startup_s"],
+                "before_first_s": times[0]["started"] - start, "after_last_s": end - times[-1]["ended"],
+                "sweep_s": end - start}
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default=os.environ.get("RUNNER_DATA_DIR", "data"))
@@ -267,11 +455,22 @@ def main(argv=None) -> None:
                         help="training images for (f); 0 skips (f)")
     parser.add_argument("--preset-epochs", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="include torch.compile in (d) (slow to compile on CPU)")
-    parser.add_argument("--only", default="abcdef", help="the parts to run, e.g. --only f (default: all, abcdef)")
+    parser.add_argument("--train-size", type=int, default=5000, help="training images for (h) and (i)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs for (h) and (i)")
+    parser.add_argument("--seeds", type=int, default=2, help="runs of each side for (h) and (i)")
+    parser.add_argument("--full", action="store_true",
+                        help="(h) and (i) at full size: all 50,000 training images, 10 epochs, 2 seeds")
+    parser.add_argument("--sweep-trials", type=int, default=4, help="trials of each sweep in (j)")
+    parser.add_argument("--sweep-images", type=int, default=5000, help="training images of a trial in (j)")
+    parser.add_argument("--latency-model", default="cnn", help="the model= option whose latency (g) measures")
+    parser.add_argument("--latency-batch", type=int, default=256, help="the large batch of (g), beside batch 1")
+    parser.add_argument("--only", default=PARTS, help=f"the parts to run, e.g. --only f (default: all, {PARTS})")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
-    if not args.only or set(args.only) - set("abcdef"):
-        parser.error(f"--only {args.only!r}: give letters of abcdef, e.g. --only f or --only abc")
+    if not args.only or set(args.only) - set(PARTS):
+        parser.error(f"--only {args.only!r}: give letters of {PARTS}, e.g. --only f or --only abc")
+    if args.full:
+        args.train_size, args.epochs, args.seeds = CIFAR10_TRAIN_IMAGES, 10, 2
     device = torch.device(args.device)
     torch.set_num_threads(torch.get_num_threads())
 
@@ -312,8 +511,58 @@ def main(argv=None) -> None:
             print(f"      fast {row['fast_epochs']} epoch(s) {row['fast_test_acc']:.3f} in {row['wall_s']:.0f} s"
                   f"   |   cnn {row['cnn_epochs']} epoch(s) {row['cnn_test_acc']:.3f} in {row['cnn_wall_s']:.0f} s")
 
+    if "g" in args.only:
+        sizes = [1, args.latency_batch]
+        r = results["latency"] = bench_latency(device, args.latency_model, sizes, 10 * args.repeats)
+        print(f"(g) inference latency, model={args.latency_model}, eval mode, fp32, ms per forward pass (median, IQR),"
+              " batch norms unfolded | folded into the conv before them:")
+        for activation, row in r.items():
+            print(f"      {activation:<11}" + "   ".join(
+                f"batch {b}: {row['unfolded'][b]['median_ms']:8.3f} ({row['unfolded'][b]['iqr_ms']:.3f}) | "
+                f"{row['folded'][b]['median_ms']:8.3f} ({row['folded'][b]['iqr_ms']:.3f}) "
+                f"{row['unfolded'][b]['median_ms'] / row['folded'][b]['median_ms']:.2f}x" for b in sizes))
+    if set("hi") & set(args.only) and not has_cifar:
+        print(f"(h), (i) skipped: they compare on CIFAR-10, and there is none under {args.data_root} (--data-root)")
+    if "h" in args.only and has_cifar:
+        r = results["baseline"] = bench_baseline(args.data_root, device, args.train_size, args.epochs, args.seeds)
+        _print_versus("(h) default experiment vs baseline_cnn.py (CPU, 2 threads; its seed is fixed, so its repeats "
+                      "differ only by chance)", r, "baseline", "baseline_cnn.py", tta=False)
+    if "i" in args.only and has_cifar:
+        r = results["airbench"] = bench_airbench(args.data_root, device, args.train_size, args.epochs, args.seeds)
+        _print_versus("(i) +experiment=fast vs airbench_ref.py", r, "airbench_ref", "airbench_ref.py", tta=True)
+    if "j" in args.only:
+        r = results["sweep_cost"] = bench_sweep_cost(data_args, device, args.sweep_images, args.sweep_trials)
+        print(f"(j) a sweep's fixed cost per trial: 1 epoch on {args.sweep_images:,} images, default cnn, basic "
+              f"launcher, {args.sweep_trials} trials (the first, which imports torch, apart):")
+        for mode, m in r.items():
+            parts = ", ".join(f"{k[:-2]} {v:.2f}" for k, v in m["parts"].items())
+            print(f"      test_trials={mode:<4}  fixed {m['fixed_s']:.2f} s of {m['trial_s']:.2f} s a trial = "
+                  f"{100 * m['ratio']:.1f}% (target <= 10%)   start-up {m['startup_s']:.2f} s ({parts}), between "
+                  f"trials {m['gap_s']:.2f} s; first trial's start-up {m['first_trial_startup_s']:.1f} s, after the "
+                  f"last trial {m['after_last_s']:.1f} s (the best trial's test when deferred)")
+
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _print_versus(title: str, r: dict, other: str, other_name: str, tta: bool) -> None:
+    """A side-by-side table of (h) or (i): mean ± std over the seeds, wall seconds and their ratio."""
+    same = ("all 50,000 training images" if r["train_size"] == CIFAR10_TRAIN_IMAGES else
+            f"the same {r['train_size']:,} training images (runner: data.train_size first of its seeded split, "
+            "data.val_size=0; the script is given a reordered copy whose images at the positions it takes are "
+            "runner's)")
+    print(f"{title}: {r['epochs']} epochs, {same}, {len(r['runner'])} seed(s), runner on {r['device']}")
+    header = f"      {'':<34}{'test acc':>18}" + (f"{'TTA acc':>18}" if tta else "") + f"{'wall s':>10}"
+    print(header)
+    walls = {}
+    for name, runs in (("runner", r["runner"]), (other_name, r[other])):
+        walls[name] = statistics.fmean(x["wall_s"] for x in runs)
+        line = f"      {name[:34]:<34}{_mean_sd([x['test_acc'] for x in runs]):>18}"
+        if tta:
+            line += f"{_mean_sd([x['tta_acc'] for x in runs]):>18}"
+        print(line + f"{walls[name]:>10.1f}")
+    print(f"      runner's wall time / the script's: {walls['runner'] / walls[other_name]:.2f}  (each: the whole "
+          "process, data loading included)")
 
 
 if __name__ == "__main__":

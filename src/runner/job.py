@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -22,20 +23,22 @@ def run_job(cfg) -> float | None:
     """Returns the best validation accuracy (what a sweeper maximizes), or None when the run did not complete. A
     single run exits with its status's code (EXIT_CODES); a job of a multirun returns or raises instead, so that
     the sweep goes on."""
+    started_at = time.time()  # the origin of startup_s: this job's start (a sweep runs many in one process)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)
         from runner.engine.components import SweepReport
         from runner.engine.train import fit  # torch is imported from here on
-        from runner.sweeps.study import trial_reporter
+        from runner.sweeps.study import trial_context
 
         hydra_cfg = HydraConfig.get()
-        report = trial_reporter()  # None unless this run is a trial of an Optuna sweep
+        trial = trial_context()  # None unless this run is a trial of an Optuna sweep
         try:
             metrics = fit(cfg, run_dir, dict(hydra_cfg.runtime.choices),
-                          [SweepReport(report)] if report is not None else [],
-                          command=None if multirun else resume_command(hydra_cfg, run_dir))
+                          [SweepReport(trial.report)] if trial is not None else [],
+                          command=None if multirun else resume_command(hydra_cfg, run_dir), started_at=started_at,
+                          sweep_trial=trial is not None, test=trial is None or trial.test)
         finally:
             if "WORLD_SIZE" in os.environ:  # a torchrun rank: leave the process group cleanly
                 from runner.engine.distributed import close

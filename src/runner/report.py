@@ -3,7 +3,8 @@
 Prints the trials ranked by best validation accuracy, the mean +- std over seeds of each configuration, and a
 warning when the best value of a searched parameter lies near the edge of its range (the lecture: then widen the
 range and search again). Writes PNG plots to SWEEP_DIR/report/: every trial's validation curve, and the best
-validation accuracy against each searched parameter (log axis for a log-uniform one).
+validation accuracy against each searched parameter (log axis for a log-uniform one); when the trials' models differ
+in size (an architecture search), the Pareto front of accuracy against parameters and FLOPs (a table and pareto.png).
 Without SWEEP_DIR: the most recent sweep under outputs/.
 """
 
@@ -15,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from runner.sweeps.study import METRICS, SPACE, STATUSES, TABLE
+from runner.sweeps.study import SPACE, STATUSES, TABLE, is_outcome_column
 
 EDGE = 0.1  # "near the edge": in the outer 10% of the range (of log10 of it for a log-uniform parameter)
 SEED_KEYS = ("seed", "+seed", "++seed")
@@ -42,7 +43,7 @@ def load(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
                          "(`python -m runner -m ...` writes it there).")
     with table.open(newline="") as f:
         reader = csv.DictReader(f)
-        keys = [c for c in reader.fieldnames if c not in ("trial", "status", *METRICS, "job_dir", "message")]
+        keys = [c for c in reader.fieldnames if not is_outcome_column(c)]
         rows = [{k: (v if k in ("status", "job_dir", "message") else _number(v)) for k, v in row.items()}
                 for row in reader]
     space_file = sweep_dir / SPACE
@@ -61,12 +62,19 @@ def latest_sweep(root: Path = Path("outputs")) -> Path:
 # Tables
 
 def _score(row: dict) -> float:
+    """Higher is better: the sweep's rank by its study's metric (hydra.sweeper.metric), else best_val_acc (a table
+    written before trials were ranked); -inf for a trial that did not complete."""
+    if row["status"] != "completed":
+        return -math.inf
+    if "rank" in row:
+        return -row["rank"] if isinstance(row["rank"], int) else -math.inf
     value = row.get("best_val_acc")
-    return value if isinstance(value, (int, float)) and row["status"] == "completed" else -math.inf
+    return value if isinstance(value, (int, float)) else -math.inf
 
 
 def ranked(rows: list[dict]) -> list[dict]:
-    """Completed trials by best validation accuracy, best first; then the others (pruned, diverged, failed)."""
+    """Completed trials by their rank (the study's metric), best first; then the others (pruned, diverged,
+    failed)."""
     order = {status: i for i, status in enumerate(STATUSES)}
 
     def partial(row):  # a pruned trial's best validation accuracy before it stopped
@@ -162,10 +170,113 @@ def render(rows: list[dict], space: dict, keys: list[str]) -> str:
             config = " ".join(f"{k}={_param(v)}" for k, v in g["config"].items()) or "(all trials)"
             lines.append([config, str(g["n"]), *stats, other])
         parts += ["", "Over seeds, per configuration:", _text_table(header, lines)]
+    if searches_size(rows):
+        parts += render_pareto(rows, keys)
+    if any("prune_reached" in r for r in rows):
+        parts += render_sparsity(rows)
     best_group = next((g for g in groups if g["best_val_acc"][0] is not None), None)
     if best_group is not None:
         parts += [""] + [f"WARNING: {w}" for w in edge_warnings(best_group["config"], space, rows)]
     return "\n".join(parts).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Accuracy against size: the Pareto front (an architecture search, configs/sweep/architecture.yaml)
+
+COSTS = {"model_params": "parameters", "model_flops_per_image": "FLOPs per image"}
+
+
+def add_costs(sweep_dir: Path, rows: list[dict]) -> None:
+    """Each trial's model size from its metrics.json (model_params, model_flops_per_image), into its row; absent
+    where the trial recorded none (it failed before building, or an older runner ran it)."""
+    for row in rows:
+        try:
+            metrics = json.loads((sweep_dir / row["job_dir"] / "metrics.json").read_text())
+        except (OSError, ValueError, TypeError):
+            continue
+        row.update({k: metrics[k] for k in COSTS if isinstance(metrics.get(k), (int, float))})
+
+
+def _accuracy(row: dict) -> float:
+    value = row.get("best_val_acc")
+    return value if row["status"] == "completed" and isinstance(value, (int, float)) else -math.inf
+
+
+def pareto_front(rows: list[dict], cost: str) -> list[dict]:
+    """The completed trials that no other completed trial beats on both counts (best_val_acc at least as high with
+    `cost` at most as low, one of them strictly), cheapest first: the best accuracy each size can buy."""
+    done = sorted((r for r in rows if _accuracy(r) > -math.inf and cost in r), key=lambda r: (r[cost], -_accuracy(r)))
+    front, best = [], -math.inf
+    for row in done:  # by cost, ascending: a trial is on the front when it beats every cheaper one
+        if _accuracy(row) > best:
+            front.append(row)
+            best = _accuracy(row)
+    return front
+
+
+def searches_size(rows: list[dict]) -> bool:
+    """Whether the trials differ in size (an architecture search), so that a Pareto front says something."""
+    return len({r.get("model_params") for r in rows if "model_params" in r}) > 1
+
+
+def render_pareto(rows: list[dict], keys: list[str]) -> list[str]:
+    fronts = {cost: {id(r) for r in pareto_front(rows, cost)} for cost in COSTS}
+    on_front = [r for r in rows if any(id(r) in f for f in fronts.values())]
+    header = ["trial", "params", "MFLOPs", "best_val_acc", "test_acc", "front", *keys]
+    lines = [[str(r["trial"]), f"{r['model_params']:,}", f"{r.get('model_flops_per_image', 0) / 1e6:.1f}",
+              _fmt(r["best_val_acc"]), _fmt(r["test_acc"]),
+              "+".join(("params", "flops")[i] for i, f in enumerate(fronts.values()) if id(r) in f),
+              *(_param(r[k]) for k in keys)]
+             for r in sorted(on_front, key=lambda r: r["model_params"])]
+    return ["", "Pareto front, best_val_acc against parameters and FLOPs (no other completed trial is as accurate "
+            "for fewer):", _text_table(header, lines)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Accuracy against sparsity (prune=magnitude, configs/sweep/sparsity.yaml)
+
+def add_sparsity(sweep_dir: Path, rows: list[dict]) -> None:
+    """Each pruned trial's reached sparsity and model sizes from its metrics.json (`prune`), into its row."""
+    for row in rows:
+        try:
+            prune = json.loads((sweep_dir / row["job_dir"] / "metrics.json").read_text()).get("prune") or {}
+        except (OSError, ValueError, TypeError):
+            continue
+        row.update({f"prune_{k}": prune[k] for k in ("reached", "dense_bytes", "sparse_bytes", "gzip_bytes")
+                    if isinstance(prune.get(k), (int, float))})
+
+
+def render_sparsity(rows: list[dict]) -> list[str]:
+    """The test accuracy at each reached sparsity (the pruned model's, after fine-tuning), with the file sizes."""
+    done = sorted((r for r in rows if "prune_reached" in r and r["status"] == "completed"),
+                  key=lambda r: r["prune_reached"])
+    lines = [[f"{r['prune_reached']:.4f}", _fmt(r["test_acc"]), _fmt(r.get("final_val_acc")),
+              f"{r.get('prune_dense_bytes', 0):,}", f"{r.get('prune_gzip_bytes', 0):,}",
+              f"{r.get('prune_sparse_bytes', 0):,}", str(r["trial"])] for r in done]
+    header = ["sparsity", "test_acc", "final_val_acc", "dense bytes", "gzip bytes", "sparse bytes", "trial"]
+    return ["", "Accuracy against the sparsity reached (prune=; accuracy_vs_sparsity.png):", _text_table(header, lines)]
+
+
+def plot_sparsity(sweep_dir: Path, rows: list[dict], path: Path) -> Path:
+    """Test accuracy against the sparsity reached, one point per completed trial, the mean per sparsity joined."""
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if "prune_reached" in r and r["status"] == "completed"
+            and isinstance(r["test_acc"], (int, float))]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([r["prune_reached"] for r in done], [r["test_acc"] for r in done], s=25, label="trial")
+    means: dict[float, list[float]] = {}
+    for r in done:
+        means.setdefault(round(r["prune_reached"], 3), []).append(r["test_acc"])
+    xs = sorted(means)
+    ax.plot(xs, [statistics.fmean(means[x]) for x in xs], color="black", lw=1.5, label="mean")
+    ax.set(xlabel="sparsity reached (fraction of conv/linear weights at 0)", ylabel="test accuracy",
+           title=f"{sweep_dir.name}: accuracy vs sparsity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,10 +289,38 @@ def _history(sweep_dir: Path, row: dict) -> list[dict]:
         return []
 
 
+LINE_STYLES = {"completed": "-", "pruned": "--", "diverged": ":", "failed": "-."}
+
+
+def _value_colors(rows: list[dict], key: str | None, spec: dict, fig, ax):
+    """How the curves of a panel are coloured by the trials' values of `key`: a colour scale with a colorbar for
+    numbers (log-scaled for a log-uniform parameter or values spanning 100x), one colour per value otherwise (with
+    legend entries). Returns (row -> colour, legend handles)."""
+    import matplotlib.cm
+    import matplotlib.colors
+    import matplotlib.lines
+
+    values = [r[key] for r in rows] if key else []
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if key and len(set(numbers)) > 1 and len(numbers) == len(values):
+        low, high = min(numbers), max(numbers)
+        log = low > 0 and (spec.get("log") or high / low >= 100)
+        norm = matplotlib.colors.LogNorm(low, high) if log else matplotlib.colors.Normalize(low, high)
+        scale = matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis")
+        fig.colorbar(scale, ax=ax, label=f"{key}{' (log scale)' if log else ''}")
+        return (lambda row: scale.to_rgba(row[key])), []
+    distinct = list(dict.fromkeys(str(v) for v in values)) or [""]
+    palette = matplotlib.colormaps["tab10" if len(distinct) <= 10 else "tab20"]
+    color = {v: palette(i % palette.N) for i, v in enumerate(distinct)}
+    handles = [matplotlib.lines.Line2D([], [], color=color[v], label=f"{key}={v}") for v in distinct] if key else []
+    return (lambda row: color[str(row[key]) if key else ""]), handles
+
+
 def plot(sweep_dir: Path, rows: list[dict], space: dict, keys: list[str]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.lines
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
@@ -192,22 +331,32 @@ def plot(sweep_dir: Path, rows: list[dict], space: dict, keys: list[str]) -> lis
     best = order[0] if order and _score(order[0]) > -math.inf else None
     colors = {"completed": "tab:blue", "pruned": "tab:orange", "diverged": "tab:red", "failed": "tab:gray"}
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row in reversed(order):
-        history = _history(sweep_dir, row)
-        if history:
-            is_best = row is best
-            ax.plot([h["epoch"] for h in history], [h["val_acc"] for h in history],
-                    color="black" if is_best else colors.get(row["status"], "tab:gray"),
-                    lw=2.5 if is_best else 1, alpha=1 if is_best else 0.5, zorder=3 if is_best else 2,
-                    label=f"best: trial {row['trial']}" if is_best else None)
-    for status, color in colors.items():
-        if any(r["status"] == status for r in rows):
-            ax.plot([], [], color=color, label=status)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title=f"{sweep_dir.name}: validation curves")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    # One panel per searched parameter (the seed aside, 4 at most), each trial's curve coloured by its value there.
+    panels = [k for k in keys if k not in SEED_KEYS][:4] or keys[:1]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6.5 * max(1, len(panels)), 4.8), sharey=True,
+                             squeeze=False)
+    for ax, key in zip(axes[0], panels or [None], strict=True):
+        color_of, handles = _value_colors(rows, key, space.get(key, {}), fig, ax)
+        for row in reversed(order):
+            history = _history(sweep_dir, row)
+            if history:
+                is_best = row is best
+                ax.plot([h["epoch"] for h in history], [h["val_acc"] for h in history], color=color_of(row),
+                        ls=LINE_STYLES.get(row["status"], "-"), lw=2.8 if is_best else 1.3, marker="o", ms=3,
+                        alpha=1 if is_best else 0.75, zorder=3 if is_best else 2)
+                if is_best:
+                    ax.annotate(f"best: trial {row['trial']}", (history[-1]["epoch"], history[-1]["val_acc"]),
+                                textcoords="offset points", xytext=(-10, 8), ha="right", fontsize=8)
+        handles += [matplotlib.lines.Line2D([], [], color="gray", ls=LINE_STYLES[s], label=s)
+                    for s in STATUSES if s in LINE_STYLES and any(r["status"] == s for r in rows)]
+        if best is not None:
+            handles.append(matplotlib.lines.Line2D([], [], color="gray", lw=2.8, label="best trial (thick)"))
+        ax.legend(handles=handles, fontsize=8, loc="lower right")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set(xlabel="epoch", title=f"coloured by {key}" if key else "")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy (fraction correct)")
+    fig.suptitle(f"{sweep_dir.name}: validation accuracy after each epoch, one line per trial")
     written.append(out_dir / "curves.png")
     fig.savefig(written[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -232,16 +381,59 @@ def plot(sweep_dir: Path, rows: list[dict], space: dict, keys: list[str]) -> lis
         if not numeric:
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         if spec.get("kind") in ("float", "int"):
-            for edge in (spec["low"], spec["high"]):
-                ax.axvline(edge, color="gray", ls=":", lw=1)
-        ax.set(xlabel=key, ylabel="best validation accuracy", title=f"best_val_acc vs {key}")
+            for i, edge in enumerate((spec["low"], spec["high"])):
+                ax.axvline(edge, color="gray", ls=":", lw=1,
+                           label=f"search range [{spec['low']:.3g}, {spec['high']:.3g}]" if i == 0 else None)
+        ax.set(xlabel=f"{key} ({'log scale' if log_axis else 'searched value'})",
+               ylabel="best validation accuracy (fraction correct)",
+               title=f"{sweep_dir.name}: best validation accuracy vs {key}\n(one point per trial; diverged and failed "
+                     "at 0)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
         written.append(out_dir / f"param_{safe}.png")
         fig.savefig(written[-1], dpi=110, bbox_inches="tight")
         plt.close(fig)
+    if searches_size(rows):
+        written.append(plot_pareto(sweep_dir, rows, colors, out_dir / "pareto.png"))
+    if any("prune_reached" in r for r in rows):
+        written.append(plot_sparsity(sweep_dir, rows, out_dir / "accuracy_vs_sparsity.png"))
     return written
+
+
+def plot_pareto(sweep_dir: Path, rows: list[dict], colors: dict, path: Path) -> Path:
+    """best_val_acc against parameters and against FLOPs per image (log axes), each trial a point by status, the
+    Pareto front joined by a step line and labelled with its trial numbers."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, (cost, what) in zip(axes, COSTS.items(), strict=True):
+        for status, color in colors.items():
+            chosen = [r for r in rows if r["status"] == status and cost in r
+                      and isinstance(r["best_val_acc"], (int, float))]
+            if chosen:
+                ax.scatter([r[cost] for r in chosen], [r["best_val_acc"] for r in chosen], color=color, s=25,
+                           label=status, alpha=0.8)
+        front = pareto_front(rows, cost)
+        if front:
+            ax.step([r[cost] for r in front], [r["best_val_acc"] for r in front], where="post", color="black",
+                    lw=1.5, label="Pareto front")
+            for r in front:
+                ax.annotate(str(r["trial"]), (r[cost], r["best_val_acc"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2, 5)))  # labelled 1, 2, 5 per decade
+        ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())  # 20k, 50k, 100k, 20M
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.EngFormatter())
+        ax.set(xlabel=f"{what} (log scale)", title=f"best_val_acc vs {what}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("best validation accuracy")
+    fig.suptitle(f"{sweep_dir.name}: accuracy against model size")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,6 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sweep_dir = args.sweep_dir or latest_sweep()
     rows, space, keys = load(sweep_dir)
+    add_costs(sweep_dir, rows)
+    add_sparsity(sweep_dir, rows)
     text = render(rows, space, keys)
     print(f"Sweep {sweep_dir}\n{text}", end="")
     written = plot(sweep_dir, rows, space, keys)

@@ -65,7 +65,8 @@ CASES = {
 }
 
 # Keys of metrics.json that measure time or the machine, not what was computed.
-TIMING = ("wall_time_s", "first_step_at", "startup_s", "epoch_s", "img_per_s", "final_epoch_s", "final_img_per_s")
+TIMING = ("wall_time_s", "first_step_at", "startup_s", "startup", "epoch_s", "img_per_s", "final_epoch_s",
+          "final_img_per_s", "val_s", "final_val_s")
 
 
 def comparable(metrics):

@@ -1,5 +1,7 @@
 """The sweeper: each multirun job is a trial of an Optuna study kept in the sweep directory (a journal file, or an
-RDB for workers on several machines). It maximizes the best validation accuracy (what runner.job.run_job returns).
+RDB for workers on several machines). The study maximizes or minimizes a number of each trial's metrics.json
+(hydra.sweeper.metric, direction; by default it maximizes best_val_acc); the pruner, trials.csv's rank and the
+summary follow it.
 
 The search space is written in Hydra's override grammar, in `hydra.sweeper.params` (configs/sweep/*.yaml) and on
 the command line (which wins for the same key):
@@ -9,8 +11,9 @@ the command line (which wins for the same key):
                                            tag(log, interval(1e-6, 10))
 Any other override (`trainer.epochs=3`) is given to every trial as it is.
 
-A trial's job reports its validation accuracy every epoch and stops itself when the pruner says so
-(runner.sweeps.study.trial_reporter). Whatever the job does -- complete, get pruned, diverge, crash, exit on a config
+A trial's job reports the metric's value every epoch and stops itself when the pruner says so
+(runner.sweeps.study.trial_context). With hydra.sweeper.test_trials=best the trials skip the test split, and once
+they have run the test_best best ones are tested once each from their last checkpoint (runner.sweeps.testing). Whatever the job does -- complete, get pruned, diverge, crash, exit on a config
 error -- is recorded in the study and in trials.csv, and the sweep goes on.
 
 Parallel workers (a joblib launcher, or several sweep processes on one study) never draw the same point: each trial
@@ -148,19 +151,27 @@ def _quote(text: str) -> str:
 
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler, pruner, params=None, n_trials=None, n_jobs=None, storage=None, study_name=None,
-                 spread_gpus="auto", trial=None):
+                 spread_gpus="auto", trial=None, metric="best_val_acc", direction="maximize", test_trials="all",
+                 test_best=3):
         self.params = dict(params or {})
         self.n_trials, self.n_jobs, self.storage, self.study_name = n_trials, n_jobs, storage, study_name
         self.spread_gpus = spread_gpus
+        self.metric, self.direction, self.test_trials, self.test_best = metric, direction, test_trials, test_best
         self.hydra_context = self.config = self.launcher = None
         self._device_count = None
-        for key, value, ok in (("n_trials", n_trials, n_trials is None or _positive_int(n_trials)),
-                               ("n_jobs", n_jobs, n_jobs is None or _positive_int(n_jobs)),
-                               ("spread_gpus", spread_gpus, spread_gpus in ("auto", True, False))):
+
+    def _check_settings(self) -> None:
+        """The sweeper's own keys, each bad value one line (raised as ValueError, printed by `sweep`)."""
+        from runner.sweeps.study import check_settings
+
+        for key, value, ok in (("n_trials", self.n_trials, self.n_trials is None or _positive_int(self.n_trials)),
+                               ("n_jobs", self.n_jobs, self.n_jobs is None or _positive_int(self.n_jobs)),
+                               ("spread_gpus", self.spread_gpus, self.spread_gpus in ("auto", True, False))):
             if not ok:
                 allowed = "auto, true or false" if key == "spread_gpus" else "null or a positive integer"
                 raise ValueError(f"hydra.sweeper.{key}={value!r} is invalid: {allowed}. "
                                  f"Change it with `hydra.sweeper.{key}=<value>`.")
+        check_settings(self.metric, self.direction, self.test_trials, self.test_best)
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         from hydra.core.plugins import Plugins
@@ -176,6 +187,13 @@ class OptunaSweeper(Sweeper):
         return OmegaConf.to_container(self.config.hydra.sweeper[name], resolve=True)
 
     def _check(self, space: SearchSpace, grid: bool) -> None:
+        from runner.sweeps.study import epoch_key
+
+        pruner = str(self._node("pruner").get("_target_", ""))
+        if epoch_key(self.metric) is None and not pruner.endswith("NopPruner"):
+            raise ValueError(f"hydra.sweeper.metric={self.metric} has no value after each epoch for the pruner to "
+                             "compare: use `hydra/sweeper/pruner=none`, or a metric with one (best_val_acc, "
+                             "final_val_acc, final_val_loss, ...).")
         if grid:
             bad = [p.name for p in space.params.values() if not hasattr(p.distribution, "choices")]
             if bad:
@@ -198,8 +216,18 @@ class OptunaSweeper(Sweeper):
 
         self.storage_spec = self.storage or str((sweep_dir / JOURNAL).resolve())
         name = self.study_name or sweep_dir.name
-        study = optuna.create_study(study_name=name, storage=open_storage(self.storage_spec), direction="maximize",
+        study = optuna.create_study(study_name=name, storage=open_storage(self.storage_spec), direction=self.direction,
                                     pruner=instantiate(self._node("pruner")), load_if_exists=True)
+        objective = {"metric": self.metric, "direction": self.direction}
+        # A study started before the metric could be chosen maximized best_val_acc.
+        before = {"metric": study.user_attrs.get("metric", "best_val_acc"), "direction": study.direction.name.lower()}
+        if "signature" in study.user_attrs and before != objective:
+            raise ValueError(
+                f"the study '{name}' in {self.storage_spec} ranks its trials by {before['metric']} "
+                f"({before['direction']}), not {self.metric} ({self.direction}): run it with "
+                f"hydra.sweeper.metric={before['metric']} hydra.sweeper.direction={before['direction']}, or start a "
+                "new sweep with `hydra.sweep.dir=<new dir>`.")
+        study.set_user_attr("metric", self.metric)
         signature = {"fixed": sorted(space.fixed),
                      "params": {k: optuna.distributions.distribution_to_json(p.distribution)
                                 for k, p in space.params.items()}}
@@ -241,11 +269,12 @@ class OptunaSweeper(Sweeper):
                 log.warning("trial %d is still running in process %s, which its ended sweep left behind: it is left "
                             "alone; run the command again once that process has ended", trial.number, job)
                 continue
-            outcome = glue.final_outcome(sweep_dir / trial.user_attrs.get("job_dir", "-"))
+            outcome = glue.final_outcome(sweep_dir / trial.user_attrs.get("job_dir", "-"), self.metric)
             if outcome is None:
                 again.append(trial)
             else:
-                _tell(study, trial, outcome, trial.user_attrs["job_dir"], "(finished after its sweep process ended)")
+                _tell(study, trial, outcome, trial.user_attrs["job_dir"], self.metric,
+                      "(finished after its sweep process ended)")
         if again:
             log.info("resuming %d trial(s) that a sweep process left unfinished: %s", len(again),
                      ", ".join(str(t.number) for t in again))
@@ -284,6 +313,7 @@ class OptunaSweeper(Sweeper):
         grid = bool(self._node("sampler").get("grid"))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         try:  # a mistake in the sweep's settings is reported in one line before any trial runs, as job.py does
+            self._check_settings()
             space = parse_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments),
                                 self.hydra_context.config_loader)
             self._check(space, grid)
@@ -306,8 +336,8 @@ class OptunaSweeper(Sweeper):
             return tuple(space.params[k].override(params[k]) for k in space.params)
 
         def write_table() -> list[dict]:
-            rows = glue.table_rows(study, param_keys)
-            glue.write_table(table, rows, param_keys)
+            rows = glue.table_rows(study, param_keys, self.metric)
+            glue.write_table(table, rows, param_keys, self.metric)
             return rows
 
         unfinished = self._recover(study, sweep_dir)  # before counting: it records what ended jobs finished
@@ -343,13 +373,16 @@ class OptunaSweeper(Sweeper):
             launched += len(batch)
             write_table()
 
+        if self.test_trials == "best" and not interrupted:
+            self._test_best(study, sweep_dir)
         rows = write_table()
         glue.write_experiment(sweep_dir, [sweep_dir / r["job_dir"] for r in rows
                                           if r["job_dir"] and (sweep_dir / r["job_dir"]).is_dir()])
         log.info("sweep %s: %s. Table: %s", sweep_dir, glue.summary(rows), table)
-        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-            best = study.best_trial
-            log.info("best: trial %d, best_val_acc %.4f (%s) in %s", best.number, best.value,
+        best = glue.best_trials(study, 1)
+        if best:
+            best = best[0]
+            log.info("best: trial %d, %s %.4f (%s) in %s", best.number, self.metric, best.value,
                      " ".join(space.params[k].override(v) for k, v in best.params.items() if k in space.params),
                      sweep_dir / best.user_attrs.get("job_dir", ""))
         log.info("compare the trials: python -m runner.report %s  |  tensorboard --logdir %s", sweep_dir, sweep_dir)
@@ -357,6 +390,32 @@ class OptunaSweeper(Sweeper):
             log.warning("interrupted: to go on, run the same command again with hydra.sweep.dir=%s", sweep_dir)
             sys.exit(130)  # the shell's code for Ctrl-C
         return rows
+
+    def _test_best(self, study, sweep_dir: Path) -> None:
+        """Test the test_best best completed trials that left their test pass to the sweep, once each (a trial
+        tested by an earlier run of the sweep is not tested again); record the scores in the study (trials.csv)."""
+        from runner.sweeps import study as glue
+
+        chosen = [t for t in glue.best_trials(study, self.test_best)
+                  if (sweep_dir / t.user_attrs.get("job_dir", "-")).is_dir()]
+        from runner.sweeps import testing  # torch is imported from here on
+
+        todo = [t for t in chosen if testing.needs_test(sweep_dir / t.user_attrs["job_dir"])]
+        if todo:
+            log.info("testing the %d best trial(s) by %s once, from their last checkpoint: %s", len(todo),
+                     self.metric, ", ".join(str(t.number) for t in todo))
+        for trial in todo:
+            job_dir = sweep_dir / trial.user_attrs["job_dir"]
+            try:
+                metrics = testing.test_trial(job_dir)
+            except Exception as err:  # one trial's test failing (a damaged checkpoint) leaves the others
+                log.error("trial %d: its test pass failed: %s: %s", trial.number, type(err).__name__, err)
+                continue
+            # A finished trial's attributes are frozen in Optuna: the scores go to the study's, by trial number.
+            tested = dict(study.user_attrs.get(glue.TESTED, {}))
+            tested[str(trial.number)] = {k: metrics[k] for k in glue.METRICS if k.startswith("test_") and k in metrics}
+            study.set_user_attr(glue.TESTED, tested)
+            log.info("trial %d tested: test_acc %s  [%s]", trial.number, metrics.get("test_acc"), job_dir.name)
 
     def _run_batch(self, study, batch: list, space: SearchSpace, sweep_dir: Path) -> bool:
         """Run these trials (new, or resumed in their job directory) and record each one's outcome. True when the
@@ -370,7 +429,8 @@ class OptunaSweeper(Sweeper):
             # The trial's storage id (Optuna keeps it private) lets the job report to this very trial; the sweep
             # process's id lets a worker process end with it.
             spec = {"storage": self.storage_spec, "study": study.study_name, "trial_id": trial._trial_id,
-                    "pruner": self._node("pruner"), "sweeper_pid": os.getpid()}
+                    "pruner": self._node("pruner"), "sweeper_pid": os.getpid(), "metric": self.metric,
+                    "test": self.test_trials == "all"}
             # The same overrides for a resumed trial: its checkpoint is refused under another config.
             job = [*space.fixed, *(space.params[k].override(v) for k, v in params.items())]
             job += [f"device={device}"] if device else []
@@ -393,30 +453,37 @@ class OptunaSweeper(Sweeper):
             job_error = error
             if ret is not None and ret.status == JobStatus.FAILED:
                 job_error = " ".join(f"{type(ret._return_value).__name__}: {ret._return_value}".split())
-            outcome = glue.read_outcome(job_dir, job_error, interrupted)
+            outcome = glue.read_outcome(job_dir, job_error, interrupted, self.metric)
             interrupted |= outcome["status"] == "interrupted"
-            _tell(study, trial, outcome, job_dir.name)
+            _tell(study, trial, outcome, job_dir.name, self.metric)
         return interrupted
 
 
-def _tell(study, trial, outcome: dict, job_dir: str, note: str = "") -> None:
-    """Record a trial's outcome (runner.sweeps.study.read_outcome) in the study. An interrupted trial stays running
-    there: the next run of the sweep, finding its sweep process ended, resumes it."""
+def _tell(study, trial, outcome: dict, job_dir: str, metric: str = "best_val_acc", note: str = "") -> None:
+    """Record a trial's outcome (runner.sweeps.study.read_outcome) in the study: a completed trial's value is its
+    metrics.json's `metric`. An interrupted trial stays running there: the next run of the sweep, finding its sweep
+    process ended, resumes it."""
     from optuna.trial import TrialState
 
     for name, value in outcome.items():
-        if value is not None:
+        if value is not None and name != "value":
             study._storage.set_trial_user_attr(trial._trial_id, name, value)
     status = outcome["status"]
-    if status == "completed" and outcome["best_val_acc"] is not None:
-        study.tell(trial.number, outcome["best_val_acc"])
+    if status == "completed" and outcome["value"] is None:
+        status = outcome["status"] = "failed"
+        outcome["message"] = f"its metrics.json has no number {metric} (hydra.sweeper.metric) to rank it by"
+        study._storage.set_trial_user_attr(trial._trial_id, "status", status)
+        study._storage.set_trial_user_attr(trial._trial_id, "message", outcome["message"])
+    if status == "completed":
+        study.tell(trial.number, outcome["value"])
     elif status in ("pruned", "diverged"):
         # Told as pruned: samplers (TPE) rank a diverged trial below every completed one, rather than ignoring it
         # as they ignore failed trials.
         study.tell(trial.number, state=TrialState.PRUNED)
     elif status != "interrupted":
         study.tell(trial.number, state=TrialState.FAIL)
-    detail = (f"best_val_acc {outcome['best_val_acc']:.4f}" if outcome["best_val_acc"] is not None
+    detail = (f"{metric} {outcome['value']:.4f}" if status == "completed" else
+              f"best_val_acc {outcome['best_val_acc']:.4f}" if outcome["best_val_acc"] is not None
               else outcome["message"] or "")
     (log.warning if status in ("failed", "interrupted") else log.info)("trial %d %s: %s  [%s]%s", trial.number,
                                                                        status, detail, job_dir, note and " " + note)

@@ -26,7 +26,12 @@ class Regularizer:
 
 
 _PENALTY_KEYS = dict(value=number("[0, inf)"), decay_norm_and_bias=boolean())
-_DROPOUT_KEYS = required(p=number("[0, 1)"), conv_p=number("[0, 1)", why="after each conv block"))
+# every: where the model builders put it; after_last_norm: only behind the last normalization layer (Li et al.
+# 2019's way out of the variance shift between dropout and batch norm).
+PLACEMENTS = {"every": "where the model builders put it", "after_last_norm": "only behind the last norm layer"}
+_PLACEMENT = one_of(PLACEMENTS, default="every")
+_DROPOUT_KEYS = {**required(p=number("[0, 1)"), conv_p=number("[0, 1)", why="after each conv block")),
+                 "placement": _PLACEMENT}
 
 REGULARIZERS = {
     "l2": Regularizer("penalty value/2 * |w|^2: value * w added to the gradient (coupled: Adam rescales it)",
@@ -45,6 +50,10 @@ REGULARIZERS = {
                                     (NETWORK,), "dropout", _DROPOUT_KEYS),
     "alpha_dropout": Regularizer("dropout that keeps SELU's mean and variance (Klambauer et al. 2017)",
                                  (NETWORK,), "dropout", _DROPOUT_KEYS),
+    "uout": Regularizer("units multiplied by 1 + u, u ~ U(-beta, beta), in training (Li et al. 2019): little "
+                        "variance shift before batch norm", (NETWORK,), "dropout",
+                        {**required(beta=number("[0, 1)", why="the noise's half-width"),
+                                    conv_beta=number("[0, 1)", why="after each conv block")), "placement": _PLACEMENT}),
     "dropconnect": Regularizer("the weights of every linear layer zeroed with probability p in training "
                                "(Wan et al. 2013)", (NETWORK,), "dropconnect", required(p=number("[0, 1)"))),
     "stochastic_depth": Regularizer("residual blocks skipped at random in training, the last with probability p "

@@ -17,6 +17,7 @@ def check(cfg: DictConfig) -> None:
     _training(cfg)
     _transfer(cfg)
     _unlabelled(cfg)
+    _compression(cfg)
 
 
 def _data(data: DictConfig) -> None:
@@ -59,6 +60,15 @@ def _network(cfg: DictConfig) -> None:
     if len(dropouts) > 1:
         raise ConfigError(f"regularization={dropouts} combines {len(dropouts)} kinds of dropout: choose one of "
                           f"{', '.join(DROPOUTS)}, e.g. `regularization=[l2,{dropouts[0]}]`.")
+    _pooling(cfg.model)
+    batches = cfg.norm.reestimate_batches
+    if batches > 0 and cfg.norm.name != "batch":
+        raise ConfigError(f"norm.reestimate_batches={batches} recomputes batch norm statistics, but norm="
+                          f"{cfg.norm.name} keeps none: use norm=batch, or norm.reestimate_batches=0.")
+    if batches > 0 and cfg.trainer.sync_batch_norm:
+        raise ConfigError(f"norm.reestimate_batches={batches} runs on the first process alone after training, "
+                          "which synchronized batch norm cannot: set trainer.sync_batch_norm=false or "
+                          "norm.reestimate_batches=0.")
     if "stochastic_depth" in regularization and "blocks_per_stage" not in cfg.model:
         raise ConfigError("regularization=stochastic_depth drops residual blocks: it needs a residual network "
                           "(model=resnet or model=resnet18).")
@@ -66,6 +76,37 @@ def _network(cfg: DictConfig) -> None:
             not cfg.activation._target_.endswith(".ReLU") or cfg.norm.name != "batch"):
         raise ConfigError("model=torchvision_resnet18 is torchvision's network with its own ReLU and batch norm: "
                           "use activation=relu norm=batch (the defaults).")
+
+
+IMAGE_SIDE = 32  # CIFAR-10's and the synthetic data's images are 32x32
+
+
+def pooled_sides(side: int, stages: int, pool: str, ratio: float) -> list[int]:
+    """The image side before and after each of `stages` pooling layers (models.pooling): halved (max, avg), or
+    int(side * ratio) as torch's FractionalMaxPool2d computes it (fractional)."""
+    sides = [side]
+    for _ in range(stages):
+        sides.append(int(sides[-1] * ratio) if pool == "fractional" else sides[-1] // 2)
+    return sides
+
+
+def _pooling(model: DictConfig) -> None:
+    """model.pool and pool_ratio belong to the models that pool between stages (cnn, vgg), and every stage must
+    leave at least one pixel."""
+    if "pool" not in model and "pool_ratio" not in model:
+        return
+    name = model._target_.rsplit(".", 1)[-1]
+    if name not in ("CNN", "VGG"):
+        raise ConfigError(f"model.pool is for the models that pool between stages (model=cnn, model=vgg), not "
+                          f"{model._target_}: remove the model.pool/model.pool_ratio override.")
+    stages = len(model.widths) if name == "CNN" else len(model.stages)
+    pool, ratio = model.get("pool", "max"), model.get("pool_ratio", 0.7071)
+    sides = pooled_sides(IMAGE_SIDE, stages, pool, ratio)
+    if sides[-1] < 1:
+        shown = " -> ".join(map(str, sides))
+        how = f"model.pool=fractional with pool_ratio={ratio}" if pool == "fractional" else f"model.pool={pool}"
+        fix = "raise model.pool_ratio or use fewer stages" if pool == "fractional" else "use fewer stages"
+        raise ConfigError(f"{how} over {stages} stages shrinks 32x32 images to nothing ({shown}): {fix}.")
 
 
 def _training(cfg: DictConfig) -> None:
@@ -98,7 +139,8 @@ def _training(cfg: DictConfig) -> None:
 
     passes = cfg.evaluation.mc_dropout_passes
     stochastic = [k for k in chosen(regularization, *MC_DROPOUT_KINDS)
-                  if any(regularization[k][rate] > 0 for rate in ("p", "conv_p") if rate in regularization[k])]
+                  if any(regularization[k][rate] > 0 for rate in ("p", "conv_p", "beta", "conv_beta")
+                         if rate in regularization[k])]
     if passes > 0 and not stochastic:
         raise ConfigError(f"evaluation.mc_dropout_passes={passes} needs dropout in the model (a rate p > 0): add one "
                           f"of {', '.join(chosen(REGULARIZERS, *MC_DROPOUT_KINDS))}, e.g. "
@@ -110,6 +152,13 @@ def _transfer(cfg: DictConfig) -> None:
     if transfer.name != "none" and cfg.model.pretrained is None:
         raise ConfigError(f"transfer={transfer.name} reuses trained layers, but model.pretrained is null: give the "
                           "weights, e.g. `model.pretrained=outputs/<date>/<run>`, or use transfer=none.")
+    layer = transfer.get("layer")
+    if layer is not None and transfer.name != "linear_probe":
+        raise ConfigError(f"transfer.layer={layer} chooses the layer a linear probe reads: it needs "
+                          f"transfer=linear_probe, not transfer={transfer.name}; remove the override.")
+    if layer is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ConfigError(f"transfer.layer={layer} cuts the network after it is wrapped for data-parallel "
+                          "training: run it in one process (python -m runner), or use transfer.layer=null.")
     if cfg.objective.name == "autoencoder" and transfer.name != "none":
         raise ConfigError(f"objective=autoencoder pretrains all layers without labels; transfer={transfer.name} "
                           "belongs to the later run that reuses them: use transfer=none here.")
@@ -133,3 +182,23 @@ def _unlabelled(cfg: DictConfig) -> None:
     if asked:
         raise ConfigError(f"evaluation.{asked[0]}={evaluation[asked[0]]} scores a classifier's test predictions; "
                           "objective=autoencoder has none (its test is the reconstruction error): leave it off.")
+
+
+def _compression(cfg: DictConfig) -> None:
+    """prune= and export.enabled: what they need of the run."""
+    prune, epochs = cfg.prune, cfg.trainer.epochs
+    if prune.name != "none":
+        if not prune.fine_tune_epochs < epochs:
+            fail("prune.fine_tune_epochs", prune.fine_tune_epochs, f"must be an integer in [0, {epochs}) "
+                 "(trainer.epochs, which counts the fine-tuning epochs)")
+        end = epochs - prune.fine_tune_epochs
+        if prune.when == "during" and not prune.start_epoch < end:
+            fail("prune.start_epoch", prune.start_epoch, f"must be an integer in [0, {end}) (the ramp ends at "
+                 f"trainer.epochs - prune.fine_tune_epochs = {end})")
+        if "early_stopping" in cfg.regularization:
+            raise ConfigError(f"prune={prune.name} with regularization=early_stopping: early stopping would put back "
+                              "the weights of an epoch before the pruning, dense; leave early_stopping out of "
+                              "regularization=, or use prune=none.")
+    if cfg.export.enabled and cfg.objective.name == "autoencoder":
+        raise ConfigError("export.enabled=true exports a classifier (images in, logits out); objective=autoencoder "
+                          "has none: set export.enabled=false.")

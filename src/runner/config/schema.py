@@ -22,6 +22,7 @@ from runner.config.keys import (
     boolean,
     either,
     integer,
+    is_int,
     list_of,
     number,
     one_of,
@@ -72,6 +73,7 @@ SCHEMA = {
         resume_allow=list_of(text(r"[\w.]+", "must be a config key or group, e.g. optimizer.lr or averaging"),
                              "a list of config keys or groups, e.g. [averaging,schedule]", length=(0, math.inf)),
         save_best=boolean(), deterministic=boolean(), progress=one_of("auto", True, False),
+        progress_every_s=number("[0, inf)"),
         lr_reference_batch_size=integer("(0, inf)", null=True), norm_bias_lr_factor=_POSITIVE,
         precision=one_of({"auto": "bf16/fp16 on CUDA, fp32 elsewhere", "fp32": "", "bf16": "", "fp16": ""}),
         channels_last=_ON_OFF_AUTO, compile=_ON_OFF_AUTO, fused_optimizer=_ON_OFF_AUTO, sync_batch_norm=boolean()),
@@ -85,7 +87,7 @@ SCHEMA = {
             per_class=integer("(0, inf)", null=True, why="labelled images per class")),
         "root": text(), "cache_dir": text(null=True, message="must be null or a directory"), "download": boolean(),
         "train_examples": _POSITIVE_INT, "test_examples": _POSITIVE_INT, "noise": number("[0, inf)"),
-        "generator_seed": _SEED,
+        "generator_seed": _SEED, "difficulty": _FRACTION, "label_noise": _FRACTION,
     },
     "model": {
         **required(_target_=text(), pretrained=Key(_weights)),
@@ -94,6 +96,10 @@ SCHEMA = {
         "depth": integer("[0, inf)", why="the number of hidden layers"), "width": _POSITIVE_INT,
         "convs_per_stage": _POSITIVE_INT, "blocks_per_stage": _POSITIVE_INT,
         "stem_width": _POSITIVE_INT, "stem_kernel": _POSITIVE_INT, "head_scale": _POSITIVE,
+        "pool": one_of({"max": "2x2 max-pool", "avg": "2x2 average pool",
+                        "fractional": "fractional max-pooling by pool_ratio"}),
+        "pool_ratio": number("(0.5, 1)", why="each side shrinks to int(side * pool_ratio); Graham 2014's "
+                             "1/sqrt(2) = 0.7071 is the default"),
     },
     "activation": {
         **required(_target_=text()),
@@ -116,6 +122,8 @@ SCHEMA = {
         **required(name=options("norm"), position=one_of("before", "after")),
         "momentum": number("(0, 1]"), "groups": _POSITIVE_INT, "eps": number("(0, 1]"),
         "learn_scale": one_of({True: "a learnt scale", False: "fixed at 1"}),
+        "reestimate_batches": integer("[0, inf)", why="training batches to recompute batch norm statistics over "
+                                      "after training; 0: off", default=0),
     },
     "optimizer": {
         **required(_target_=text(), lr=_POSITIVE,
@@ -161,12 +169,28 @@ SCHEMA = {
         **required(name=options("transfer")),
         "lr_mult": _POSITIVE, "unfreeze_every_epochs": _POSITIVE_INT,
         "freeze_until": text(message="must be the name of the last frozen layer, e.g. features.1 or blocks.3"),
+        "layer": Key(lambda v: None if v is None or is_int(v) or (isinstance(v, str) and v) else
+                     "must be null (the whole body), a layer's name (e.g. features.2) or its index (0: the first)"),
     },
     "objective": {**required(name=options("objective")), "decoder_width": integer("[8, inf)")},
     "evaluation": required(
         tta_flip=boolean(), tta_translate=integer("[0, 8]", why="pixels; 0: off"),
         tta_pad_mode=one_of(PAD_MODES), mc_dropout_passes=integer("[0, inf)", why="0: off"),
-        ece_bins=_POSITIVE_INT),
+        ece_bins=_POSITIVE_INT, sharpness_samples=integer("[0, inf)", why="0: off"),
+        sharpness_radius=_POSITIVE, sharpness_images=_POSITIVE_INT,
+        hessian_iters=integer("[0, inf)", why="0: off")),
+    "prune": {
+        **required(_target_=text(), name=options("prune")),
+        "sparsity": number("[0, 1)", why="the fraction of conv/linear weights set to 0"),
+        "scope": one_of({"global": "the smallest weights of the whole net", "layer": "the same fraction per layer"}),
+        "when": one_of({"after": "one-shot, then fine_tune_epochs", "during": "a gradual schedule"}),
+        "fine_tune_epochs": integer("[0, inf)"), "start_epoch": integer("[0, inf)"), "every_steps": _POSITIVE_INT,
+        "ramp": one_of({"cubic": "Zhu & Gupta 2017", "linear": ""}),
+    },
+    "export": required(
+        enabled=boolean(),
+        latency_batch_sizes=list_of(_POSITIVE_INT, "a list of positive batch sizes, e.g. [1,256]"),
+        latency_repeats=integer("[2, inf)", why="timed calls per measurement")),
     "diagnostics": required(every_steps=integer("[0, inf)", why="0: off"), histograms=boolean()),
 }
 

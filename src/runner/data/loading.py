@@ -410,31 +410,57 @@ def load_cifar10(root: Path, cache_dir: Path, download: bool) -> dict[str, np.nd
     if arrays is None:
         arrays = read_cifar10(root)
         _save_cache(path, fingerprint, arrays)
+        if path.is_file():
+            log.info("decoded CIFAR-10 once into %s (%.0f MB), which later runs load in a fraction of a second; "
+                     "data.cache_dir=<dir> (or XDG_CACHE_HOME) puts it elsewhere, and deleting it is safe",
+                     path, path.stat().st_size / 1e6)
     return arrays
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Synthetic data: CIFAR-shaped, learnable, made from a seed
 
-def make_synthetic(train_examples: int, test_examples: int, noise: float, seed: int, num_classes: int = 10):
+def make_synthetic(train_examples: int, test_examples: int, noise: float, seed: int, num_classes: int = 10,
+                   difficulty: float = 0.0, label_noise: float = 0.0):
     """Each class is a smooth random prototype (4x4 noise upsampled to 32x32); each image is its class prototype,
-    rolled by up to 3 pixels, contrast-scaled by 0.6..1.4, plus Gaussian pixel noise of std `noise` (0..255 scale)."""
+    rolled by up to 3 pixels, contrast-scaled by 0.6..1.4, plus Gaussian pixel noise of std `noise` (0..255 scale).
+
+    difficulty in [0, 1] makes the task harder the way real images are hard (0: the easy task above, unchanged):
+    each class becomes a mixture of 1 + round(3 * difficulty) prototypes (a model must learn several looks per
+    class), and every prototype is pulled toward one shared image by 0.8 * difficulty (classes look alike, so
+    the pixel noise hides more of what tells them apart). label_noise: this fraction of the *training* labels is
+    replaced by a random class (a net that memorizes them overfits: what regularization is for); test labels stay
+    clean."""
     rng = np.random.default_rng(seed)
     coarse = torch.from_numpy(rng.normal(0.0, 1.0, (num_classes, 3, 4, 4)).astype(np.float32))
     protos = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bicubic", align_corners=False).numpy()
+    hard = np.random.default_rng([seed, 1])  # its own stream: difficulty 0 draws exactly what it always drew
+    modes = 1 + round(3 * difficulty)
+    if difficulty > 0:
+        extra = torch.from_numpy(hard.normal(0.0, 1.0, (num_classes * (modes - 1) + 1, 3, 4, 4)).astype(np.float32))
+        extra = torch.nn.functional.interpolate(extra, size=(32, 32), mode="bicubic", align_corners=False).numpy()
+        shared, extra = extra[-1:], extra[:-1]
+        scale = protos.std()
+        protos = np.concatenate([protos, extra])  # prototype k + num_classes * m is class k's m-th look
+        protos = (1 - 0.8 * difficulty) * protos + 0.8 * difficulty * shared
+        protos *= scale / protos.std(axis=(1, 2, 3), keepdims=True)  # the easy task's contrast
 
-    def sample(n):
+    def sample(n, flip_labels=0.0):
         y = rng.integers(0, num_classes, n)
-        x = protos[y] * rng.uniform(0.6, 1.4, (n, 1, 1, 1)).astype(np.float32)
+        look = y + num_classes * hard.integers(0, modes, n) if modes > 1 else y
+        x = protos[look] * rng.uniform(0.6, 1.4, (n, 1, 1, 1)).astype(np.float32)
         shifts = rng.integers(-3, 4, (n, 2))
         for dy in range(-3, 4):  # roll per shift value: 49 vectorized groups instead of n Python iterations
             for dx in range(-3, 4):
                 sel = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
                 x[sel] = np.roll(x[sel], (dy, dx), axis=(2, 3))
         x = 128.0 + 50.0 * x + rng.normal(0.0, noise, x.shape).astype(np.float32)
+        if flip_labels > 0:
+            flip = hard.random(n) < flip_labels
+            y = np.where(flip, hard.integers(0, num_classes, n), y)
         return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
 
-    train_x, train_y = sample(train_examples)
+    train_x, train_y = sample(train_examples, label_noise)
     test_x, test_y = sample(test_examples)
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
 
@@ -455,13 +481,42 @@ class Splits:
     classes: tuple[str, ...]
 
 
-def load_arrays(cfg) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-    """The raw train/test arrays the data config names, and the class names."""
+# The arrays this process loaded last, by what they were made from: a sweep's trials run one after another in one
+# process (Hydra's basic launcher) and each would read the same 184 MB cache file again (plus its checksums). One
+# entry, read-only (a run that changed them in place would change the next trial's data).
+_LOADED: dict = {}
+
+
+def _arrays_key(cfg, cache_dir: Path | None) -> str | None:
+    """What the raw arrays are made from (never the split keys): the synthetic generator's settings, or CIFAR-10's
+    files with their sizes and modification times. None when the files are not there yet (to be downloaded)."""
     if cfg.name == "synthetic":
-        arrays = make_synthetic(cfg.train_examples, cfg.test_examples, cfg.noise, cfg.generator_seed, cfg.num_classes)
-        return arrays, tuple(f"class_{i}" for i in range(cfg.num_classes))
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    return load_cifar10(Path(cfg.root), cache_dir, cfg.download), CIFAR10_CLASSES
+        return json.dumps(["synthetic", cfg.train_examples, cfg.test_examples, cfg.noise, cfg.generator_seed,
+                           cfg.num_classes, cfg.get("difficulty", 0.0), cfg.get("label_noise", 0.0)])
+    root = Path(cfg.root)
+    if not (root / CIFAR10_FOLDER).is_dir() and not (root / CIFAR10_ARCHIVE).is_file():
+        return None
+    return json.dumps(["cifar10", str(root.resolve()), str(cache_dir), _fingerprint(root)])
+
+
+def load_arrays(cfg) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """The raw train/test arrays the data config names (read-only), and the class names. The same data loaded again
+    by this process (the next trial of a sweep) is the arrays already in memory."""
+    cache_dir = None if cfg.name == "synthetic" else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    key = _arrays_key(cfg, cache_dir)
+    if key is not None and key in _LOADED:
+        return _LOADED[key]
+    if cfg.name == "synthetic":
+        arrays = make_synthetic(cfg.train_examples, cfg.test_examples, cfg.noise, cfg.generator_seed, cfg.num_classes,
+                                cfg.get("difficulty", 0.0), cfg.get("label_noise", 0.0))
+        classes = tuple(f"class_{i}" for i in range(cfg.num_classes))
+    else:
+        arrays, classes = load_cifar10(Path(cfg.root), cache_dir, cfg.download), CIFAR10_CLASSES
+    for array in arrays.values():
+        array.setflags(write=False)
+    _LOADED.clear()
+    _LOADED[key or _arrays_key(cfg, cache_dir)] = arrays, classes
+    return arrays, classes
 
 
 def select_classes(arrays: dict[str, np.ndarray], classes: tuple[str, ...], keep) -> tuple[dict, tuple[str, ...]]:
@@ -517,8 +572,8 @@ def split(arrays: dict[str, np.ndarray], classes: tuple[str, ...], val_size: int
                             "after the validation hold-out; lower data.per_class or data.val_size.")
         train_idx = np.sort(np.concatenate(picked))
 
-    def put(a):
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+    def put(a):  # a copy of a read-only array (load_arrays'): the run may not change what the next one loads
+        return torch.from_numpy(np.ascontiguousarray(a) if a.flags.writeable else a.copy()).to(device)
 
     x, y = arrays["train_x"], arrays["train_y"]
     return Splits(put(x[train_idx]), put(y[train_idx]), put(x[val_idx]), put(y[val_idx]),

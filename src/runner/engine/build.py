@@ -33,6 +33,8 @@ RUNNER_KEYS = {
     "lr_mult": "transfer: the lr factor of the reused layers (build_optimizer)",
     "whiten_images": "init: the images a whitened first layer is fitted on (init_inputs)",
     "first_layer_bias_epochs": "init: the epochs a whitened first layer's bias trains (the loop)",
+    "reestimate_batches": "norm: batch norm statistics recomputed after training (components.BatchNormReestimate)",
+    "layer": "transfer: the layer a linear probe reads its features from (cut_for_probe)",
 }
 
 
@@ -54,6 +56,10 @@ def build_model(cfg, num_classes: int, inputs=None) -> nn.Module:
     inputs: preprocessed training images for a data-dependent init (init.first_layer=whiten), see init_inputs."""
     drop = layers.Drop.from_config(cfg.regularization)
     model = option(cfg.model, num_classes=num_classes, act=option(cfg.activation), norm=option(cfg.norm), drop=drop)
+    if drop.placement == "after_last_norm":
+        removed = layers.keep_noise_after_last_norm(model)
+        logging.getLogger("runner").info("regularization.%s.placement=after_last_norm: %d %s layer(s) in front of a "
+                                         "norm layer left out", drop.kind, removed, drop.kind)
     initialize(model, option(cfg.init), cfg.activation, inputs)
     return model
 
@@ -69,6 +75,18 @@ def build_pretrained(cfg, model: nn.Module, run_dir=None) -> set[str]:
     if run_dir is not None:
         checkpoint.write_json(report.as_dict(), Path(run_dir) / "pretrained.json")
     return {n for n, _ in model.named_parameters() if n in set(report.loaded)}
+
+
+def build_probe(cfg, model: nn.Module, num_classes: int) -> None:
+    """transfer=linear_probe transfer.layer=<layer>: cut `model` at that layer, in place, with a new linear head on
+    its pooled features (transfer.cut_at). Nothing for transfer.layer=null or another transfer= option."""
+    if cfg.transfer.get("layer") is not None:
+        transfer.cut_at(model, cfg.transfer.layer, num_classes)
+
+
+def build_pruning(cfg, model: nn.Module, epochs: int, steps_per_epoch: int):
+    """The engine.pruning.Pruning component of `prune=` over `model`'s conv/linear weights; None for prune=none."""
+    return option(cfg.prune, model=model, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
 
 def build_freezer(cfg, model: nn.Module):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from runner.data import checkpoint
+from runner.engine import build
 from runner.nets.init import first_conv
 from runner.optimization import optimizers, regularizers, schedules
 
@@ -160,6 +161,62 @@ class StemBiasHold(Component):
                      "=%d)", epoch + 1, self.epochs)
 
 
+class BatchNormReestimate(Component):
+    """norm.reestimate_batches=N: after the last epoch (and after early stopping put its best weights back), the
+    batch-norm running statistics of the model, and of its weight average if any, are recomputed over N training
+    batches (preprocessed, not augmented, a fixed draw of the run's seed) with dropout and every other noise off
+    (layers.reestimate_batch_norm). The validation and test scores before and after go to TensorBoard
+    (bn_reestimate/...) and metrics.json (bn_reestimate); the test that follows, and checkpoints/last.pt, use the
+    new statistics."""
+
+    name = "bn_reestimate"
+
+    def __init__(self, batches: int):
+        self.batches, self.result = batches, None
+
+    def finish(self, run) -> None:
+        from runner.nets.layers import reestimate_batch_norm
+
+        cfg, splits = run.cfg, run.splits
+        size = cfg.trainer.batch_size
+        order = torch.randperm(len(splits.train_x), generator=torch.Generator().manual_seed(cfg.seed))
+        n = min(self.batches, max(1, len(order) // size))
+        if n < self.batches:
+            log.warning("norm.reestimate_batches=%d: the training split holds %d batches of %d; using those",
+                        self.batches, n, size)
+        idx = [order[i * size:(i + 1) * size].to(splits.train_x.device) for i in range(n)]
+        models = [("", run.model.module if hasattr(run.model, "module") else run.model)]
+        if run.ema is not None:
+            models.append(("_ema", run.ema.model))
+        self.result = {"batches": n, "images": sum(len(i) for i in idx)}
+        for suffix, model in models:
+            before = self._scores(run, model, suffix, "before")
+            with run.speed.autocast():
+                layers = reestimate_batch_norm(model, (run.speed.layout(run.preprocess(splits.train_x[i]))
+                                                       for i in idx))
+            after = self._scores(run, model, suffix, "after")
+            self.result.update({**before, **after, f"layers{suffix}": layers})
+        run.tracker.scalars({f"bn_reestimate/{k}": v for k, v in self.result.items()}, run.step)
+        shown = ", ".join(f"{k.removesuffix('_before')} {self.result[k]:.4f} -> {self.result[k[:-6] + 'after']:.4f}"
+                          for k in self.result if k.endswith("_before") and "acc" in k)
+        log.info("norm.reestimate_batches=%d: batch norm statistics of %d layers recomputed over %s training images "
+                 "(dropout off): %s", self.batches, self.result["layers"], f"{self.result['images']:,}", shown)
+        run.save_last()
+
+    @staticmethod
+    def _scores(run, model, suffix: str, when: str) -> dict:
+        splits, size, scores = run.splits, run.cfg.trainer.eval_batch_size, {}
+        for split, x, y in (("val", splits.val_x, splits.val_y), ("test", splits.test_x, splits.test_y)):
+            if len(y):
+                with run.speed.autocast():
+                    got = run.objective.evaluate(model, run.preprocess, x, y, size)
+                scores.update({f"{split}_{k}{suffix}_{when}": v for k, v in got.items()})
+        return scores
+
+    def summary(self) -> dict | None:
+        return self.result
+
+
 class Diagnostics(Component):
     """The network's health every diagnostics.every_steps steps (runner.nets.diagnostics.Probe): activation
     statistics, dead and saturated units, gradient norms, update/weight ratios, batch norm's train/eval gap."""
@@ -265,32 +322,22 @@ def non_finite(model: torch.nn.Module) -> str:
     return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
-class Progress(Component):
-    """The live progress line on a terminal (runner.engine.tracking.Progress)."""
-
-    def __init__(self, progress):
-        self.progress = progress
-
-    def after_log(self, run, window: dict) -> None:
-        self.progress.update(run.epoch, window["steps"], window["loss"], window["img_per_s"])
-
-
 class SweepReport(Component):
-    """In a trial of an Optuna sweep: report the validation accuracy after every epoch; the sweep's pruner may end
-    the trial (status `pruned`)."""
+    """In a trial of an Optuna sweep: report the epoch (its history entry: val_acc, val_loss, ...) after every
+    epoch; the sweep's pruner, reading the value of the study's metric, may end the trial (status `pruned`)."""
 
     def __init__(self, report):
-        self.report = report
+        self.report = report  # (epoch, history entry) -> "prune" | None
 
     def epoch_end(self, run, epoch, val) -> End | None:
-        if self.report(epoch + 1, val.get("acc", float("nan"))) != "prune":
+        if self.report(epoch + 1, run.history[-1]) != "prune":
             return None
         message = f"pruned by the sweep's pruner after epoch {epoch + 1} (val acc {val.get('acc', float('nan')):.4f})"
         log.info(message)
         return End("pruned", message)
 
 
-def build_components(cfg, run, ema, freezer, probe, progress, extra=()) -> list[Component]:
+def build_components(cfg, run, ema, freezer, probe, extra=()) -> list[Component]:
     """The components `cfg` asks for, in the order their hooks run (averaging before diagnostics after a step;
     early stopping before the sweep's report after validation), then `extra` (e.g. a SweepReport)."""
     floor = 10 * math.log(max(2, len(run.splits.classes))) if run.objective.has_accuracy else 10.0
@@ -299,17 +346,31 @@ def build_components(cfg, run, ema, freezer, probe, progress, extra=()) -> list[
         components.append(Freezing(freezer))
     if cfg.init.first_layer == "whiten" and cfg.init.first_layer_bias_epochs is not None:
         components.append(StemBiasHold(first_conv(run.model).bias, cfg.init.first_layer_bias_epochs))
+    model = run.model.module if hasattr(run.model, "module") else run.model
+    pruning = build.build_pruning(cfg, model, cfg.trainer.epochs, run.steps_per_epoch)
+    if pruning is not None:  # before averaging: the average sees the masked weights
+        components.append(pruning)
     if ema is not None:
         components.append(Averaging(ema))
     if probe is not None:
         components.append(Diagnostics(probe))
     if "grad_clip" in cfg.regularization:  # after the diagnostics: they measure the gradients before clipping
         components.append(GradientClipping(cfg.regularization.grad_clip.by, cfg.regularization.grad_clip.threshold))
-    if progress is not None:
-        components.append(Progress(progress))
     if "early_stopping" in cfg.regularization:
         components.append(EarlyStopping(regularizers.EarlyStopping(**cfg.regularization.early_stopping)))
     if cfg.schedule.snapshot_ensemble:
         total = run.steps_per_epoch * cfg.trainer.epochs
         components.append(Snapshots(schedules.cycle_ends(run.scheduler, total), cfg.trainer.epochs))
+    if cfg.norm.reestimate_batches > 0:  # after early stopping, which puts the best weights back first
+        components.append(BatchNormReestimate(cfg.norm.reestimate_batches))
+    evaluation = cfg.evaluation
+    if evaluation.sharpness_samples or evaluation.hessian_iters:
+        from runner.engine.sharpness import Sharpness
+
+        components.append(Sharpness(evaluation.sharpness_samples, evaluation.sharpness_radius,
+                                    evaluation.sharpness_images, evaluation.hessian_iters, cfg.seed))
+    if cfg.export.enabled:
+        from runner.engine.inference import Export
+
+        components.append(Export(cfg.export.latency_batch_sizes, cfg.export.latency_repeats))
     return [*components, *extra]

@@ -34,10 +34,23 @@ TAGS = {
     "test/mc_<score>": "MC dropout's acc, nll and ece (evaluation.mc_dropout_passes)",
     "test/acc_snapshot_<k>": "test accuracy of the k-th snapshot (schedule.snapshot_ensemble)",
     "test/acc_snapshot_ensemble": "test accuracy of the snapshots' averaged softmax",
+    "bn_reestimate/<measure>": "norm.reestimate_batches: <split>_<score>[_ema]_before / _after the batch norm "
+                               "statistics were recomputed; batches, images, layers[_ema]",
+    "test/acc_folded": "test accuracy of the network with its batch norms folded (export.enabled)",
+    "prune/target": "the sparsity the pruning masks were made for (prune=magnitude)",
+    "prune/sparsity": "the fraction of the prunable conv/linear weights that are exactly 0",
+    "prune/sparsity/<layer>": "that fraction in each conv/linear layer",
+    "inference/fold_max_abs_diff": "the largest |difference| between the folded and unfolded network's test "
+                                   "outputs (export.enabled)",
+    "inference/latency_ms/<variant>/<batch>": "median ms of one forward pass of the unfolded or folded network at "
+                                              "batch_<n> (export.enabled; latency.json has the IQR)",
+    "sharpness/<measure>": "sharpness of the final model on training images: loss_increase (mean) and "
+                           "loss_increase_max under random relative weight perturbations, hessian_top (evaluation.)",
     "diag/<measure>/<layer>": "diagnostics per layer: act_mean, act_std, dead_frac, saturated_frac, grad_norm, "
-                              "update_ratio",
+                              "update_ratio; dropout_mean_ratio per dropout layer (mean output in training / "
+                              "mean input, what evaluation passes on)",
     "diag/<measure>": "diagnostics of the whole net: initial_loss, loss_batch_stats, loss_running_stats, "
-                      "bn_train_eval_gap, act_std_by_layer",
+                      "bn_train_eval_gap; act_std_by_layer (a figure: std over depth at step 0)",
 }
 
 METRICS = {
@@ -51,14 +64,32 @@ METRICS = {
     "best_epoch": "its epoch",
     "wall_time_s": "seconds of the run, over every resumed process",
     "first_step_at": "the time (seconds since the epoch) this process finished its first training step",
-    "startup_s": "seconds from importing runner to the first finished training step",
-    "history": "one entry per epoch: train/val loss (and acc), lr, epoch_s, img_per_s, images, *_ema",
+    "startup_s": "seconds from the start of this job (a sweep's trial: its own start, not the process's) to its "
+                 "first finished training step",
+    "startup": "startup_s in parts: setup_s (config checks, the run directory, imports on a process's first job), "
+               "data_s (loading the splits), build_s (preprocessing, model, optimizer, components), first_step_s "
+               "(recording the run, TensorBoard, the step-0 pictures and diagnostics, the first step)",
+    "test_deferred": "true in a sweep's trial whose test pass was left to the end of the sweep "
+                     "(hydra.sweeper.test_trials=best|none)",
+    "test_checkpoint": "the checkpoint a sweep tested once all its trials had run (its best trials' last.pt)",
+    "history": "one entry per epoch: train/val loss (and acc), lr, epoch_s, img_per_s, images, *_ema, val_s (seconds "
+               "of the validation pass)",
     "images_seen": "training images over all epochs",
     "world_size": "processes of a data-parallel run",
     "precision": "fp32, bf16 or fp16",
     "final_<key>": "the last history entry's values",
     "test_<score>": "test scores, as the test/ tags with _ for /",
     "early_stopping": "early stopping's best value, epoch and whether it stopped",
+    "prune": "prune=magnitude: sparsity asked, target and reached (overall, per_layer), val_acc_before_prune and "
+             "val_acc_after_prune (one-shot), the model's dense_bytes, gzip_bytes, sparse_bytes and sparse_file",
+    "export": "export.enabled: batch norms folded, fold_max_abs_diff, fold_outputs_equal, test_acc_folded, "
+              "export_file, latency_ms (as latency.json)",
+    "inference_<measure>": "the inference/ tags with _ for /",
+    "sharpness_<measure>": "the sharpness/ tags with _ for /",
+    "bn_reestimate": "norm.reestimate_batches: val/test scores before and after the batch norm statistics were "
+                     "recomputed (as the bn_reestimate/ tags)",
+    "model_params": "parameters of the model (as model/params)",
+    "model_flops_per_image": "FLOPs of one forward pass on one image (as model/flops_per_image)",
 }
 
 
@@ -90,6 +121,8 @@ def check_metrics(metrics: dict) -> None:
 def start_pictures(run) -> None:
     """TensorBoard at step 0 of a fresh run: the model's size and layers, the planned lr curve, augmented training
     images, and what the network sees after preprocessing."""
+    from runner.engine.tracking import labelled_grid  # tracking imports this module
+
     cfg, tracker = run.cfg, run.tracker
     tracker.scalars({"model/params": run.n_params, "model/flops_per_image": run.flops}, 0)
     tracker.writer.add_text("model", f"{run.n_params:,} parameters, {run.flops / 1e6:.1f} MFLOPs per image\n\n"
@@ -98,7 +131,14 @@ def start_pictures(run) -> None:
     lrs = schedules.planned_lrs(run.scheduler, total)
     title = f"schedule={cfg.schedule.name}" + (" (drops follow val metric)" if cfg.schedule.name == "plateau" else "")
     tracker.writer.add_figure("schedule/lr_plan", schedules.plan_figure(lrs, run.steps_per_epoch, title), 0)
-    sample = run.splits.train_x[:16]
-    tracker.writer.add_image("augmentation/original_then_augmented", augmented_grid(sample, run.augmentation, cfg.seed),
-                             0)
-    tracker.writer.add_image("preprocess/original_then_input", input_grid(run.preprocess, sample), 0)
+    sample, copies = run.splits.train_x[:16], 3
+    settings = ", ".join(f"{k}={v}" for k, v in cfg.augmentation.items() if not str(k).startswith("_") and k != "name")
+    tracker.writer.add_figure("augmentation/original_then_augmented", labelled_grid(
+        augmented_grid(sample, run.augmentation, cfg.seed, copies),
+        ["original", *(f"epoch {e + 1}" for e in range(copies))],
+        f"augmentation={cfg.augmentation.get('name', run.choices.get('augmentation', '?'))} ({settings or 'none'}): "
+        "16 training images, then one random draw of what each epoch trains on"), 0)
+    tracker.writer.add_figure("preprocess/original_then_input", labelled_grid(
+        input_grid(run.preprocess, sample), ["original", "network input"],
+        f"preprocess={run.choices.get('preprocess', '?')}: what the network sees (each image stretched to 0..1 to "
+        "be visible)"), 0)

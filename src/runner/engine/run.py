@@ -21,7 +21,7 @@ from runner.config import ConfigError, UserError
 from runner.data import checkpoint
 from runner.data import loading as data
 from runner.engine import build, components, distributed, objectives, speed
-from runner.engine.tracking import Progress, Tracker
+from runner.engine.tracking import Progress, Tracker, in_multirun, phase, progress_mode
 from runner.nets.diagnostics import Probe
 from runner.nets.init import consistency_warnings
 from runner.nets.models import flops_per_image
@@ -35,8 +35,8 @@ FORMAT = 2  # checkpoints/last.pt's layout; 1: before it recorded its config
 # Keys that may differ between a checkpoint's config and the resuming run's: where the data is read from, how much
 # is printed, and how far to train (more epochs re-plan the schedule from where the run stands, see `resume`).
 # trainer.resume_allow adds more.
-MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.log_every_steps",
-              "trainer.eval_batch_size", "trainer.save_best", "device", "data.root", "data.cache_dir",
+MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.progress_every_s",
+              "trainer.log_every_steps", "trainer.eval_batch_size", "trainer.save_best", "device", "data.root", "data.cache_dir",
               "data.download", "diagnostics")
 
 
@@ -223,8 +223,9 @@ class Run:
     def _start_here(self, cfg, extra_components) -> None:
         own = self.resume_from is not None and self.resume_from.resolve().is_relative_to(self.run_dir.resolve())
         if self.world.main:
-            log.info("run directory %s (%s)", self.run_dir, "resuming its checkpoint" if own else
-                     f"continuing {self.resume_from}" if self.resume_from else "a new run")
+            log.info("run directory %s (%s); watch it with `tensorboard --logdir %s` (Custom Scalars tab)", self.run_dir,
+                     "resuming its checkpoint" if own else
+                     f"continuing {self.resume_from}" if self.resume_from else "a new run", self.run_dir)
         if self.world.main and not own:
             moved = keep_previous_apart(self.run_dir)
             if moved is not None:
@@ -246,14 +247,23 @@ class Run:
     def _build(self, extra_components) -> None:
         cfg, device, world = self.cfg, self.device, self.world
         consistency_warnings(cfg.activation, cfg.init, cfg.norm, cfg.regularization)
-        self.splits = splits = data.load_splits(cfg.data, device)
+        self.data_began_at = time.time()  # wall clock, as the job's start and first_step_at
+        with phase(f"loading data={cfg.data.name}"):
+            self.splits = splits = data.load_splits(cfg.data, device)
+        loaded = time.time()
         log.info("data=%s: %d train, %d val, %d test images on %s", cfg.data.name, len(splits.train_y),
                  len(splits.val_y), len(splits.test_y), device)
-        self.preprocess = build.build_preprocess(cfg, splits.train_x).to(device)
+        with phase(f"fitting preprocess={self.choices.get('preprocess', '?')} on {len(splits.train_x):,} training "
+                   "images"):
+            self.preprocess = build.build_preprocess(cfg, splits.train_x).to(device)
         self.augmentation = build.build_augmentation(cfg)
         self.speed = speed.setup(cfg.trainer, device)
         self.objective = build.build_objective(cfg)
-        model = build.build_model(cfg, len(splits.classes), build.init_inputs(cfg, self.preprocess, splits.train_x))
+        whiten = " (init.first_layer=whiten: the first layer from the data's patches)" \
+            if cfg.init.first_layer == "whiten" else ""
+        with phase(f"building model={self.choices.get('model', '?')}{whiten}"):
+            model = build.build_model(cfg, len(splits.classes), build.init_inputs(cfg, self.preprocess,
+                                                                                  splits.train_x))
         self.model = speed.prepare(self.objective.network(model.to(device)), self.speed)
         self.net = self.model  # the module of the forward pass: inside DistributedDataParallel and/or compiled
         if world.size > 1:
@@ -261,6 +271,7 @@ class Run:
         self.net = speed.compiled(self.net, self.speed)
         encoder = self.model.encoder if isinstance(self.model, objectives.AutoEncoder) else self.model
         reused = build.build_pretrained(cfg, encoder, self.run_dir if world.main else None)
+        build.build_probe(cfg, encoder, len(splits.classes))  # transfer.layer: cut at an inner layer
         # before freezing: gradual unfreezing needs every parameter in the optimizer
         self.optimizer = build.build_optimizer(cfg, self.model, reused)
         freezer = build.build_freezer(cfg, self.model)
@@ -277,19 +288,15 @@ class Run:
         # The event file opens (open_tracker) once a resume has said which step to purge from.
         self.tracker = Tracker(self.run_dir, enabled=world.main, lazy=True)
         probe = Probe(self.model, cfg.diagnostics, self.tracker) if world.main else None
-        progress = Progress(self._progress_enabled(), self.steps_per_epoch, cfg.trainer.epochs)
-        self.components = components.build_components(cfg, self, ema, freezer, probe, progress, extra_components)
+        # a sweep's trials print lines even on a terminal: parallel trials would fight over one bar
+        self.progress = Progress(progress_mode(cfg.trainer.progress, cfg.trainer.progress_every_s, world.main,
+                                               sys.stderr.isatty() and not in_multirun()),
+                                 self.steps_per_epoch, cfg.trainer.epochs, cfg.trainer.progress_every_s)
+        self.components = components.build_components(cfg, self, ema, freezer, probe, extra_components)
         self.ema = ema
-
-    def _progress_enabled(self) -> bool:
-        setting = self.cfg.trainer.progress
-        return self.world.main and (sys.stderr.isatty() if setting == "auto" else bool(setting))
-
-    def progress_clear(self) -> None:
-        """Clear the live progress line (before a log line)."""
-        for c in self.components:
-            if isinstance(c, components.Progress):
-                c.progress.end_epoch()
+        # metrics.json's `startup` (its setup_s and first_step_s are added at the end)
+        self.built_at = time.time()
+        self.startup = {"data_s": loaded - self.data_began_at, "build_s": self.built_at - loaded}
 
     def hooks(self, name: str) -> list:
         """The bound `name` hooks of the components that define it, in order."""

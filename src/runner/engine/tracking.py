@@ -1,6 +1,10 @@
 """What a run leaves for its user: TensorBoard scalars and the HPARAMS entry (in the run's own directory, beside the
-curves), the run's environment, and a live progress line on a terminal."""
+curves), the run's environment, and what a person watching the run sees between the epoch lines (Progress)."""
 
+import contextlib
+import functools
+import logging
+import math
 import platform
 import subprocess
 import sys
@@ -15,6 +19,30 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 import runner
 from runner.data import checkpoint
 from runner.engine.records import check_tag
+
+log = logging.getLogger("runner")
+
+
+# The Custom Scalars tab (http://localhost:6006/#custom_scalars): the run's story first, one chart per quantity
+# with train and val together, then the diagnostics. Each entry is a regex over the tags of runner.engine.records.
+LAYOUT = {
+    "learning curves": {
+        "loss: train (running mean), val (after each epoch)": ["Multiline", [r"^train/loss$", r"^val/loss(_ema)?$"]],
+        "accuracy: train (augmented), val": ["Multiline", [r"^train/acc$", r"^val/acc(_ema)?$"]],
+        "learning rate per parameter group": ["Multiline", [r"^lr/"]],
+        "throughput (training images per second)": ["Multiline", [r"^perf/img_per_s$"]],
+    },
+    "diagnostics (diagnostics.every_steps)": {
+        "activation std per layer": ["Multiline", [r"^diag/act_std/"]],
+        "dead ReLU fraction per layer": ["Multiline", [r"^diag/dead_frac/"]],
+        "gradient norm per layer (before clipping)": ["Multiline", [r"^diag/grad_norm/"]],
+        "update / weight ratio per layer (rule of thumb: 1e-3)": ["Multiline", [r"^diag/update_ratio/"]],
+        "loss with batch vs running statistics (batch norm)": ["Multiline", [r"^diag/loss_(batch|running)_stats$"]],
+        "gradient norm (whole net)": ["Multiline", [r"^train/grad_norm$"]],
+    },
+}
+# The HPARAMS metrics columns, these first.
+METRICS_FIRST = ("val/best_acc", "test/acc", "test/loss")
 
 
 class Tracker:
@@ -31,6 +59,7 @@ class Tracker:
     def open(self, purge_step: int | None = None) -> None:
         if self.enabled:
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
+            self.writer.add_custom_scalars(LAYOUT)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
@@ -44,13 +73,17 @@ class Tracker:
             check_tag(tag)
             self.writer.add_scalar(tag, value, step)
 
-    def hparams(self, hparams: dict, metrics: dict[str, float], step: int) -> None:
+    def hparams(self, hparams: dict, metrics: dict[str, float], step: int, experiment: bool = True) -> None:
         """The HPARAMS tab entry, written into this run (SummaryWriter.add_hparams would open a timestamped
-        sub-run apart from the curves). Every metric tag is also a scalar of this run, as TensorBoard requires."""
+        sub-run apart from the curves). Every metric tag is also a scalar of this run, as TensorBoard requires.
+        experiment=False: this run's values only, not the table's columns (TensorBoard takes those from one run;
+        a sweep writes them once for all its trials, runner.sweeps.study.write_experiment)."""
         if self.writer is None:
             return
+        metrics = {tag: metrics[tag] for tag in metric_order(metrics)}
         exp, ssi, sei = hparams_summary(hparams, metrics)
-        for summary in (exp, ssi, sei):
+        _mark_differing(exp, set(overridden_keys()))
+        for summary in (exp, ssi, sei) if experiment else (ssi, sei):
             self.writer.file_writer.add_summary(summary, step)
         self.scalars(metrics, step)
 
@@ -59,9 +92,36 @@ class Tracker:
             self.writer.close()
 
 
-def flat_hparams(cfg, choices: dict[str, str]) -> dict:
+def _mark_differing(summary, names: set[str]) -> None:
+    """Flag the hyperparameters `names` of an HPARAMS experiment summary as `differs`: TensorBoard lists the
+    columns that differ first (then by name) and shows only the first few, so the keys the command line set come
+    first."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = summary.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(content.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in names
+    content.content = data.SerializeToString()
+
+
+def overridden_keys(overrides=None) -> list[str]:
+    """The config keys the command line set (Hydra's task overrides: `optimizer=adam` gives optimizer,
+    `+seed=3` seed, `optimizer.lr=0.1` optimizer.lr; in a sweep, the searched keys), in their order. Without
+    `overrides`, those of the Hydra job running now (none outside one)."""
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    keys = [str(o).split("=", 1)[0].lstrip("~+") for o in overrides if "=" in str(o)]
+    return list(dict.fromkeys(k.split("@", 1)[0] for k in keys))
+
+
+def flat_hparams(cfg, choices: dict[str, str], first=None) -> dict:
     """Every chosen group option (`optimizer: adam`) and every numeric or boolean hyperparameter, flattened to
-    dotted keys (`optimizer.lr`): what the HPARAMS tab and the sweep table compare runs by."""
+    dotted keys (`optimizer.lr`): what the HPARAMS tab and the sweep table compare runs by. The keys the command
+    line overrode come first (`first`, default overridden_keys()): TensorBoard lists the columns in this order, so
+    a sweep's searched hyperparameters are not lost among the constants."""
     out = {group: str(option) for group, option in choices.items() if not group.startswith("hydra")}
 
     def walk(node, prefix):
@@ -76,11 +136,15 @@ def flat_hparams(cfg, choices: dict[str, str]) -> dict:
             out[prefix[:-1]] = node
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
+    first = [k for k in (overridden_keys() if first is None else first) if k in out]
+    # a group's option first, then its overridden keys: optimizer, optimizer.lr, ...
+    return {**{k: out[k] for k in first}, **{k: v for k, v in out.items() if k not in first}}
 
 
-def environment(device: torch.device) -> dict:
-    """The code version and machine a run used: enough to reproduce it."""
+@functools.cache
+def _code_version() -> tuple[str | None, bool]:
+    """The git commit and dirty flag of the code this process imported: asked once per process (a sweep's trials
+    run the same code; two git commands per trial were a tenth of a second of its fixed cost)."""
     root = Path(runner.__file__).resolve().parents[2]
 
     def git(*args):
@@ -89,10 +153,16 @@ def environment(device: torch.device) -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    return git("rev-parse", "HEAD") or None, bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
+def environment(device: torch.device) -> dict:
+    """The code version and machine a run used: enough to reproduce it."""
+    commit, dirty = _code_version()
     return {
         "runner_version": runner.__version__,
-        "git_commit": git("rev-parse", "HEAD") or None,
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "command": sys.argv,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -109,23 +179,186 @@ def record_run(cfg, run_dir: Path, device: torch.device, **extra) -> None:
     checkpoint.write_text(OmegaConf.to_yaml(cfg, resolve=True), Path(run_dir) / "config.yaml")
 
 
+# The terminal bar refreshes at most this often: each refresh reads the running loss back from the device (a sync
+# that stalls the queue of GPU work), so the throttle bounds that cost to a few hundred microseconds a second.
+BAR_REFRESH_S = 0.5
+
+
+def progress_mode(setting, every_s: float, main: bool, tty: bool) -> str:
+    """trainer.progress as what a run shows within an epoch: "bar" (a live tqdm bar: auto on a terminal, or true),
+    "lines" (a plain log line every trainer.progress_every_s seconds: auto off a terminal), or "off" (false, a
+    progress_every_s of 0 off a terminal, and every rank of a data-parallel run but rank 0)."""
+    if not main or setting is False:
+        return "off"
+    if setting is True or tty:
+        return "bar"
+    return "lines" if every_s > 0 else "off"
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (a sweep's trial)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 class Progress:
-    """A one-line progress bar on a terminal (rewritten in place); silent otherwise, where per-epoch log lines
-    are the record."""
+    """What a person watching a run sees between the epoch lines. "bar": one tqdm bar over the run's training steps
+    (on stderr; log lines print above it), with the epoch, elapsed time and ETA, the epoch's running loss and
+    accuracy and img/s, and the phase (validating, testing) while there is no step to count. "lines": a log line
+    with the same figures every `every_s` seconds (a log file, a pipe). Start-up phases are log lines (`phase`).
+    The training loop asks `due()` after each step (a clock read) and only then reads the loss (`show`)."""
 
-    def __init__(self, enabled: bool, steps: int, epochs: int):
-        self.enabled, self.steps, self.epochs = enabled, steps, epochs
+    def __init__(self, mode: str, steps_per_epoch: int, epochs: int, every_s: float = 30.0):
+        self.mode, self.steps, self.epochs = mode, steps_per_epoch, epochs
+        self.total = steps_per_epoch * epochs
+        self.interval = BAR_REFRESH_S if mode == "bar" else every_s
+        self.bar, self._redirect = None, None
+        self._next = math.inf  # perf_counter time of the next refresh; never when off
+        self._t0 = self._step0 = None  # when and at which step this process began training (for the ETA)
+        self.epoch, self._epoch_start = 0, 0.0
 
-    def update(self, epoch: int, step: int, loss: float, img_per_s: float) -> None:
-        if not self.enabled:
+    def start_epoch(self, epoch: int, step: int) -> None:
+        if self.mode == "off":
             return
-        done = int(20 * step / self.steps)
-        bar = "#" * done + "." * (20 - done)
-        sys.stderr.write(f"\repoch {epoch + 1}/{self.epochs} [{bar}] {step}/{self.steps} "
-                         f"loss {loss:.4f} {img_per_s:,.0f} img/s ")
-        sys.stderr.flush()
+        now = time.perf_counter()
+        self.epoch, self._epoch_start, self._next = epoch, now, now + self.interval
+        if self._t0 is None:
+            self._t0, self._step0 = now, step
+        if self.mode == "bar":
+            if self.bar is None:
+                self._open_bar(step)
+            self.bar.set_description_str(self._epoch_name(), refresh=False)
+            self.bar.update(step - self.bar.n)
+            self.bar.refresh()
 
-    def end_epoch(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+    def due(self) -> bool:
+        """Whether the figures are due (at most every `interval` seconds): then read them and call `show`."""
+        return time.perf_counter() >= self._next
+
+    def show(self, step: int, step_in_epoch: int, images: int, loss: float, acc: float | None) -> None:
+        """step: optimizer steps of the run; step_in_epoch and images: of this epoch so far; loss and acc: the
+        epoch's running means."""
+        now = time.perf_counter()
+        self._next = now + self.interval
+        figures = f"loss {loss:.4f}" + (f" acc {acc:.4f}" if acc is not None else "") + \
+            f" {images / max(now - self._epoch_start, 1e-9):,.0f} img/s"
+        if self.bar is not None:
+            self.bar.set_postfix_str(figures, refresh=False)
+            self.bar.update(step - self.bar.n)  # refreshes: the bar's own mininterval is 0
+            return
+        if step_in_epoch == self.steps:
+            return  # the epoch line follows with the same figures
+        from tqdm import tqdm
+
+        elapsed = now - self._t0
+        done = step - self._step0
+        eta = tqdm.format_interval((self.total - step) * elapsed / done) if done > 0 else "?"
+        log.info("epoch %d/%d  step %d/%d  %s  elapsed %s  ETA %s", self.epoch + 1, self.epochs, step_in_epoch,
+                 self.steps, figures, tqdm.format_interval(elapsed), eta)
+
+    def end_epoch(self, step: int, images: int, loss: float, acc: float | None) -> None:
+        """The bar at the epoch's last step, with its final figures (the epoch line follows in "lines" mode)."""
+        if self.bar is not None:
+            self.show(step, self.steps, images, loss, acc)
+
+    def phase(self, what: str) -> None:
+        """Name the work between steps ("validating (N images)", "testing (N images)") on the bar; the test pass
+        also as a log line in "lines" mode (the epoch line follows validation at once)."""
+        if self.bar is not None:
+            self.bar.set_description_str(what if what.startswith("testing") else f"{self._epoch_name()} {what}",
+                                         refresh=True)
+        elif self.mode == "lines" and what.startswith("testing"):
+            log.info("%s ...", what)
+
+    def close(self) -> None:
+        """Leave the bar where it stands (its last line stays on the terminal) and give logging back."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
+        self._next = math.inf
+
+    def _epoch_name(self) -> str:
+        return f"epoch {self.epoch + 1}/{self.epochs}"
+
+    def _open_bar(self, step: int) -> None:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self.bar = tqdm(total=self.total, initial=step, desc=self._epoch_name(), unit="step", mininterval=0,
+                        miniters=1, dynamic_ncols=True, file=sys.stderr, bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
+                                                    "[{elapsed}<{remaining}{postfix}]")
+        # The log lines (epoch lines, warnings) print above the bar instead of through it.
+        self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()], tqdm_class=tqdm)
+        self._redirect.__enter__()
+
+
+@contextlib.contextmanager
+def phase(what: str):
+    """A start-up step that can take a while (loading data, fitting the preprocessing, whitening): a log line when
+    it begins, and one with its duration when it took over a second."""
+    log.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    if seconds >= 1.0:
+        log.info("%s: done in %.1f s", what, seconds)
+
+
+def labelled_grid(grid: torch.Tensor, row_labels: list[str], title: str):
+    """A matplotlib figure of an image grid (3, H, W) (uint8, or floats in 0..1) made by torchvision's make_grid
+    with one row per label: each row named at its left, the whole titled, for TensorBoard's add_figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = grid.float() / 255.0 if grid.dtype == torch.uint8 else grid.float()
+    height, width = image.shape[1:]
+    fig, ax = plt.subplots(figsize=(12, 12 * height / width + 0.8), dpi=100)
+    ax.imshow(image.clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+    row = height / len(row_labels)
+    ax.set_yticks([row * (i + 0.5) for i in range(len(row_labels))], row_labels)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, fontsize=10, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def depth_figure(names: list[str], values: list[float], ylabel: str, title: str):
+    """A per-layer measure over depth (layer names on the x axis, input side first): what TensorBoard's scalar
+    charts cannot show without faking the layer index as a step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4), dpi=100)
+    ax.plot(range(1, len(values) + 1), values, "o-")
+    ax.set_xticks(range(1, len(values) + 1), [f"{i} {n}" for i, n in enumerate(names, start=1)], rotation=45,
+                  ha="right", fontsize=8)
+    if values and min(values) > 0 and max(values) / min(values) > 10:
+        ax.set_yscale("log")
+    ax.set(xlabel="activation layer (input side first)", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def column_order(values: dict[str, set]) -> list[str]:
+    """The HPARAMS columns of several runs (a sweep's trials), given each hyperparameter's set of values: those
+    that differ between the runs (what the sweep searched) first, then the constants, each alphabetical.
+    TensorBoard shows the first few columns only, in this order."""
+    return sorted(values, key=lambda name: (len(values[name]) < 2, name))
+
+
+def metric_order(tags) -> list[str]:
+    """The HPARAMS metric columns: METRICS_FIRST, then the others alphabetical."""
+    return sorted(tags, key=lambda t: (METRICS_FIRST.index(t) if t in METRICS_FIRST else len(METRICS_FIRST), t))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-import runner
 from runner.config import UserError
 from runner.data import checkpoint
 from runner.data import loading as data
@@ -37,16 +36,22 @@ from runner.optimization import optimizers, regularizers, schedules
 log = logging.getLogger("runner")
 
 
-def fit(cfg, run_dir: Path, choices: dict[str, str], extra_components=(), command: str | None = None) -> dict:
+def fit(cfg, run_dir: Path, choices: dict[str, str], extra_components=(), command: str | None = None,
+        started_at: float | None = None, sweep_trial: bool = False, test: bool = True) -> dict:
     """Train, validate every epoch, checkpoint every epoch, test at the end. Returns the final metrics, also
     written to run_dir/metrics.json, whose status says how the run ended: completed, diverged, interrupted (SIGINT
     or SIGTERM: the run stops after the step it is taking), pruned, or failed (an unexpected error: recorded, then
     raised). extra_components: components from outside the engine (a sweep's report). command: the command that
-    resumes this run, for the messages (the job knows it; None: "the same command")."""
+    resumes this run, for the messages (the job knows it; None: "the same command"). started_at: time.time() when
+    the job started, the origin of startup_s (None: now). sweep_trial: a trial of a sweep, whose HPARAMS columns
+    the sweep writes for all its trials together. test=False: no test pass (a sweep tests its best trials at its
+    end, runner.sweeps.testing); metrics.json says test_deferred."""
+    started_at = time.time() if started_at is None else started_at
     again = _diverged_already(cfg, Path(run_dir))
     if again is not None:
         return again
     run = Run(cfg, run_dir, choices, extra_components)  # owns the run directory from here on
+    run.started_at, run.sweep_trial, run.test = started_at, sweep_trial, test
     try:
         with _stop_signals() as stop:
             run.stop_signal = stop
@@ -107,6 +112,9 @@ def _train(run: Run, command: str | None) -> dict:
         return finish(run, "completed")
     for hook in run.hooks("finish"):
         hook(run)
+    if not run.test:
+        log.info("test pass left to the end of the sweep (hydra.sweeper.test_trials)")
+        return finish(run, "completed")
     return _test(run)
 
 
@@ -152,7 +160,7 @@ def _stop_signals():
 
 
 def _interrupted(run: Run, command: str | None) -> End:
-    run.progress_clear()
+    run.progress.close()
     name = signal.Signals(run.stop_signal[0]).name
     last = run.run_dir / LAST
     kept = (f"{last} holds epoch {len(run.history)}, untouched" if last.is_file()
@@ -207,6 +215,7 @@ class _Sums:
         self.loss, self.correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
         self.total_loss, self.total_correct = self.loss.clone(), self.correct.clone()
         self.n = 0  # this rank's images in the window
+        self.seen = 0  # this rank's images in the epoch's earlier windows
 
     @torch.no_grad()
     def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
@@ -224,10 +233,19 @@ class _Sums:
             window["acc"] = self.correct.item() / n
         self.total_loss += self.loss
         self.total_correct += self.correct
+        self.seen += self.n
         self.loss.zero_()
         self.correct.zero_()
         self.n = 0
         return window
+
+    def running(self, accuracy: bool) -> tuple[float, float | None]:
+        """This rank's epoch so far: the mean loss (and accuracy), for the progress display. One read back (a
+        sync), so only when the display is due."""
+        n = max(1, self.seen + self.n)
+        loss, correct = torch.stack([self.total_loss + self.loss,
+                                     (self.total_correct + self.correct).to(self.loss.dtype)]).tolist()
+        return loss / n, (correct / n if accuracy else None)
 
 
 def train_one_epoch(run: Run) -> tuple[EpochResult, End | None]:
@@ -246,6 +264,8 @@ def train_one_epoch(run: Run) -> tuple[EpochResult, End | None]:
     timer = EpochTimer(run.device)
     timer.start()
     start = time.perf_counter()
+    progress = run.progress
+    progress.start_epoch(run.epoch, run.step)
     for i, (x, y) in enumerate(data.train_batches(train_x, run.splits.train_y, cfg.trainer.batch_size,
                                                   run.generator)):
         x = speed.layout(distributed.shard(run.preprocess(run.augmentation(x, run.generator)), world))
@@ -271,6 +291,8 @@ def train_one_epoch(run: Run) -> tuple[EpochResult, End | None]:
 
         images += len(y) * world.size
         sums.add(loss, objective.correct(outputs, y) if objective.has_accuracy else None, len(y))
+        if progress.due():  # a clock read; the figures (a sync) at most every few seconds
+            progress.show(run.step, i + 1, images, *sums.running(objective.has_accuracy))
         if run.stop_signal and world.size == 1:  # SIGINT/SIGTERM: stop here, nothing of this epoch is saved
             return EpochResult(float("nan"), None, images, time.perf_counter() - start), End("interrupted", "")
         if (i + 1) % cfg.trainer.log_every_steps == 0 or i + 1 == run.steps_per_epoch:
@@ -283,9 +305,10 @@ def train_one_epoch(run: Run) -> tuple[EpochResult, End | None]:
                 return EpochResult(window["loss"], None, images, time.perf_counter() - start), ends[0]
             run.tracker.scalars({f"train/{k}": v for k, v in window.items()}, run.step)
     seconds = timer.seconds()
-    run.progress_clear()
     acc = sums.total_correct.item() / images if objective.has_accuracy else None
-    return EpochResult(sums.total_loss.item() / images, acc, images, seconds), None
+    result = EpochResult(sums.total_loss.item() / images, acc, images, seconds)
+    progress.end_epoch(run.step, images, result.loss, acc)
+    return result, None
 
 
 def _signalled_anywhere(run: Run) -> bool:
@@ -331,9 +354,12 @@ def _validate(run: Run, result: EpochResult) -> dict:
     """Evaluate on the validation split (rank 0's numbers on every rank, so that all take the same decisions);
     record the epoch in TensorBoard and the history; feed a plateau schedule."""
     cfg = run.cfg
+    run.progress.phase(f"validating ({len(run.splits.val_y):,} images)")
+    began = time.perf_counter()
     with run.speed.autocast():
         val = distributed.from_main(run.objective.evaluate(run.model, run.preprocess, run.splits.val_x,
                                                            run.splits.val_y, cfg.trainer.eval_batch_size))
+    val_s = time.perf_counter() - began  # .item() in evaluate has waited for the device
     img_per_s = result.images / result.seconds
     run.tracker.scalars({**{f"val/{k}": v for k, v in val.items()}, "perf/img_per_s": img_per_s,
                          "perf/epoch_s": result.seconds}, run.step)
@@ -342,7 +368,7 @@ def _validate(run: Run, result: EpochResult) -> dict:
         entry["train_acc"] = result.acc
     entry.update({f"val_{k}": v for k, v in val.items()})
     entry.update({"lr": run.optimizer.param_groups[0]["lr"], "epoch_s": result.seconds, "img_per_s": img_per_s,
-                  "images": result.images})
+                  "images": result.images, "val_s": val_s})
     run.history.append(entry)
     run.tracker.scalars(regularizers.sparsity(optimizers.split_decay(run.model)[0]), run.step)
     schedules.observe(run.scheduler, {f"val_{k}": v for k, v in val.items()})
@@ -367,8 +393,16 @@ def _log_epoch(run: Run, result: EpochResult, val: dict) -> None:
 
 
 def _test(run: Run) -> dict:
-    """The final evaluation on the test split: the objective's scores and the components' (snapshots, ...)."""
+    """The final evaluation on the test split, logged; then finish."""
+    test, extra = test_scores(run)
+    return finish(run, "completed", test=test, extra=extra)
+
+
+def test_scores(run: Run) -> tuple[dict, dict]:
+    """The final evaluation on the test split: the objective's scores and the components' (snapshots, ...), keyed
+    as the objective gives them (acc, loss) and by TensorBoard tag (the others). Logged."""
     cfg = run.cfg
+    run.progress.phase(f"testing ({len(run.splits.test_y):,} images)")
     snapshots = next((c.states(run) for c in run.components if hasattr(c, "states")), [])
     with run.speed.autocast():
         test, extra = run.objective.test(run.model, run.preprocess, run.splits, cfg.evaluation,
@@ -379,11 +413,11 @@ def _test(run: Run) -> dict:
     best = f"  (best val acc {run.best['acc']:.4f} at epoch {run.best['epoch']})" if run.best["epoch"] >= 0 else ""
     log.info("test %s%s", shown, best)
     if extra:
-        log.info("test %s", "  ".join(f"{tag[5:]} {value:.4f}" for tag, value in extra.items()))
+        log.info("test %s", "  ".join(f"{tag.removeprefix('test/')} {value:.4g}" for tag, value in extra.items()))
     if run.objective.name == "autoencoder" and run.world.main:
         pictures = run.objective.picture(run.model, run.preprocess, run.splits.val_x[:8])
         run.tracker.writer.add_images("ae/original_then_reconstructed", pictures, run.step)
-    return finish(run, "completed", test=test, extra=extra)
+    return test, extra
 
 
 def finish(run: Run, status: str, message: str | None = None, test: dict | None = None,
@@ -399,16 +433,23 @@ def finish(run: Run, status: str, message: str | None = None, test: dict | None 
         "best_epoch": best["epoch"] if best["epoch"] >= 0 else None,
         "wall_time_s": run.elapsed + time.perf_counter() - run.wall_start,
         "first_step_at": run.first_step_at,
-        "startup_s": None if run.first_step_at is None else run.first_step_at - runner.IMPORTED_AT,
+        "startup_s": None if run.first_step_at is None else run.first_step_at - run.started_at,
+        "startup": None if run.first_step_at is None else {
+            "setup_s": run.data_began_at - run.started_at, **run.startup,
+            "first_step_s": run.first_step_at - run.built_at},
         "history": history,
         "images_seen": sum(h.get("images", 0) for h in history),
         "world_size": run.world.size,
         "precision": run.speed.precision,
+        "model_params": run.n_params,
+        "model_flops_per_image": run.flops,
     }
     if history:
         metrics.update({f"final_{k}": v for k, v in history[-1].items() if k != "epoch"})
     if test:
         metrics.update({f"test_{k}": v for k, v in test.items()})
+    elif status == "completed" and not run.test:
+        metrics["test_deferred"] = True
     metrics.update({tag.replace("/", "_"): v for tag, v in (extra or {}).items()})
     for c in run.components:
         if hasattr(c, "summary"):
@@ -425,9 +466,12 @@ def finish(run: Run, status: str, message: str | None = None, test: dict | None 
     if best["epoch"] >= 0:
         scalars["val/best_acc"] = best["acc"]
     if run.tracker.writer is not None:
-        run.tracker.hparams({**flat_hparams(run.cfg, run.choices), "status": status}, scalars, run.step)
+        run.tracker.hparams({**flat_hparams(run.cfg, run.choices), "status": status}, scalars, run.step,
+                            experiment=not run.sweep_trial)
     run.tracker.close()
+    run.progress.close()
     if run.world.main and status != "interrupted":  # an interrupted run's last line is the command that resumes it
         log.info("%s: metrics.json, checkpoints/ and the TensorBoard events are in %s; see the curves with "
-                 "`tensorboard --logdir %s`", status, run.run_dir, run.run_dir)
+                 "`tensorboard --logdir %s` (Custom Scalars tab: train and val together)", status, run.run_dir,
+                 run.run_dir)
     return metrics

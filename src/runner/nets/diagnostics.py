@@ -4,9 +4,11 @@ sick one, measured at step 0 and every N optimizer steps, written to TensorBoard
 Per activation layer: mean, std and a histogram of its output; for ReLU the fraction of dead units (never positive
 on the batch); for sigmoid/tanh the fraction of saturated values. Per Linear/Conv layer: gradient norm (before any
 clipping) and update-to-weight ratio ||dW|| / ||W|| (rule of thumb: about 1e-3). With batch norm: the loss on the
-same batch with batch statistics (training mode) and with running statistics (evaluation mode). At step 0: the
+same batch with batch statistics (training mode) and with running statistics (evaluation mode). Per dropout-type
+layer (dropout, Gaussian dropout, alpha dropout, Uout): the mean of its output in training over the mean of its input
+(what evaluation passes on unchanged), about 1 for inverted dropout. At step 0: the
 initial loss against ln(number of classes), and the activation std per layer as a curve over depth
-(`diag/act_std_by_layer`, x = layer).
+(`diag/act_std_by_layer`, a figure under Images). Histograms start at the second diagnostic step (with the first's).
 After each diagnostic step: a warning when all units of a layer are identical (symmetry never broken).
 
 Forward hooks are attached only for a diagnostic step and removed in the same step, so the other steps pay nothing.
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from runner.nets.layers import Maxout
+from runner.nets.layers import UNIT_NOISE, Maxout
 
 log = logging.getLogger("runner")
 
@@ -91,7 +93,11 @@ class Probe:
         self.every, self.histograms = diagnostics.every_steps, diagnostics.histograms
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYERS)]
         self.activations = [(n, m) for n, m in model.named_modules() if is_activation(m)]
+        self.dropouts = [(n, m) for n, m in model.named_modules() if isinstance(m, UNIT_NOISE)]
         self.reported_symmetric: set[str] = set()
+        # The first diagnostic step's histograms wait for the second: a histogram of one step is a lone slice in
+        # TensorBoard, and a run with a single diagnostic step shows none.
+        self._held_histograms: list[tuple] | None = []
         self._handles, self._acts, self._grads, self._before = [], {}, {}, {}
 
     def start(self, step: int) -> bool:
@@ -100,7 +106,20 @@ class Probe:
         self._acts = {}
         for name, module in self.activations:
             self._handles.append(module.register_forward_hook(self._hook(name, type(module).__name__.lower())))
+        for name, module in self.dropouts:
+            self._handles.append(module.register_forward_hook(self._dropout_hook(name)))
         return True
+
+    def _dropout_hook(self, name: str):
+        def hook(module, inputs, output):
+            # Evaluation passes the input on unchanged, so mean(training output) / mean(input) is the layer's
+            # train/eval ratio of the mean activation: 1 in expectation for inverted dropout (kept units scaled by
+            # 1 / (1 - p)), 1 - p without the scaling. Meaningful where the mean is away from 0 (after a ReLU).
+            if module.training:
+                self._acts.setdefault(name, {})["dropout_mean_ratio"] = (
+                    output.detach().float().mean() / inputs[0].detach().float().mean())
+
+        return hook
 
     def _hook(self, name: str, kind: str):
         def hook(module, inputs, output):
@@ -162,11 +181,19 @@ class Probe:
         flat = torch.cat(parts).tolist() if parts else []
         scalars = dict(zip(keys, flat[:len(keys)], strict=True))
         at = len(keys)
+        histograms = []
         for name, (*_, num) in hists.items():
             lo, hi, total, squares = flat[at:at + 4]
             counts = flat[at + 4:at + 4 + HISTOGRAM_BINS]
             at += 4 + HISTOGRAM_BINS
-            self._histogram(f"act/{name}", lo, hi, counts, total, squares, num, step + 1)
+            histograms.append((f"act/{name}", lo, hi, counts, total, squares, num, step + 1))
+        if self._held_histograms is not None and histograms:
+            histograms, self._held_histograms = self._held_histograms, histograms
+            if histograms:  # from the second diagnostic step on: the held ones, then this step's
+                histograms += self._held_histograms
+                self._held_histograms = None
+        for args in histograms:
+            self._histogram(*args)
 
         out = {k: v for k, v in scalars.items() if not k.startswith("_sym/")}
         self.tracker.scalars(out, step + 1)  # logged after the step, at the count of steps done, like lr/ and train/
@@ -199,6 +226,13 @@ class Probe:
         if abs(loss - expected) > INITIAL_LOSS_TOLERANCE * expected:
             log.warning("the initial loss %.3f is far from ln(%d) = %.3f: the initial logits are not small. Check "
                         "the initialization scale (init=) and the input preprocessing.", loss, classes, expected)
-        stds = [scalars[f"diag/act_std/{n}"] for n, _ in self.activations if f"diag/act_std/{n}" in scalars]
-        for depth, std in enumerate(stds, start=1):
-            self.tracker.scalar("diag/act_std_by_layer", std, depth)
+        layers = [(n, scalars[f"diag/act_std/{n}"]) for n, _ in self.activations if f"diag/act_std/{n}" in scalars]
+        if layers and self.tracker.writer is not None:
+            from runner.engine.records import check_tag
+            from runner.engine.tracking import depth_figure
+
+            check_tag("diag/act_std_by_layer")
+            figure = depth_figure([n for n, _ in layers], [v for _, v in layers], "std of the layer's output",
+                                  "activation std by depth at step 0\n(falling with depth: vanishing signal; "
+                                  "rising: exploding)")
+            self.tracker.writer.add_figure("diag/act_std_by_layer", figure, 0)

@@ -1,5 +1,5 @@
 """Building blocks the models share: the normalization a `norm=` option names, Maxout, the dropout family of
-`regularization=` (dropout, Gaussian dropout, alpha dropout, DropConnect, stochastic depth, max-norm), and the
+`regularization=` (dropout, Gaussian dropout, alpha dropout, Uout, DropConnect, stochastic depth, max-norm), and the
 conv/linear block that puts a layer, its norm and its activation in the order `norm.position` gives."""
 
 from collections import OrderedDict
@@ -74,6 +74,33 @@ class GroupNorm(Norm):
 
     def layer(self, channels: int, spatial: bool) -> nn.Module:
         return nn.GroupNorm(group_count(channels, self.groups), channels, eps=self.eps)
+
+
+@torch.no_grad()
+def reestimate_batch_norm(model: nn.Module, batches) -> int:
+    """Recompute the running statistics of every batch-norm layer of `model` over `batches` (network inputs), as
+    the cumulative average over them (momentum None), with everything else in eval mode: dropout and the other
+    noise off, as at test time, so the statistics are those the test will see (Li et al. 2019's fix for the
+    variance shift that dropout in front of batch norm causes). Layers held in eval mode (frozen by transfer=) keep
+    theirs. Returns the number of layers re-estimated; the model's train/eval mode is left as it was."""
+    was_training = model.training
+    model.eval()
+    redone = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.train()  # a frozen layer's train() keeps it in eval
+            if m.training:
+                redone.append((m, m.momentum))
+                m.reset_running_stats()
+                m.momentum = None
+    if redone:
+        for x in batches:
+            model(x)
+    for m, momentum in redone:
+        m.momentum = momentum
+        m.eval()
+    model.train(was_training)
+    return len(redone)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -164,8 +191,62 @@ class StochasticDepth(nn.Module):
         return f"p={self.p}"
 
 
+class Uout(nn.Module):
+    """Uniform multiplicative noise (Li et al. 2019, "Understanding the disharmony between dropout and batch
+    normalization by variance shift", sec. 5): x * (1 + u), u ~ U(-beta, beta) per unit in training; identity in
+    eval. Its variance beta^2/3 x^2 is small for the usual beta (0.1 to 0.5: 0.003 to 0.08 x^2, against p/(1-p) x^2
+    for dropout), so batch norm after it sees a smaller variance shift between training and test."""
+
+    def __init__(self, beta: float):
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.beta == 0:
+            return x
+        return x * (1.0 + self.beta * (2.0 * torch.rand_like(x) - 1.0))
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+
 # Modules that are random in training and deterministic in eval: what MC dropout switches back on.
-DROPOUT_TYPES = (nn.Dropout, nn.AlphaDropout, GaussianDropout, DropConnectLinear)
+DROPOUT_TYPES = (nn.Dropout, nn.AlphaDropout, GaussianDropout, Uout, DropConnectLinear)
+# The noise on units that regularization=<kind>.placement=after_last_norm keeps only behind the last norm layer.
+UNIT_NOISE = (nn.Dropout, nn.AlphaDropout, GaussianDropout, Uout)
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def keep_noise_after_last_norm(model: nn.Module) -> int:
+    """Replace every unit-noise module (dropout, Gaussian dropout, alpha dropout, Uout) that comes before the
+    model's last normalization layer by an identity, so that no batch norm sees the variance shift of a dropout in
+    front of it (Li et al. 2019: dropout only after the last BN layer). "Before" is the order the layers are
+    registered, which is their forward order in runner's models. Returns how many were removed."""
+    modules = list(model.named_modules())
+    last_norm = max((i for i, (_, m) in enumerate(modules) if isinstance(m, NORM_TYPES)), default=-1)
+    removed = 0
+    for name, module in modules[:last_norm]:
+        if isinstance(module, UNIT_NOISE):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, nn.Identity())
+            removed += 1
+    return removed
+
+
+class FractionalMaxPool(nn.FractionalMaxPool2d):
+    """Fractional max-pooling (Graham 2014) with 2x2 regions, each side shrunk to int(side * ratio): in training the
+    regions' offsets are drawn at random for every image and channel (torch's FractionalMaxPool2d); in eval they are
+    fixed (the draw 0.5 for all), so that evaluation is deterministic."""
+
+    def __init__(self, ratio: float):
+        super().__init__(2, output_ratio=ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
+        fixed = x.new_full((x.shape[0], x.shape[1], 2), 0.5)
+        return nn.functional.fractional_max_pool2d(x, self.kernel_size, output_ratio=self.output_ratio,
+                                                   _random_samples=fixed)
 
 
 def enable_dropout(model: nn.Module) -> int:
@@ -184,7 +265,9 @@ class Drop:
     """The in-network regularizers of `regularization=`, as the model builders place them.
 
     kind/p: one of config.regularizers.DROPOUTS in front of every fully connected layer that follows a hidden layer (the MLP's
-    hidden layers, VGG's classifier, the head after global pooling); conv_p: the same kind after every conv block.
+    hidden layers, VGG's classifier, the head after global pooling); conv_p: the same kind after every conv block
+    (for uout: its beta and conv_beta). placement: every (as said) or after_last_norm (build_model then keeps only
+    those behind the last norm layer, see keep_noise_after_last_norm).
     dropconnect_p: every Linear layer is a DropConnectLinear. stochastic_depth_p: the drop probability of the last
     residual block; block b of B drops with p * (b + 1) / B (Huang et al. 2016's linear decay rule).
     """
@@ -194,6 +277,7 @@ class Drop:
     conv_p: float = 0.0
     dropconnect_p: float = 0.0
     stochastic_depth_p: float = 0.0
+    placement: str = "every"
 
     @classmethod
     def from_config(cls, regularization) -> "Drop":
@@ -202,8 +286,10 @@ class Drop:
 
         kinds = chosen(regularization, "dropout")
         kind = kinds[0] if kinds else "none"  # config.validate allows one
-        return cls(kind=kind, p=rate(kind), conv_p=rate(kind, "conv_p"), dropconnect_p=rate("dropconnect"),
-                   stochastic_depth_p=rate("stochastic_depth"))
+        key = "beta" if kind == "uout" else "p"  # Uout's noise is U(-beta, beta), not a drop probability
+        placement = regularization[kind].get("placement", "every") if kind != "none" else "every"
+        return cls(kind=kind, p=rate(kind, key), conv_p=rate(kind, f"conv_{key}"), dropconnect_p=rate("dropconnect"),
+                   stochastic_depth_p=rate("stochastic_depth"), placement=placement)
 
     def _module(self, p: float) -> nn.Module:
         if p == 0 or self.kind == "none":
@@ -212,6 +298,8 @@ class Drop:
             return nn.Dropout(p)  # inverted: kept units scaled by 1/(1-p) in training
         if self.kind == "gaussian_dropout":
             return GaussianDropout(p)
+        if self.kind == "uout":
+            return Uout(p)
         return nn.AlphaDropout(p)
 
     def fc(self) -> nn.Module:

@@ -8,9 +8,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from runner.nets.layers import NO_DROP, Drop, Maxout, Norm, StochasticDepth, block
+from runner.config.rules import pooled_sides
+from runner.nets.layers import NO_DROP, Drop, FractionalMaxPool, Maxout, Norm, StochasticDepth, block
 
 Act = Callable[[], nn.Module]
+
+
+def pooling(pool: str, ratio: float) -> nn.Module:
+    """The downsampling at the end of a stage (`model.pool`): max (2x2 max-pool, halving each side), avg (2x2
+    average pool), or fractional: fractional max-pooling (Graham 2014), each side shrunk by `ratio` (in (0.5, 1),
+    so more stages fit) with pooling regions drawn at random in training (a regularizer, CS231n lecture 7)."""
+    if pool == "fractional":
+        return FractionalMaxPool(ratio)
+    return nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2)
 
 
 class MLP(nn.Module):
@@ -37,20 +47,20 @@ class MLP(nn.Module):
 
 class CNN(nn.Module):
     """A small VGG-like net: per stage `convs_per_stage` conv blocks then a 2x2 max-pool (32 -> 16 -> 8 -> 4 for
-    three stages), a global average pool and a linear classifier.
+    three stages; `pool`: see pooling), a global average pool and a linear classifier.
 
     With widths 32/64/128: about 0.1M parameters and 21 MFLOPs per image.
     """
 
     def __init__(self, widths: list[int], convs_per_stage: int, *, num_classes: int, act: Act, norm: Norm,
-                 drop: Drop = NO_DROP, in_channels: int = 3):
+                 drop: Drop = NO_DROP, in_channels: int = 3, pool: str = "max", pool_ratio: float = 0.7071):
         super().__init__()
         stages, c = [], in_channels
         for width in widths:
             for _ in range(convs_per_stage):
                 stages.append(block(c, width, act, norm, spatial=True, drop=drop))
                 c = width
-            stages.append(nn.MaxPool2d(2))
+            stages.append(pooling(pool, pool_ratio))
         self.features = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = drop.fc()
@@ -62,24 +72,26 @@ class CNN(nn.Module):
 
 class VGG(nn.Module):
     """VGG (Simonyan & Zisserman 2015) for 32x32 images: `stages`, each a list of conv widths, every stage ending in
-    a 2x2 max-pool (five stages: 32 -> 1); then hidden fully connected blocks of `fc_widths` and the classifier.
+    a 2x2 max-pool (five stages: 32 -> 1; `pool`: see pooling); then hidden fully connected blocks of `fc_widths` and
+    the classifier.
 
     VGG-11 ([[64], [128], [256, 256], [512, 512], [512, 512]], fc_widths [512]): 9.5M parameters, 0.3 GFLOPs.
     """
 
     def __init__(self, stages: list[list[int]], fc_widths: list[int], *, num_classes: int, act: Act, norm: Norm,
-                 drop: Drop = NO_DROP, in_channels: int = 3, image_size: int = 32):
+                 drop: Drop = NO_DROP, in_channels: int = 3, image_size: int = 32, pool: str = "max",
+                 pool_ratio: float = 0.7071):
         super().__init__()
-        if not 1 <= len(stages) <= 5:
-            raise ValueError(f"VGG needs 1 to 5 stages for {image_size}x{image_size} images, got {len(stages)}")
+        side = pooled_sides(image_size, len(stages), pool, pool_ratio)[-1]
+        if side < 1:
+            raise ValueError(f"VGG's {len(stages)} stages pool {image_size}x{image_size} images down to nothing")
         layers, c = [], in_channels
         for stage in stages:
             for width in stage:
                 layers.append(block(c, width, act, norm, spatial=True, drop=drop))
                 c = width
-            layers.append(nn.MaxPool2d(2))
+            layers.append(pooling(pool, pool_ratio))
         self.features = nn.Sequential(*layers)
-        side = image_size // 2 ** len(stages)
         fc, f = [], c * side * side
         for width in fc_widths:
             fc.append(block(f, width, act, norm, spatial=False, drop=drop))

@@ -50,6 +50,55 @@ def output_layer(model: nn.Module) -> str:
     return units(model)[-1][0]
 
 
+def cut_at(model: nn.Module, layer: str | int, num_classes: int, image_shape=(3, 32, 32)) -> str:
+    """transfer=linear_probe transfer.layer=<layer>: a linear classifier on the features of an inner layer (the
+    lecture's transfer grid: with little data and a different task, "train a linear classifier from different
+    stages"). `model` is changed in place: the layers after `layer` (a name units() gives, the head excepted, or its
+    index in that list) are left out, the first of them replaced by a global average pool when the layer's output
+    is a feature map, and the output layer by a new Linear over the layer's channels (or features). Relies on the
+    model's children being registered in forward order, as in runner's models and torchvision's ResNets. Returns
+    the layer's name."""
+    names = [n for n, _ in units(model)[:-1]]
+    if isinstance(layer, int) and not isinstance(layer, bool) and -len(names) <= layer < len(names):
+        name = names[layer]
+    elif layer in names:
+        name = layer
+    else:
+        raise ConfigError(f"transfer.layer={layer!r} is not a layer of this model (the output layer excepted): "
+                          f"allowed: {', '.join(names)}, or an index 0..{len(names) - 1} (negative from the end). "
+                          "Change it with `transfer.layer=<layer>`.")
+    p = next(model.parameters())
+    shape = []
+    hook = model.get_submodule(name).register_forward_hook(lambda m, i, out: shape.append(tuple(out.shape)))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *image_shape, device=p.device, dtype=p.dtype))
+    model.train(was_training)
+    hook.remove()
+    spatial, features = len(shape[0]) == 4, shape[0][1]  # (1, C, H, W) or (1, F)
+
+    slots = []  # (parent, child name), in forward order, at the depth units() counts
+    for top, child in model.named_children():
+        if isinstance(child, nn.Sequential):
+            slots += [(child, sub, f"{top}.{sub}") for sub, _ in child.named_children()]
+        else:
+            slots.append((model, top, top))
+    head = output_layer(model)
+    at = next(i for i, (_, _, full) in enumerate(slots) if full == name)
+    after = [s for s in slots[at + 1:] if s[2] != head]
+    if spatial and not after:
+        raise ConfigError(f"transfer.layer={layer!r}: nothing follows {name} that could pool its feature maps; choose "
+                          f"an earlier layer ({', '.join(names[:-1])}).")
+    for i, (parent, child, _) in enumerate(after):
+        setattr(parent, child, nn.AdaptiveAvgPool2d(1) if i == 0 and spatial else nn.Identity())
+    parent_name, _, child = head.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, nn.Linear(features, num_classes).to(p.device))
+    log.info("transfer.layer=%s: a linear probe on the output of %s (%d %s), %d later layers left out", layer, name,
+             features, "channels, average-pooled" if spatial else "features", len(after))
+    return name
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reading weights safely
 
@@ -250,7 +299,7 @@ class Freezer:
 
 
 class LinearProbe(Freezer):
-    """The head only."""
+    """The head only (with transfer.layer, the new head on that layer's features: cut_at)."""
 
     name = "linear_probe"
 

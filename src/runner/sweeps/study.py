@@ -1,6 +1,7 @@
-"""What a sweep needs around its trials: the study storage, a trial's per-epoch report to the study (and its
-pruning), a trial's watch on the sweep process (a killed sweep leaves no worker behind), the trial statuses, the sweep's table (trials.csv) and summary, and the spreading of parallel jobs
-over several GPUs.
+"""What a sweep needs around its trials: the study's metric and storage, a trial's per-epoch report to the study
+(and its pruning), a trial's watch on the sweep process (a killed sweep leaves no worker behind), the trial statuses,
+the sweep's table (trials.csv, ranked by the metric) and summary, its HPARAMS columns in TensorBoard, and the
+spreading of parallel jobs over several GPUs.
 
 The sweeper itself is the Hydra plugin in src/hydra_plugins/runner_optuna_sweeper. Optuna is imported inside the
 functions that need it, so a run that is not a trial never imports it.
@@ -16,6 +17,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.data import checkpoint
@@ -25,12 +27,50 @@ log = logging.getLogger(__name__)
 JOURNAL = "optuna.journal"
 TABLE = "trials.csv"
 SPACE = "search_space.json"  # each searched parameter's range or choices, for runner.report
+TESTED = "tested"  # the study's attribute holding the test scores of the trials the sweep tested at its end
 
 # What metrics.json says at the end of a trial (train.py), or what the sweeper writes there when the job failed.
 # `interrupted` is not final: the trial stays running in the study, and the next run of the sweep resumes it.
 STATUSES = ("completed", "pruned", "diverged", "failed")
 METRICS = ("best_val_acc", "best_epoch", "test_acc", "final_val_acc", "final_val_loss", "final_train_loss",
-           "epochs_completed", "wall_time_s")
+           "epochs_completed", "wall_time_s", "startup_s")
+
+# What a study can rank its trials by (hydra.sweeper.metric): the numbers of metrics.json
+# (runner.engine.records.METRICS) that every completed trial has; final_<key> is the last epoch's history entry.
+# Never a test score: a sweep chooses on the validation split.
+HISTORY_KEYS = ("val_acc", "val_loss", "train_loss", "train_acc", "val_acc_ema", "val_loss_ema")
+RANKABLE = ("best_val_acc", *(f"final_{k}" for k in HISTORY_KEYS), "epochs_completed", "wall_time_s", "startup_s")
+DIRECTIONS = ("maximize", "minimize")
+TEST_TRIALS = ("all", "best", "none")  # hydra.sweeper.test_trials
+
+
+def check_settings(metric, direction, test_trials, test_best) -> None:
+    """One line (ValueError) for a hydra.sweeper.metric, direction, test_trials or test_best that cannot be used."""
+    if isinstance(metric, str) and metric.startswith("test_"):
+        raise ValueError(f"hydra.sweeper.metric={metric}: a sweep chooses by the validation split, never by the test "
+                         "split (the chosen trial's test score would be optimistic): use best_val_acc, final_val_acc "
+                         "or final_val_loss. Change it with `hydra.sweeper.metric=<key>`.")
+    if metric not in RANKABLE:
+        raise ValueError(f"hydra.sweeper.metric={metric!r} is not a number of metrics.json a study can rank trials "
+                         f"by: allowed {', '.join(RANKABLE)}. Change it with `hydra.sweeper.metric=<key>`.")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"hydra.sweeper.direction={direction!r} is invalid: maximize or minimize. Change it with "
+                         "`hydra.sweeper.direction=<value>`.")
+    if test_trials not in TEST_TRIALS:
+        raise ValueError(f"hydra.sweeper.test_trials={test_trials!r} is invalid: all (each trial tests at its end), "
+                         "best (the test_best best trials are tested once the sweep has run) or none. Change it with "
+                         "`hydra.sweeper.test_trials=<value>`.")
+    if not (isinstance(test_best, int) and not isinstance(test_best, bool) and test_best > 0):
+        raise ValueError(f"hydra.sweeper.test_best={test_best!r} is invalid: a positive number of trials. Change it "
+                         "with `hydra.sweeper.test_best=<n>`.")
+
+
+def epoch_key(metric: str) -> str | None:
+    """The history entry's key whose value after each epoch the pruner compares, for the study's metric; None for
+    a metric that has no value until the trial ends (wall_time_s)."""
+    if metric == "best_val_acc":
+        return "val_acc"
+    return metric.removeprefix("final_") if metric.startswith("final_") else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -52,13 +92,19 @@ def open_storage(spec: str):
 # ---------------------------------------------------------------------------------------------------------------
 # Inside a trial: report the validation accuracy every epoch, stop when the pruner says so
 
-def trial_reporter():
-    """For a trial's job: a function `(epoch, val_acc) -> "prune" | None` that reports to the study and asks its
-    pruner. None when this run is not a trial of a sweep."""
+@dataclass
+class TrialContext:
+    report: object  # (epoch, history entry) -> "prune" | None: reports to the study and asks its pruner
+    test: bool  # whether the trial runs its test pass (hydra.sweeper.test_trials=all)
+
+
+def trial_context() -> TrialContext | None:
+    """For a trial's job: how it reports to its study, and whether it tests. None when this run is not a trial of
+    a sweep."""
     from hydra.core.hydra_config import HydraConfig
 
-    # The sweeper sets hydra.sweeper.trial for each job: JSON with the study's storage and name, the trial's id
-    # and the pruner's config.
+    # The sweeper sets hydra.sweeper.trial for each job: JSON with the study's storage and name, the trial's id,
+    # the pruner's config, the metric and whether to test.
     spec = HydraConfig.get().sweeper.get("trial") if HydraConfig.initialized() else None
     if not spec:
         return None
@@ -74,11 +120,16 @@ def trial_reporter():
     # Which process runs the job: a sweep run again waits for it to end before it resumes or records this trial.
     trial.set_user_attr("job", f"{socket.gethostname()}:{os.getpid()}")
 
-    def report(epoch: int, val_acc: float) -> str | None:
-        trial.report(val_acc, epoch)
+    key = epoch_key(spec.get("metric", "best_val_acc"))
+
+    def report(epoch: int, entry: dict) -> str | None:
+        value = entry.get(key) if key else None
+        if value is None:  # nothing to compare after this epoch (the sweeper refuses a pruner then)
+            return None
+        trial.report(float(value), epoch)
         return "prune" if trial.should_prune() else None
 
-    return report
+    return TrialContext(report, bool(spec.get("test", True)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,7 +201,8 @@ def assign_devices(n_jobs: int, device_count: int, device: str) -> list[str | No
 # ---------------------------------------------------------------------------------------------------------------
 # The end of a trial
 
-def read_outcome(job_dir: Path, error: str | None = None, interrupted: bool = False) -> dict:
+def read_outcome(job_dir: Path, error: str | None = None, interrupted: bool = False,
+                 metric: str = "best_val_acc") -> dict:
     """A trial's status and final metrics from its metrics.json. A job stopped by a signal (status `interrupted`
     there, or none when the user's Ctrl-C stopped the launcher, `interrupted=True`) is `interrupted`: not final, its
     job directory is left as it is for the next run of the sweep to resume. Any other job that left no final status
@@ -164,14 +216,14 @@ def read_outcome(job_dir: Path, error: str | None = None, interrupted: bool = Fa
         metrics = {**metrics, "status": "failed", "message": error or f"the job left no final status in {path}"}
         if path.parent.is_dir():
             checkpoint.write_json(metrics, path)
-    return _outcome(metrics)
+    return _outcome(metrics, metric)
 
 
-def final_outcome(job_dir: Path) -> dict | None:
+def final_outcome(job_dir: Path, metric: str = "best_val_acc") -> dict | None:
     """The outcome a trial's metrics.json records when its job ended with a final status; None when it did not
     (killed, interrupted, never started), with nothing written."""
     metrics = _metrics(Path(job_dir) / "metrics.json")
-    return _outcome(metrics) if metrics.get("status") in STATUSES else None
+    return _outcome(metrics, metric) if metrics.get("status") in STATUSES else None
 
 
 def _metrics(path: Path) -> dict:
@@ -182,70 +234,125 @@ def _metrics(path: Path) -> dict:
     return metrics if isinstance(metrics, dict) else {}
 
 
-def _outcome(metrics: dict) -> dict:
+def _outcome(metrics: dict, metric: str = "best_val_acc") -> dict:
+    """status, message, the table's metrics and the study's (`value`: a number, or None when the trial has none)."""
     outcome = {"status": metrics["status"], "message": metrics.get("message")}
-    outcome.update({key: metrics.get(key) for key in METRICS})
+    outcome.update({key: metrics.get(key) for key in (*METRICS, metric)})
+    value = metrics.get(metric)
+    outcome["value"] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     return outcome
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # TensorBoard's HPARAMS tab for the whole sweep
 
-def write_experiment(sweep_dir: Path, job_dirs: list[Path]) -> None:
-    """One HPARAMS experiment for the sweep, in its own directory: the union of the trials' hyperparameters and
-    final metrics. Each trial writes its own (runner.engine.tracking), but TensorBoard takes its columns from a single
-    one, arbitrarily chosen, whose keys and metrics may not cover the others' (a pruned trial has no test/acc,
-    optimizer=adam has no optimizer.momentum). The sweep directory's run is read first, so this one is used."""
+EXPERIMENT_SUFFIX = ".sweep_hparams"  # the name's end of the event file holding the sweep's HPARAMS columns
+
+
+def write_experiment(sweep_dir: Path, job_dirs: list[Path]) -> Path | None:
+    """The HPARAMS columns of the whole sweep: the union of its trials' hyperparameters (with the values each string
+    one took) and final metrics. TensorBoard takes its columns from a single run's experiment, arbitrarily chosen,
+    so the trials write only their own values (runner.engine.tracking.Tracker.hparams, experiment=False) and this
+    one experiment goes beside the first trial's curves, in an event file of its own: the sweep directory gets no
+    event file, which TensorBoard would list as an empty run. Returns the file written (None: no trial has
+    HPARAMS values yet)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
     from torch.utils.tensorboard import SummaryWriter
 
-    hparams, metrics = {}, {}
-    for events in (path for job_dir in job_dirs for path in sorted(Path(job_dir).glob("events.out.tfevents.*"))):
-        for event in EventFileLoader(str(events)).Load():
-            for value in event.summary.value:
-                if value.tag == metadata.EXPERIMENT_TAG:
-                    experiment = metadata.parse_experiment_plugin_data(value.metadata.plugin_data.content)
-                    hparams.update({h.name: h for h in experiment.hparam_infos if h.name not in hparams})
-                    metrics.update({m.name.tag: m for m in experiment.metric_infos if m.name.tag not in metrics})
+    from runner.engine.tracking import column_order, metric_order
+
+    seen: dict[str, set] = {}  # each hyperparameter's values over the trials
+    kinds = {"number_value": api_pb2.DATA_TYPE_FLOAT64, "string_value": api_pb2.DATA_TYPE_STRING,
+             "bool_value": api_pb2.DATA_TYPE_BOOL}
+    hparams, strings, metrics = {}, {}, {}
+    for job_dir in job_dirs:
+        for events in sorted(Path(job_dir).glob("events.out.tfevents.*")):
+            if events.name.endswith(EXPERIMENT_SUFFIX):
+                continue
+            for event in EventFileLoader(str(events)).Load():
+                for value in event.summary.value:
+                    if value.tag == metadata.SESSION_START_INFO_TAG:
+                        start = metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+                        for name, v in start.hparams.items():
+                            kind = v.WhichOneof("kind")
+                            hparams.setdefault(name, kinds.get(kind, api_pb2.DATA_TYPE_UNSET))
+                            seen.setdefault(name, set()).add(str(v))
+                            if kind == "string_value":
+                                strings.setdefault(name, set()).add(v.string_value)
+                    elif value.tag.startswith("test/") or value.tag == "val/best_acc":
+                        metrics.setdefault(value.tag, api_pb2.MetricInfo(name=api_pb2.MetricName(tag=value.tag)))
+    stale = [*Path(sweep_dir).glob("events.out.tfevents.*"),  # a sweep directory's own run, by an older runner
+             *Path(sweep_dir).glob(f"*/events.out.tfevents.*{EXPERIMENT_SUFFIX}")]  # a resumed sweep's earlier union
+    for old in stale:
+        old.unlink(missing_ok=True)
     if not hparams:
-        return
-    for old in Path(sweep_dir).glob("events.out.tfevents.*"):  # a resumed sweep's earlier, smaller union
-        old.unlink()
-    experiment = api_pb2.Experiment(hparam_infos=list(hparams.values()), metric_infos=list(metrics.values()))
+        return None
+    infos = []
+    for name in column_order(seen):  # the searched keys first (differs): TensorBoard shows the first few only
+        info = api_pb2.HParamInfo(name=name, type=hparams[name], differs=len(seen[name]) > 1)
+        if name in strings:
+            info.domain_discrete.extend(sorted(strings[name]))
+        infos.append(info)
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=[metrics[t] for t in metric_order(metrics)])
     content = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
     summary = Summary(value=[Summary.Value(tag=metadata.EXPERIMENT_TAG,
                                            metadata=metadata.create_summary_metadata(content))])
-    writer = SummaryWriter(log_dir=str(sweep_dir))
+    writer = SummaryWriter(log_dir=str(job_dirs[0]), filename_suffix=EXPERIMENT_SUFFIX)
     writer.file_writer.add_summary(summary)
     writer.close()
+    return next(Path(job_dirs[0]).glob(f"events.out.tfevents.*{EXPERIMENT_SUFFIX}"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The sweep's table and summary
 
-def table_rows(study, param_keys: list[str]) -> list[dict]:
-    """One row per trial of the study, in trial order: number, status, the searched parameters as the job got
-    them, the final metrics, the job directory (relative to the sweep directory) and a message."""
+def table_columns(param_keys: list[str], metric: str) -> list[str]:
+    """trials.csv's columns: the trial, its status and rank by the study's metric, the searched parameters, the
+    metrics (the study's first), the job directory and a message."""
+    return ["trial", "status", "rank", *param_keys, *dict.fromkeys((metric, *METRICS)), "job_dir", "message"]
+
+
+def is_outcome_column(name: str) -> bool:
+    """Whether a column of trials.csv holds a result rather than a searched parameter (runner.report)."""
+    return name in ("trial", "status", "rank", "job_dir", "message", *METRICS, *RANKABLE)
+
+
+def table_rows(study, param_keys: list[str], metric: str = "best_val_acc") -> list[dict]:
+    """One row per trial of the study, in trial order: number, status, rank (1: the best completed trial by the
+    study's metric and direction; empty for the others), the searched parameters as the job got them, the final
+    metrics, the job directory (relative to the sweep directory) and a message."""
+    trials = study.get_trials(deepcopy=False)
+    rank = {t.number: i + 1 for i, t in enumerate(best_trials(study, len(trials)))}
+    tested = study.user_attrs.get(TESTED, {})
     rows = []
-    for trial in study.get_trials(deepcopy=False):
-        attrs = trial.user_attrs
+    for trial in trials:
+        attrs = {**trial.user_attrs, **tested.get(str(trial.number), {})}
         status = attrs.get("status") or trial.state.name.lower()
-        row = {"trial": trial.number, "status": status}
+        row = {"trial": trial.number, "status": status, "rank": rank.get(trial.number, "")}
         values = attrs.get("values", {})
         row.update({key: values.get(key, "") for key in param_keys})
-        row.update({key: "" if attrs.get(key) is None else attrs[key] for key in METRICS})
+        row.update({key: "" if attrs.get(key) is None else attrs[key] for key in (metric, *METRICS)})
         row["job_dir"] = attrs.get("job_dir", "")
         row["message"] = attrs.get("message") or ""
         rows.append(row)
     return rows
 
 
-def write_table(path: Path, rows: list[dict], param_keys: list[str]) -> None:
-    columns = ["trial", "status", *param_keys, *METRICS, "job_dir", "message"]
+def best_trials(study, k: int) -> list:
+    """The k best completed trials by the study's metric and direction, best first."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.value is not None]
+    sign = -1 if study.direction == StudyDirection.MAXIMIZE else 1
+    return sorted(done, key=lambda t: (sign * t.value, t.number))[:k]
+
+
+def write_table(path: Path, rows: list[dict], param_keys: list[str], metric: str = "best_val_acc") -> None:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=table_columns(param_keys, metric), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     checkpoint.write_text(text.getvalue(), path)

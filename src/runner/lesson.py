@@ -1,0 +1,129 @@
+"""The lectures' claims, one command each:
+
+    python -m runner.lesson                          # every lesson and its claim
+    python -m runner.lesson l1_sparsity              # state the claim, run it (about 1-2 min on 2 CPU cores), print
+                                                     # the numbers, their spread and the verdict, draw the figure
+    python -m runner.lesson l1_sparsity --full       # the real thing (longer runs on all of CIFAR-10)
+    python -m runner.lesson l1_sparsity seeds=[0,1,2,3,4] -- data.root=/path/to/cifar device=cuda
+
+Arguments `key=value` change the lesson's own keys (its file: configs/lesson/<name>.yaml); those after `--` are
+runner overrides given to every run. Everything goes to outputs/lessons/<name>/<date>_<time>/: lesson.md (claim,
+table, verdict, command), lesson.json, the figure, and a run directory per run (`tensorboard --logdir` on the
+lesson directory shows them side by side).
+"""
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from runner.config import ConfigError, UserError
+
+log = logging.getLogger("runner")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    user = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, user = argv[:at], argv[at + 1:]
+    ap = argparse.ArgumentParser(prog="python -m runner.lesson", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", nargs="?", help="the lesson to run; none: list them")
+    ap.add_argument("overrides", nargs="*", help="key=value: the lesson's own keys (seeds=[0,1,2], ...)")
+    ap.add_argument("--size", choices=("quick", "full", "test"), default="quick",
+                    help="quick: ~1-2 min on 2 CPU cores on a slice of CIFAR-10 (default); full: the real thing; "
+                         "test: the hard synthetic data, seconds (what the test suite checks)")
+    ap.add_argument("--full", action="store_const", const="full", dest="size", help="the same as --size full")
+    ap.add_argument("-v", "--verbose", action="store_true", help="every run's own log lines")
+    ap.add_argument("--out", default=None, help="the lesson's directory (default outputs/lessons/<name>/<time>)")
+    args = ap.parse_intermixed_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        ap.error(f"{bad[0]!r} is not key=value; runner overrides go after `--`")
+    args.user = user
+    return args
+
+
+def listing() -> str:
+    from runner import lessons
+
+    lines = ["Lessons (python -m runner.lesson NAME; --full for the real thing):", ""]
+    lines += ["  " + lessons.summary_line(name) for name in lessons.names()]
+    return "\n".join(lines)
+
+
+def run_lesson(name: str, overrides: list[str] = (), size: str = "quick", user: list[str] = (),
+               out: Path | None = None, verbose: bool = False):
+    """Run one lesson; returns its Result (also written to <out>/lesson.md and lesson.json)."""
+    from hydra.utils import get_method
+
+    from runner import lessons
+    from runner.lessons.lab import Lab
+
+    lesson = lessons.load(name, list(overrides))
+    if size not in lesson.sizes:
+        raise ConfigError(f"--size {size} is not offered by lesson {name}: it has {', '.join(lesson.sizes)}.")
+    out = Path(out or Path("outputs/lessons") / name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    lab = Lab(lesson, out, size, list(user), name, verbose)
+    print(f"lesson {name} ({lesson.source})\n  claim: {' '.join(str(lesson.claim).split())}\n"
+          f"  size {size}, seeds {list(lesson.seeds)}; runs in {out}", flush=True)
+    started = time.perf_counter()
+    result = get_method(lesson._target_)(lesson, lab)
+    wall = time.perf_counter() - started
+    command = " ".join(shlex.quote(w) for w in ["python", "-m", "runner.lesson", name, *overrides,
+                                                  *([f"--size={size}"] if size != "quick" else []),
+                                                  *(["--", *user] if user else [])])
+    text = report(name, lesson, result, size, wall, command, out, lab.runs_done)
+    (out / "lesson.md").write_text(text)
+    (out / "lesson.json").write_text(json.dumps({
+        "lesson": name, "claim": " ".join(str(lesson.claim).split()), "source": str(lesson.source),
+        "size": size, "seeds": list(lesson.seeds), "verdict": result.verdict.verdict,
+        "reason": result.verdict.reason, "notes": result.notes, "wall_s": wall, "runs": lab.runs_done,
+        "columns": result.columns, "rows": [{k: _plain(v) for k, v in r.items()} for r in result.rows],
+        "figure": result.figure, "command": command}, indent=2))
+    print(text, flush=True)
+    return result
+
+
+def report(name, lesson, result, size, wall, command, out, runs) -> str:
+    lines = [f"## {name}", "", f"**Claim** ({lesson.source}): {' '.join(str(lesson.claim).split())}", "",
+             f"`{command}` ({size}, seeds {list(lesson.seeds)}, {runs} runs, {wall:.0f} s)", "",
+             result.table(), "", f"**Verdict: {result.verdict.verdict}.** {result.verdict.reason}."]
+    lines += [f"- {note}" for note in result.notes]
+    if result.figure:
+        lines.append(f"\nFigure: {result.figure}")
+    if runs:
+        lines.append(f"Every run's curves: tensorboard --logdir {out}")
+    return "\n".join(lines) + "\n"
+
+
+def _plain(value):
+    from runner.lessons.verdict import Stat
+
+    if isinstance(value, Stat):
+        return {"mean": value.mean, "std": value.std, "values": value.values}
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.name is None:
+            print(listing())
+            return 0
+        run_lesson(args.name, args.overrides, args.size, args.user, args.out, args.verbose)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
