@@ -64,11 +64,16 @@ def test_unknown_lesson_and_keys_are_one_line_errors():
         lessons.load("l1_sparsity", ["seeds=3"])
 
 
-def test_the_command_lists_and_refuses(capsys):
+def test_the_command_lists_and_refuses(capsys, tmp_path):
     assert lesson_cli.main([]) == 0
     assert "l1_sparsity" in capsys.readouterr().out
     assert lesson_cli.main(["nope"]) == 2
     assert capsys.readouterr().err.startswith("error: lesson 'nope' does not exist")
+    # a value the runs would refuse is one line before any run, and no lesson directory is left
+    out = tmp_path / "lesson"
+    assert lesson_cli.main(["l1_sparsity", "strength=abc", "--size", "test", "--out", str(out)]) == 2
+    assert "regularization.l1.value='abc' is invalid" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it

@@ -69,8 +69,10 @@ def run_lesson(name: str, overrides: list[str] = (), size: str = "quick", user: 
     if size not in lesson.sizes:
         raise ConfigError(f"--size {size} is not offered by lesson {name}: it has {', '.join(lesson.sizes)}.")
     out = Path(out or Path("outputs/lessons") / name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
-    out.mkdir(parents=True, exist_ok=True)
     lab = Lab(lesson, out, size, list(user), name, verbose)
+    for arm in lesson.get("arms") or [None]:  # a bad override is one line before anything runs or is written
+        lab.config(arm, lesson.seeds[0])
+    out.mkdir(parents=True, exist_ok=True)
     print(f"lesson {name} ({lesson.source})\n  claim: {' '.join(str(lesson.claim).split())}\n"
           f"  size {size}, seeds {list(lesson.seeds)}; runs in {out}", flush=True)
     started = time.perf_counter()
