@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config import CONFIG_DIR, ConfigError, register_resolvers
 from runner.config.keys import Key, integer, list_of, number, one_of, option_names, required
-from runner.config.schema import _walk
+from runner.config.schema import walk
 from runner.optimization.surfaces import SURFACES, Surface, trajectory
 
 register_resolvers()
@@ -83,7 +83,7 @@ def defaults() -> DictConfig:
 
 def check(cfg: DictConfig) -> None:
     """Every key against SPEC, then the names in optimizers and variants. Raises ConfigError (one line)."""
-    _walk(cfg, SPEC, "")
+    walk(cfg, SPEC, "")
     options = option_names("optimizer")
     for name, variant in cfg.variants.items():
         where = f"variants.{name}"

@@ -205,10 +205,10 @@ def fail(key: str, value, allowed: str, override: str | None = None) -> None:
 
 def complete_and_check(cfg: DictConfig) -> None:
     """Fill in the schema's defaults that `cfg` lacks (in place), then check every key. Raises ConfigError."""
-    _walk(cfg, SCHEMA, "")
+    walk(cfg, SCHEMA, "")
 
 
-def _walk(node: DictConfig, spec: dict, path: str) -> None:
+def walk(node: DictConfig, spec: dict, path: str) -> None:
     """Complete and check `node`, the config at `path` ("" for the root, "optimizer." for a group), by `spec`."""
     for key in node:
         if key not in spec and not str(key).startswith("_") and not (path == "" and key in _NOT_RUNNERS):
@@ -227,7 +227,7 @@ def _walk(node: DictConfig, spec: dict, path: str) -> None:
         elif isinstance(rule, dict):
             if not isinstance(node[key], DictConfig):
                 fail(where, node[key], f"must be a group of keys ({', '.join(rule)})")
-            _walk(node[key], rule, f"{where}.")
+            walk(node[key], rule, f"{where}.")
         else:
             _check(rule, node[key], where, where)
 

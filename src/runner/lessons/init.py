@@ -4,7 +4,7 @@ sigmoids saturate. Most measure an untrained network on one batch (no training: 
 
 import math
 
-from runner.lessons.lab import Lab, bar_figure
+from runner.lessons.lab import Lab, bar_figure, save_figure
 from runner.lessons.verdict import Result, Stat, all_of, greater, holds, less
 
 # ---- measuring --------------------------------------------------------------------------------------------------
@@ -93,10 +93,7 @@ def _stds_figure(path, stds: dict[str, list[list[float]]], title: str) -> str:
            title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 # ---- the lessons -------------------------------------------------------------------------------------------------

@@ -81,14 +81,6 @@ class Lab:
         found = {"at_end": components[-1].value} if at_end is not None else {}
         return {**metrics, **found, "run_dir": str(run_dir), "lesson_wall_s": time.perf_counter() - started}
 
-    def arms(self, measure, arms=None, seeds=None, extra=()) -> dict[str, Stat]:
-        """Run every arm (default: the lesson's) over every seed and collect `measure(metrics) -> float`."""
-        out = {}
-        for arm in arms or list(self.lesson.arms):
-            values = [float(measure(self.run(arm, seed, extra))) for seed in seeds or self.lesson.seeds]
-            out[arm] = Stat(values)
-        return out
-
     def model(self, arm: str | None = None, seed: int = 0, extra=()):
         """The network a run of this arm would train (initialized with `seed`), on the CPU, and its config: for
         lessons that look at a network before any training."""
@@ -142,6 +134,16 @@ def weight_zero_fraction(run) -> float:
     return regularizers.sparsity(optimizers.split_decay(run.model)[0])["weights/zero_fraction"]
 
 
+def save_figure(fig, path: Path) -> str:
+    """Every lesson figure's ending: laid out, written as a PNG (110 dpi), closed; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def bar_figure(path: Path, stats: dict[str, Stat], ylabel: str, title: str, log_y: bool = False) -> str:
     """Each arm's mean with its spread over seeds (error bar: one standard deviation; dots: the seeds)."""
     import matplotlib
@@ -161,7 +163,4 @@ def bar_figure(path: Path, stats: dict[str, Stat], ylabel: str, title: str, log_
     n = max(s.n for s in stats.values())
     ax.set_title(f"{title}\n(bars: mean over {n} seeds, error bar: 1 std, dots: each seed)", fontsize=9)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)

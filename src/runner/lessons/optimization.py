@@ -4,7 +4,7 @@ norm, batch size, warmup and schedules on real runs."""
 
 import math
 
-from runner.lessons.lab import Lab, bar_figure
+from runner.lessons.lab import Lab, bar_figure, save_figure
 from runner.lessons.verdict import (
     NOT_REPRODUCED,
     REPRODUCED,
@@ -253,10 +253,7 @@ def _curves_figure(path, runs: dict[str, list[dict]], key: str, ylabel: str, tit
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 def train_loss_by_step(run_dir) -> tuple[list[int], list[float]]:
@@ -294,10 +291,7 @@ def _loss_steps_figure(path, runs: dict[str, list[dict]], title: str) -> str:
            title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 def lr_too_high_low(lesson, lab: Lab) -> Result:

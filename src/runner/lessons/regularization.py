@@ -4,7 +4,7 @@ import math
 import statistics
 import time
 
-from runner.lessons.lab import Lab, bar_figure, weight_zero_fraction
+from runner.lessons.lab import Lab, bar_figure, save_figure, weight_zero_fraction
 from runner.lessons.verdict import Result, Stat, accuracy_noise, all_of, greater, holds, less
 
 
@@ -164,10 +164,7 @@ def _grouped_figure(path, groups: dict[str, dict[str, Stat]], ylabel: str, title
     n = max(s.n for stats in groups.values() for s in stats.values())
     ax.set_title(f"{title}\n(bars: mean over {n} seeds, error bar: 1 std, dots: each seed)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,10 +354,7 @@ def _curves_figure(path, runs: dict[str, list[dict]], targets: list[float]) -> s
     ax.set_ylabel("validation accuracy")
     ax.set_title("dropout slows training: val acc per epoch (one line per seed)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -449,10 +443,7 @@ def _norms_figure(path, runs, c: float) -> str:
     ax.set_yscale("log")
     ax.set_title("max-norm: every unit's weight norm after training", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -517,10 +508,7 @@ def _val_curves(path, last, stopped) -> str:
     ax.set_ylabel("validation accuracy (noisy labels)")
     ax.set_title("early stopping: where it stops on the val curve (one line per seed)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import statistics
 from omegaconf import OmegaConf
 
 from runner.config import CONFIG_DIR, ConfigError
-from runner.lessons.lab import Lab
+from runner.lessons.lab import Lab, save_figure
 from runner.lessons.verdict import Result, Stat, all_of, greater, less
 
 _LOG_INTERVAL = re.compile(r"tag\(\s*log\s*,\s*interval\(\s*([^,\s]+)\s*,\s*([^)\s]+)\s*\)\s*\)")
@@ -118,7 +118,4 @@ def _figure(path, regret: dict[str, list[float]], trials: int, important: str) -
     ax.set_ylabel("repeats of the search")
     ax.set_title(f"grid vs random search, {trials} trials each", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)

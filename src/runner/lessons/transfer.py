@@ -6,7 +6,7 @@ import math
 from omegaconf import OmegaConf
 
 from runner.config import CONFIG_DIR
-from runner.lessons.lab import Lab
+from runner.lessons.lab import Lab, save_figure
 from runner.lessons.regularization import logged_scalars
 from runner.lessons.verdict import Result, Stat, accuracy_noise, all_of, greater, holds
 
@@ -151,10 +151,7 @@ def _grid_figure(path, rows: list[dict], settings: list[str]) -> str:
     n = max(row[s].n for row in rows for s in settings)
     ax.set_title(f"the transfer grid (mean over {n} seeds, error bar: 1 std, dots: each seed)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 def unsupervised_pretraining(lesson, lab: Lab) -> Result:
