@@ -134,3 +134,29 @@ def test_tta_translated_views_take_the_reflect_border_when_asked():
     assert torch.allclose(tta, expected, atol=1e-6)
     zeros = evaluation.probabilities(model, _scale, x, 4, tta_flip=True, tta_translate=1)
     assert not torch.allclose(tta, zeros, atol=1e-6)
+
+
+def test_tta_can_combine_logits_with_airbench_weights():
+    """evaluation.tta_average=logits, tta_translate_weight=0.5: airbench94's TTA, the softmax of 0.5 x the mean logits
+    of the image and its mirror + 0.5 x the mean logits of the four shifted views; not the same as averaging softmax.
+    (airbench mirrors the shifted images, runner shifts the mirror image: its mirrored views are shifted the other way
+    along one axis, an equally likely view.)"""
+    from runner.data.augment import translate
+
+    assert evaluation.tta_weights(True, 1, 0.5) == [0.25, 0.125, 0.125] * 2
+    assert evaluation.tta_weights(True, 1, None) == [1 / 6] * 6
+    assert evaluation.tta_weights(True, 0, 0.5) == [0.5, 0.5]  # nothing translated: the weight has nothing to split
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    logits = lambda v: model(_scale(v))  # noqa: E731
+    shifted = lambda v: 0.5 * (logits(translate(v, 1, 1, "reflect")) + logits(translate(v, -1, -1, "reflect")))  # noqa: E731
+    airbench = 0.25 * (logits(x) + logits(x.flip(3))) + 0.25 * (shifted(x) + shifted(x.flip(3)))
+    tta = evaluation.probabilities(model, _scale, x, 4, tta_flip=True, tta_translate=1, pad_mode="reflect",
+                                   average="logits", translate_weight=0.5)
+    assert torch.allclose(tta, airbench.softmax(1), atol=1e-6)
+    by_probs = evaluation.probabilities(model, _scale, x, 4, tta_flip=True, tta_translate=1, pad_mode="reflect",
+                                        translate_weight=0.5)
+    assert not torch.allclose(tta, by_probs, atol=1e-4)
+    with pytest.raises(ConfigError, match="evaluation.tta_translate_weight"):
+        validate(compose_config(["evaluation.tta_translate_weight=1.5"], checked=False))

@@ -207,8 +207,9 @@ def test_every_sweep_config_composes_and_its_corners_validate(name):
     assert isinstance(instantiate(OmegaConf.to_container(sweeper.pruner, resolve=True)), optuna.pruners.BasePruner)
     # the sweep's own epochs, not the tiny ones: keys such as prune.fine_tune_epochs are checked against them
     epochs = compose_config([f"+sweep={name}"], tiny=False, checked=False).trainer.epochs
+    # data.train_size=null: a sweep made for CIFAR-10's slices (default_recipe) runs here on the tiny synthetic set
     for values in space.corners():  # every choice, every bound: the options exist and the values are valid
-        validate(compose_config([f"+sweep={name}", f"trainer.epochs={epochs}",
+        validate(compose_config([f"+sweep={name}", f"trainer.epochs={epochs}", "data.train_size=null",
                                  *(space.params[k].override(v) for k, v in values.items())], checked=False))
 
 

@@ -167,7 +167,7 @@ def test_help_lists_each_option_with_its_description_and_the_plus_groups_without
     text = proc.stdout
     assert "+experiment=fast" in text and "-m +sweep=" in text
     assert re.search(r"^ {3}adam +Adam \(Kingma & Ba 2015\)", text, re.M)  # the first sentence of adam.yaml
-    assert re.search(r"^ {2}\*momentum ", text, re.M)  # the default marked
+    assert re.search(r"^ {2}\*nesterov ", text, re.M)  # the default marked
     assert "sweep (-m +sweep=<option>" in text and "experiment (+experiment=<option>)" in text
 
 

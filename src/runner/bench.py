@@ -12,9 +12,10 @@
 (g) inference latency per activation: one forward pass of the default cnn (or --latency-model) in eval mode, fp32,
     with its batch norms as they are and folded into the conv before them, at batch 1 and a large batch (median and
     IQR over --repeats x 10 timed calls), side by side;
-(h) the default experiment against ../shared/bench/baseline_cnn.py (the same cnn by hand), same images and epochs;
+(h) the default experiment as shipped (its validation split held out) against ../shared/bench/baseline_cnn.py (the
+    same cnn by hand, on every training image), same epochs and seeds;
 (i) the fast preset against ../shared/bench/airbench_ref.py (airbench94's recipe), same images and epochs, plain and
-    TTA accuracy;
+    TTA accuracy (--bf16: both in bf16 autocast);
     (h) and (i): --train-size, --epochs, --seeds (quick by default; --full: all 50,000 images, 10 epochs, 2 seeds);
     they need the CIFAR-10 folder (--data-root) and the reference scripts (RUNNER_BENCH_REFERENCE, default
     ../shared/bench);
@@ -295,10 +296,11 @@ def bench_latency(device, model: str, batch_sizes: list[int], repeats: int) -> d
 REFERENCE_DIR = Path(os.environ.get("RUNNER_BENCH_REFERENCE", Path(__file__).resolve().parents[3] / "shared" / "bench"))
 
 
-def _subset_root(root: Path, tmp: Path, name: str, positions, bytes_keys: bool = False) -> Path:
+def _subset_root(root: Path, tmp: Path, name: str, positions, bytes_keys: bool = False, held_out: int = 0) -> Path:
     """A copy of the CIFAR-10 folder at `root` whose training image at file position positions[j] is runner's j-th
-    training image (data.val_size=0: the first train_size images of its seeded permutation), the other images after
-    them: a script that takes the images at those positions trains on exactly runner's images. The test batch and
+    training image (the train_size images after the first held_out = data.val_size of its seeded permutation), the
+    other images after them: a script that takes the images at those positions trains on exactly runner's images.
+    The test batch and
     meta file are links to the originals. bytes_keys: the batches' keys as bytes (airbench_ref.py unpickles with
     encoding="bytes"), else str (baseline_cnn.py, encoding="latin1")."""
     import pickle
@@ -306,11 +308,12 @@ def _subset_root(root: Path, tmp: Path, name: str, positions, bytes_keys: bool =
     arrays = data.read_cifar10(root)
     n = len(arrays["train_y"])
     positions = positions(n) if callable(positions) else positions  # a function of the number of images
-    mine = np.random.default_rng(0).permutation(n)  # runner's split with data.split_seed=0, data.val_size=0
+    mine = np.random.default_rng(0).permutation(n)  # runner's split with data.split_seed=0
+    train = mine[held_out:held_out + len(positions)]  # runner's training images, in its order
     order = np.empty(n, dtype=np.int64)
-    order[positions] = mine[:len(positions)]
+    order[positions] = train
     rest = np.setdiff1d(np.arange(n), positions, assume_unique=True)
-    order[rest] = mine[len(positions):]
+    order[rest] = np.setdiff1d(mine, train, assume_unique=True)
     folder = tmp / name / data.CIFAR10_FOLDER
     folder.mkdir(parents=True)
     x, y = arrays["train_x"][order].reshape(n, -1), arrays["train_y"][order]
@@ -323,13 +326,31 @@ def _subset_root(root: Path, tmp: Path, name: str, positions, bytes_keys: bool =
     return folder.parent
 
 
-def _script(args: list[str]) -> tuple[str, float]:
-    """Run a reference script with this Python; its stdout and wall seconds."""
+def _script(args: list[str], seed: int | None = None) -> tuple[str, float]:
+    """Run a reference script with this Python; its stdout and wall seconds. seed: for a script that fixes its own
+    seed (baseline_cnn.py calls torch.manual_seed(0) and np.random.seed(0)), run it with those two calls seeded by
+    `seed` instead, the script's file untouched."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    command = [sys.executable, *args]
+    if seed is not None:
+        command = [sys.executable, "-c", _SEEDED, str(seed), *args]
+    proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return proc.stdout, time.perf_counter() - start
+
+
+# python -c _SEEDED SEED SCRIPT ARGS...: SCRIPT as __main__ with its manual_seed / np.random.seed calls given SEED.
+_SEEDED = """
+import runpy, sys
+import numpy, torch
+seed, script = int(sys.argv[1]), sys.argv[2]
+sys.argv = sys.argv[2:]
+torch_seed, numpy_seed = torch.manual_seed, numpy.random.seed
+torch.manual_seed = lambda _: torch_seed(seed)
+numpy.random.seed = lambda _=None: numpy_seed(seed)
+runpy.run_path(script, run_name="__main__")
+"""
 
 
 def _timed_run(args: list[str], run_dir: Path) -> tuple[dict, float]:
@@ -339,29 +360,37 @@ def _timed_run(args: list[str], run_dir: Path) -> tuple[dict, float]:
 
 
 def bench_baseline(root: str, device, train_size: int, epochs: int, seeds: int) -> dict:
-    """(h) The default experiment against ../shared/bench/baseline_cnn.py (the same cnn written by hand), same
-    images (all of them, or the same train_size: the script's first images are runner's), same epochs, no
-    validation hold-out. The script fixes its seed (torch.manual_seed(0)): its repeats differ only by chance."""
-    n = CIFAR10_TRAIN_IMAGES if train_size >= CIFAR10_TRAIN_IMAGES else train_size
+    """(h) The default experiment as a user runs it (its validation split held out) against
+    ../shared/bench/baseline_cnn.py (the same cnn written by hand, no validation split), same epochs, seeds
+    0..seeds-1 on both sides (the script's fixed seed replaced, see _script). At full size the script trains on all
+    50,000 training images and runner on the 45,000 its default leaves after data.val_size; below it, both train on
+    the same train_size images (runner's, given to the script as its first ones)."""
+    full = train_size >= CIFAR10_TRAIN_IMAGES
+    held_out = int(_config([]).data.val_size)
+    n = CIFAR10_TRAIN_IMAGES if full else train_size
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        script_root = Path(root) if n == CIFAR10_TRAIN_IMAGES else _subset_root(Path(root), tmp, "first", np.arange(n))
+        script_root = Path(root) if full else _subset_root(Path(root), tmp, "first", np.arange(n), held_out=held_out)
         for seed in range(seeds):
             metrics, wall = _timed_run([f"data.root={root}", f"device={device}", f"seed={seed}",
-                                        f"trainer.epochs={epochs}", "data.val_size=0", f"data.train_size={n}"],
+                                        f"trainer.epochs={epochs}"] + ([] if full else [f"data.train_size={n}"]),
                                        tmp / f"runner{seed}")
-            ours.append({"test_acc": metrics["test_acc"], "wall_s": wall, "train_s": metrics["wall_time_s"]})
-            out, wall = _script([str(REFERENCE_DIR / "baseline_cnn.py"), str(script_root), str(n), str(epochs)])
+            ours.append({"test_acc": metrics["test_acc"], "wall_s": wall, "train_s": metrics["wall_time_s"],
+                         "images": metrics["images_seen"] // epochs, "best_val_acc": metrics["best_val_acc"]})
+            out, wall = _script([str(REFERENCE_DIR / "baseline_cnn.py"), str(script_root), str(n), str(epochs)], seed)
             last = [line for line in out.splitlines() if line.startswith("epoch ")][-1]
-            theirs.append({"test_acc": float(last.split("test acc ")[1].split()[0]), "wall_s": wall})
-    return {"train_size": n, "epochs": epochs, "runner": ours, "baseline": theirs, "device": str(device)}
+            theirs.append({"test_acc": float(last.split("test acc ")[1].split()[0]), "wall_s": wall, "images": n})
+    return {"train_size": n, "epochs": epochs, "runner": ours, "baseline": theirs, "device": str(device),
+            "held_out": held_out}
 
 
-def bench_airbench(root: str, device, train_size: int, epochs: int, seeds: int) -> dict:
+def bench_airbench(root: str, device, train_size: int, epochs: int, seeds: int, bf16: bool = False) -> dict:
     """(i) +experiment=fast against ../shared/bench/airbench_ref.py (airbench94's recipe written independently):
     same images (the script's random subset, generator seed 1234, is given runner's images at its positions), same
-    epochs, no validation hold-out; test accuracy plain and with TTA, wall seconds."""
+    epochs, no validation hold-out; test accuracy plain and with TTA, wall seconds. bf16: both in bf16 autocast with
+    channels_last (as on a GPU, where it is the default for both; on a CPU with native bf16 it is faster too)."""
+    bf16 = bf16 or device.type == "cuda"
     n = min(train_size, CIFAR10_TRAIN_IMAGES)
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -373,18 +402,20 @@ def bench_airbench(root: str, device, train_size: int, epochs: int, seeds: int) 
 
             script_root = _subset_root(Path(root), tmp, "airbench", picked, bytes_keys=True)
         for seed in range(seeds):
+            speed = ["trainer.precision=bf16", "trainer.channels_last=true"] if bf16 else []
             metrics, wall = _timed_run([f"data.root={root}", f"device={device}", f"seed={seed}", "+experiment=fast",
-                                        f"trainer.epochs={epochs}", "data.val_size=0", f"data.train_size={n}"],
+                                        f"trainer.epochs={epochs}", "data.val_size=0", f"data.train_size={n}", *speed],
                                        tmp / f"runner{seed}")
             ours.append({"test_acc": metrics["test_acc"], "tta_acc": metrics.get("test_acc_tta"), "wall_s": wall,
                          "train_s": sum(h["epoch_s"] for h in metrics["history"])})
             args = [str(REFERENCE_DIR / "airbench_ref.py"), "--data", str(script_root), "--train-size", str(n),
                     "--epochs", str(epochs), "--seed", str(seed), "--device", str(device)]
-            out, wall = _script(args + (["--bf16"] if device.type == "cuda" else []))
+            out, wall = _script(args + (["--bf16"] if bf16 else []))
             ref = json.loads(out.strip().splitlines()[-1])
             theirs.append({"test_acc": ref["test_acc"], "tta_acc": ref["tta_acc"], "wall_s": wall,
                            "train_s": ref["train_s"]})
-    return {"train_size": n, "epochs": epochs, "runner": ours, "airbench_ref": theirs, "device": str(device)}
+    return {"train_size": n, "epochs": epochs, "runner": ours, "airbench_ref": theirs, "device": str(device),
+            "precision": "bf16" if bf16 else "fp32"}
 
 
 def _mean_sd(values: list) -> str:
@@ -460,6 +491,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="runs of each side for (h) and (i)")
     parser.add_argument("--full", action="store_true",
                         help="(h) and (i) at full size: all 50,000 training images, 10 epochs, 2 seeds")
+    parser.add_argument("--bf16", action="store_true",
+                        help="(i) in bf16 autocast on both sides (always on a GPU; on a CPU with native bf16, faster)")
     parser.add_argument("--sweep-trials", type=int, default=4, help="trials of each sweep in (j)")
     parser.add_argument("--sweep-images", type=int, default=5000, help="training images of a trial in (j)")
     parser.add_argument("--latency-model", default="cnn", help="the model= option whose latency (g) measures")
@@ -525,10 +558,11 @@ def main(argv=None) -> None:
         print(f"(h), (i) skipped: they compare on CIFAR-10, and there is none under {args.data_root} (--data-root)")
     if "h" in args.only and has_cifar:
         r = results["baseline"] = bench_baseline(args.data_root, device, args.train_size, args.epochs, args.seeds)
-        _print_versus("(h) default experiment vs baseline_cnn.py (CPU, 2 threads; its seed is fixed, so its repeats "
-                      "differ only by chance)", r, "baseline", "baseline_cnn.py", tta=False)
+        _print_versus("(h) default experiment vs baseline_cnn.py (its fixed seed replaced by the same seeds as "
+                      "runner's)", r, "baseline", "baseline_cnn.py", tta=False)
     if "i" in args.only and has_cifar:
-        r = results["airbench"] = bench_airbench(args.data_root, device, args.train_size, args.epochs, args.seeds)
+        r = results["airbench"] = bench_airbench(args.data_root, device, args.train_size, args.epochs, args.seeds,
+                                                      args.bf16)
         _print_versus("(i) +experiment=fast vs airbench_ref.py", r, "airbench_ref", "airbench_ref.py", tta=True)
     if "j" in args.only:
         r = results["sweep_cost"] = bench_sweep_cost(data_args, device, args.sweep_images, args.sweep_trials)
@@ -547,11 +581,17 @@ def main(argv=None) -> None:
 
 def _print_versus(title: str, r: dict, other: str, other_name: str, tta: bool) -> None:
     """A side-by-side table of (h) or (i): mean ± std over the seeds, wall seconds and their ratio."""
-    same = ("all 50,000 training images" if r["train_size"] == CIFAR10_TRAIN_IMAGES else
-            f"the same {r['train_size']:,} training images (runner: data.train_size first of its seeded split, "
-            "data.val_size=0; the script is given a reordered copy whose images at the positions it takes are "
-            "runner's)")
-    print(f"{title}: {r['epochs']} epochs, {same}, {len(r['runner'])} seed(s), runner on {r['device']}")
+    held_out = r.get("held_out", 0)
+    if r["train_size"] == CIFAR10_TRAIN_IMAGES:
+        same = ("all 50,000 training images" if not held_out else
+                f"the script on all 50,000 training images, runner on the {CIFAR10_TRAIN_IMAGES - held_out:,} its "
+                f"default trains on (data.val_size={held_out:,} held out for validation)")
+    else:
+        same = (f"the same {r['train_size']:,} training images (runner: data.train_size first of its seeded split, "
+                f"after its data.val_size={held_out:,} hold-out; the script is given a reordered copy whose images "
+                "at the positions it takes are runner's)")
+    precision = f", {r['precision']}" if "precision" in r else ""
+    print(f"{title}: {r['epochs']} epochs, {same}, {len(r['runner'])} seed(s), runner on {r['device']}{precision}")
     header = f"      {'':<34}{'test acc':>18}" + (f"{'TTA acc':>18}" if tta else "") + f"{'wall s':>10}"
     print(header)
     walls = {}

@@ -151,7 +151,7 @@ def _quote(text: str) -> str:
 
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler, pruner, params=None, n_trials=None, n_jobs=None, storage=None, study_name=None,
-                 spread_gpus="auto", trial=None, metric="best_val_acc", direction="maximize", test_trials="all",
+                 spread_gpus="auto", trial=None, metric="best_val_acc", direction="maximize", test_trials="best",
                  test_best=3):
         self.params = dict(params or {})
         self.n_trials, self.n_jobs, self.storage, self.study_name = n_trials, n_jobs, storage, study_name

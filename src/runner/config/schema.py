@@ -172,10 +172,16 @@ SCHEMA = {
         "layer": Key(lambda v: None if v is None or is_int(v) or (isinstance(v, str) and v) else
                      "must be null (the whole body), a layer's name (e.g. features.2) or its index (0: the first)"),
     },
-    "objective": {**required(name=options("objective")), "decoder_width": integer("[8, inf)")},
+    "objective": {**required(name=options("objective")), "decoder_width": integer("[8, inf)"),
+                  "lr_factor": number("(0, inf)", why="the optimizer's lr is multiplied by it for this objective")},
     "evaluation": required(
         tta_flip=boolean(), tta_translate=integer("[0, 8]", why="pixels; 0: off"),
-        tta_pad_mode=one_of(PAD_MODES), mc_dropout_passes=integer("[0, inf)", why="0: off"),
+        tta_pad_mode=one_of(PAD_MODES),
+        tta_average=one_of({"probs": "the weighted mean of the views' softmax",
+                            "logits": "the softmax of the weighted mean of their logits (airbench94)"}),
+        tta_translate_weight=number("[0, 1]", null=True,
+                                    why="the translated views' share; null: every view weighs the same"),
+        mc_dropout_passes=integer("[0, inf)", why="0: off"),
         ece_bins=_POSITIVE_INT, sharpness_samples=integer("[0, inf)", why="0: off"),
         sharpness_radius=_POSITIVE, sharpness_images=_POSITIVE_INT,
         hessian_iters=integer("[0, inf)", why="0: off")),

@@ -106,13 +106,18 @@ def init_inputs(cfg, preprocess: nn.Module, train_x):
 def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
     """The optimizer of `optimizer=` (torch's or, with optimizer.impl=reference, the lecture's rule) over the model's
     parameter groups, with L2, weight decay and L1 from `regularization=`, its lr scaled with the batch size when
-    trainer.lr_reference_batch_size is set. reused: the parameters loaded from model.pretrained, which train at
+    trainer.lr_reference_batch_size is set and times objective.lr_factor. reused: the parameters loaded from model.pretrained, which train at
     transfer.lr_mult times their group's lr in groups of their own (transfer.lr_groups)."""
     lr = optim.scaled_lr(cfg.optimizer.lr, cfg.trainer.batch_size, cfg.trainer.lr_reference_batch_size)
     if lr != cfg.optimizer.lr:
         logging.getLogger("runner").info("linear lr scaling: optimizer.lr %g x batch_size %d / %d = %g",
                                          cfg.optimizer.lr, cfg.trainer.batch_size,
                                          cfg.trainer.lr_reference_batch_size, lr)
+    factor = cfg.objective.get("lr_factor", 1.0)
+    if factor != 1.0:
+        logging.getLogger("runner").info("objective=%s: lr %g x objective.lr_factor %g = %g",
+                                         cfg.objective.name, lr, factor, lr * factor)
+        lr *= factor
     groups = optim.param_groups(model, cfg.regularization, decays_decoupled(cfg.optimizer), lr,
                                 cfg.trainer.norm_bias_lr_factor)
     if reused and "lr_mult" in cfg.transfer:

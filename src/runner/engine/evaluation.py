@@ -23,17 +23,34 @@ def tta_views(x: torch.Tensor, tta_flip: bool = False, tta_translate: int = 0,
     return [translate(v, dy, dx, pad_mode) if dy or dx else v for v in flips for dy, dx in shifts]
 
 
+def tta_weights(tta_flip: bool = False, tta_translate: int = 0, translate_weight: float | None = None) -> list[float]:
+    """The weight of each view of tta_views, summing to 1: equal (translate_weight null), or the translated views
+    together translate_weight and the untranslated ones the rest (airbench94: 0.5, i.e. the image and its mirror
+    count twice as much as each shifted view)."""
+    flips = 2 if tta_flip else 1
+    if not tta_translate or translate_weight is None:
+        return [1 / (flips * (3 if tta_translate else 1))] * (flips * (3 if tta_translate else 1))
+    return [w / flips for _ in range(flips) for w in (1 - translate_weight, translate_weight / 2, translate_weight / 2)]
+
+
 @torch.inference_mode()
 def probabilities(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, batch_size: int,
-                  tta_flip: bool = False, tta_translate: int = 0, pad_mode: str = "zeros") -> torch.Tensor:
+                  tta_flip: bool = False, tta_translate: int = 0, pad_mode: str = "zeros",
+                  average: str = "probs", translate_weight: float | None = None) -> torch.Tensor:
     """Softmax outputs (N, classes) of `model` in eval mode over the uint8 images `x`; with tta_flip and/or
-    tta_translate, the mean softmax over the views of tta_views (test-time augmentation)."""
+    tta_translate, test-time augmentation over the views of tta_views, weighted by tta_weights: the weighted mean
+    of the views' softmax (average="probs"), or the softmax of the weighted mean of their logits ("logits", as
+    airbench94 combines them)."""
     was_training = model.training
     model.eval()
+    weights = tta_weights(tta_flip, tta_translate, translate_weight)
     out = []
     for xb in x.split(batch_size):
         views = tta_views(xb, tta_flip, tta_translate, pad_mode)
-        out.append(sum(model(preprocess(v)).float().softmax(1) for v in views) / len(views))
+        if average == "logits":
+            out.append(sum(w * model(preprocess(v)).float() for w, v in zip(weights, views, strict=True)).softmax(1))
+        else:
+            out.append(sum(w * model(preprocess(v)).float().softmax(1) for w, v in zip(weights, views, strict=True)))
     model.train(was_training)
     return torch.cat(out)
 
@@ -97,7 +114,7 @@ def final_scores(model: nn.Module, preprocess: nn.Module, x: torch.Tensor, y: to
         out["test/acc_ema"] = scores(probabilities(ema.model, preprocess, x, batch_size), y, bins)["acc"]
     if evaluation.tta_flip or evaluation.tta_translate:
         tta = probabilities(model, preprocess, x, batch_size, evaluation.tta_flip, evaluation.tta_translate,
-                            evaluation.tta_pad_mode)
+                            evaluation.tta_pad_mode, evaluation.tta_average, evaluation.tta_translate_weight)
         out["test/acc_tta"] = scores(tta, y, bins)["acc"]
     if evaluation.mc_dropout_passes > 0:
         mc = mc_dropout_probabilities(model, preprocess, x, batch_size, evaluation.mc_dropout_passes, seed)

@@ -115,7 +115,8 @@ class Reconstruct:
     name = "autoencoder"
     has_accuracy = False
 
-    def __init__(self, decoder_width: int, label_smoothing: float = 0.0):
+    def __init__(self, decoder_width: int, label_smoothing: float = 0.0, lr_factor: float = 1.0):
+        # lr_factor is read where the optimizer is built (build.build_optimizer)
         if label_smoothing:
             raise ValueError("objective=autoencoder reads no labels: label smoothing does not apply")
         self.decoder_width = decoder_width
