@@ -77,12 +77,19 @@ def test_a_partial_option_is_called_with_the_runs_values_or_stays_a_factory():
 
 def test_the_autoencoder_trains_at_its_lr_factor_times_the_optimizers_lr():
     """objective=autoencoder: the default recipe's peak lr 0.4 (tuned for cross-entropy) diverges on the squared error,
-    so the objective scales it (objective.lr_factor, 0.25 by default): 0.1; 1 leaves optimizer.lr as is."""
+    so with an SGD-family optimizer the objective scales it by 0.25 (objective.lr_factor=null): 0.1; Adam keeps its
+    lr; a number is that factor, 1 leaves optimizer.lr as is."""
     model = torch.nn.Linear(4, 2)
-    lrs = {}
-    for factor in (None, 1):
-        cfg = compose_config(["objective=autoencoder"] + ([f"objective.lr_factor={factor}"] if factor else []))
-        lrs[factor] = [g["lr"] for g in build.build_optimizer(cfg, model).param_groups]
-    assert lrs[None] == pytest.approx([0.1] * len(lrs[None])) and lrs[1] == pytest.approx([0.4] * len(lrs[1]))
-    classify = [g["lr"] for g in build.build_optimizer(compose_config([]), model).param_groups]
-    assert classify == pytest.approx([0.4] * len(classify))
+
+    def lrs(overrides):
+        return [g["lr"] for g in build.build_optimizer(compose_config(overrides), model).param_groups]
+
+    def all_equal(values, lr):
+        return values == pytest.approx([lr] * len(values))
+
+    assert all_equal(lrs(["objective=autoencoder"]), 0.1)
+    assert all_equal(lrs(["objective=autoencoder", "optimizer=sgd"]), 0.025)
+    assert all_equal(lrs(["objective=autoencoder", "objective.lr_factor=1"]), 0.4)
+    assert all_equal(lrs(["objective=autoencoder", "objective.lr_factor=0.5"]), 0.2)
+    assert all_equal(lrs(["objective=autoencoder", "optimizer=adam", "optimizer.lr=0.003"]), 0.003)
+    assert all_equal(lrs([]), 0.4)

@@ -173,7 +173,8 @@ SCHEMA = {
                      "must be null (the whole body), a layer's name (e.g. features.2) or its index (0: the first)"),
     },
     "objective": {**required(name=options("objective")), "decoder_width": integer("[8, inf)"),
-                  "lr_factor": number("(0, inf)", why="the optimizer's lr is multiplied by it for this objective")},
+                  "lr_factor": number("(0, inf)", null=True,
+                                      why="the optimizer's lr is multiplied by it; null: 0.25 for SGD, 1 otherwise")},
     "evaluation": required(
         tta_flip=boolean(), tta_translate=integer("[0, 8]", why="pixels; 0: off"),
         tta_pad_mode=one_of(PAD_MODES),

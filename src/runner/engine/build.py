@@ -103,6 +103,12 @@ def init_inputs(cfg, preprocess: nn.Module, train_x):
         return preprocess(train_x[:cfg.init.whiten_images])
 
 
+# objective.lr_factor=null with an SGD-family optimizer: the default recipe's peak lr 0.4 is tuned for cross-entropy,
+# and an autoencoder's unbounded squared error diverges at it (0.2 and below trained); Adam-like steps are ~lr
+# whatever the gradient's scale, so they keep their lr.
+AUTOENCODER_SGD_LR_FACTOR = 0.25
+
+
 def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
     """The optimizer of `optimizer=` (torch's or, with optimizer.impl=reference, the lecture's rule) over the model's
     parameter groups, with L2, weight decay and L1 from `regularization=`, its lr scaled with the batch size when
@@ -114,6 +120,8 @@ def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
                                          cfg.optimizer.lr, cfg.trainer.batch_size,
                                          cfg.trainer.lr_reference_batch_size, lr)
     factor = cfg.objective.get("lr_factor", 1.0)
+    if factor is None:  # the objective's choice: the SGD family's lr is the classifier's, adaptive steps are not
+        factor = AUTOENCODER_SGD_LR_FACTOR if str(cfg.optimizer._target_) == "torch.optim.SGD" else 1.0
     if factor != 1.0:
         logging.getLogger("runner").info("objective=%s: lr %g x objective.lr_factor %g = %g",
                                          cfg.objective.name, lr, factor, lr * factor)
