@@ -66,15 +66,16 @@ CASES = {
 
 
 def _as_recorded(overrides: list[str]) -> list[str]:
-    """The cases were recorded when the default optimizer was momentum at lr 0.05 (momentum and Nesterov both) and the
-    fast preset's TTA averaged probabilities over equal views and the autoencoder trained at optimizer.lr: a case that relies on those defaults gets them
-    spelled out, so that the record still checks the same computation (issue 16 changed the defaults, not the
-    engine)."""
+    """The cases were recorded when the default optimizer was momentum at lr 0.05 (momentum and Nesterov both), the
+    fast preset's TTA averaged probabilities over equal views and the autoencoder trained at optimizer.lr: a case
+    that relies on those defaults gets them spelled out, so that the record still checks the same computation
+    (issue 16 changed the defaults, not the engine)."""
     chosen = next((o.split("=", 1)[1] for o in overrides if o.startswith("optimizer=")), None)
     fast = "+experiment=fast" in overrides
+    own_lr = any(o.startswith("optimizer.lr=") for o in overrides)
     if chosen is None and not fast:
         overrides = [*overrides, "optimizer=momentum"]
-    if chosen in (None, "momentum", "nesterov") and not fast and not any(o.startswith("optimizer.lr=") for o in overrides):
+    if chosen in (None, "momentum", "nesterov") and not fast and not own_lr:
         overrides = [*overrides, "optimizer.lr=0.05"]
     if fast:
         overrides = [*overrides, "evaluation.tta_average=probs", "evaluation.tta_translate_weight=null"]

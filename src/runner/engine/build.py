@@ -112,8 +112,9 @@ AUTOENCODER_SGD_LR_FACTOR = 0.25
 def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
     """The optimizer of `optimizer=` (torch's or, with optimizer.impl=reference, the lecture's rule) over the model's
     parameter groups, with L2, weight decay and L1 from `regularization=`, its lr scaled with the batch size when
-    trainer.lr_reference_batch_size is set and times objective.lr_factor. reused: the parameters loaded from model.pretrained, which train at
-    transfer.lr_mult times their group's lr in groups of their own (transfer.lr_groups)."""
+    trainer.lr_reference_batch_size is set, then by objective.lr_factor. reused: the parameters loaded from
+    model.pretrained, which train at transfer.lr_mult times their group's lr in groups of their own
+    (transfer.lr_groups)."""
     lr = optim.scaled_lr(cfg.optimizer.lr, cfg.trainer.batch_size, cfg.trainer.lr_reference_batch_size)
     if lr != cfg.optimizer.lr:
         logging.getLogger("runner").info("linear lr scaling: optimizer.lr %g x batch_size %d / %d = %g",

@@ -29,7 +29,8 @@ def tta_weights(tta_flip: bool = False, tta_translate: int = 0, translate_weight
     count twice as much as each shifted view)."""
     flips = 2 if tta_flip else 1
     if not tta_translate or translate_weight is None:
-        return [1 / (flips * (3 if tta_translate else 1))] * (flips * (3 if tta_translate else 1))
+        views = flips * (3 if tta_translate else 1)
+        return [1 / views] * views
     return [w / flips for _ in range(flips) for w in (1 - translate_weight, translate_weight / 2, translate_weight / 2)]
 
 

@@ -410,7 +410,8 @@ def test_scores(run: Run) -> tuple[dict, dict]:
     for hook in run.hooks("test_scores"):
         extra.update(hook(run))
     shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(test.items(), key=lambda kv: kv[0] != "loss"))
-    best = f"  (best val acc {run.best['acc']:.4f} at epoch {run.best['epoch']})" if run.best["epoch"] >= 0 and len(run.splits.val_y) else ""
+    validated = run.best["epoch"] >= 0 and len(run.splits.val_y)
+    best = f"  (best val acc {run.best['acc']:.4f} at epoch {run.best['epoch']})" if validated else ""
     log.info("test %s%s", shown, best)
     if extra:
         log.info("test %s", "  ".join(f"{tag.removeprefix('test/')} {value:.4g}" for tag, value in extra.items()))
