@@ -490,7 +490,8 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs for (h) and (i)")
     parser.add_argument("--seeds", type=int, default=2, help="runs of each side for (h) and (i)")
     parser.add_argument("--full", action="store_true",
-                        help="(h) and (i) at full size: all 50,000 training images, 10 epochs, 2 seeds")
+                        help="(h) and (i) at full size: 10 epochs, 2 seeds, all 50,000 training images "
+                             "(runner's default in (h): the 45,000 left after its validation split)")
     parser.add_argument("--bf16", action="store_true",
                         help="(i) in bf16 autocast on both sides (always on a GPU; on a CPU with native bf16, faster)")
     parser.add_argument("--sweep-trials", type=int, default=4, help="trials of each sweep in (j)")
