@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run lr-find transfer-grid sweep test test-all test-slow lint bench tensorboard report clean
+.PHONY: help install run lr-find transfer-grid sweep test test-all test-slow lint bench tensorboard report results clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ tensorboard: install  ## TensorBoard on every run under outputs/ (http://127.0.0
 
 report: install  ## Ranked table and plots of a sweep: make report ARGS=outputs/multirun/<day>/<time>
 	$(PY) -m runner.report $(ARGS)
+
+results: install  ## The published numbers in docs/results and their status; ARGS=all regenerates what is missing or stale
+	$(PY) -m runner.results $(ARGS)
 
 clean:  ## Remove caches and build files of src/ and tests/ (keeps outputs/, data/ and .venv)
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

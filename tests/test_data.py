@@ -241,3 +241,19 @@ def test_per_class_keeps_that_many_labelled_images_of_each_class():
         data.split(arrays, data.CIFAR10_CLASSES, 20, None, 0, "cpu", per_class=50)
     with pytest.raises(DataError, match="data.val_size=200 holds out all 200"):
         data.split(arrays, data.CIFAR10_CLASSES, 200, None, 0, "cpu")
+
+
+def test_label_noise_on_cifar_flips_that_fraction_of_training_labels_only():
+    import numpy as np
+
+    from runner.data.loading import with_label_noise
+
+    rng = np.random.default_rng(0)
+    arrays = {"train_x": np.zeros((20000, 3, 32, 32), np.uint8), "train_y": rng.integers(0, 10, 20000),
+              "test_x": np.zeros((10, 3, 32, 32), np.uint8), "test_y": np.arange(10)}
+    noisy = with_label_noise(arrays, 0.3, 10, seed=0)
+    changed = (noisy["train_y"] != arrays["train_y"]).mean()
+    assert abs(changed - 0.3 * 0.9) < 0.015  # a flip draws the same class 1 time in 10
+    assert noisy["test_y"] is arrays["test_y"] and noisy["train_y"].dtype == arrays["train_y"].dtype
+    assert (with_label_noise(arrays, 0.3, 10, seed=0)["train_y"] == noisy["train_y"]).all()  # seeded
+    assert (with_label_noise(arrays, 0.3, 10, seed=1)["train_y"] != noisy["train_y"]).any()

@@ -87,3 +87,96 @@ def test_l1_sparsity_runs_and_decides(tmp_path):
     assert (tmp_path / "l1_sparsity.png").stat().st_size > 0
     assert "Verdict: reproduced" in (tmp_path / "lesson.md").read_text()
     assert (tmp_path / "l1_seed0" / "metrics.json").exists()
+
+
+def _other_defaults(tmp_path):
+    """A copy of configs/ whose defaults differ from runner's in every part of a recipe: another optimizer and lr,
+    schedule, batch size and number of epochs."""
+    import re
+    import shutil
+
+    from runner.config import CONFIG_DIR
+
+    root = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, root)
+    text = (root / "config.yaml").read_text()
+    text = re.sub(r"- optimizer: \w+", "- optimizer: adam", text)
+    text = re.sub(r"- schedule: \w+", "- schedule: cosine", text)
+    text = re.sub(r"(\n  epochs:) \d+", r"\1 7", text)
+    text = re.sub(r"(\n  batch_size:) \d+", r"\1 48", text)
+    (root / "config.yaml").write_text(text)
+    for option in ("sgd", "momentum", "nesterov", "adam"):
+        path = root / "optimizer" / f"{option}.yaml"
+        path.write_text(re.sub(r"\nlr: .*", "\nlr: 0.0123", path.read_text()))
+    return root
+
+
+RECIPE_KEYS = ("optimizer", "schedule", "trainer.batch_size", "trainer.epochs", "trainer.lr_reference_batch_size")
+
+
+def test_no_lesson_moves_with_runners_defaults(tmp_path):
+    """Every arm of every training lesson, at every size, composes to the same optimizer, lr, schedule, batch size
+    and epochs under other defaults: each lesson pins the recipe it depends on."""
+    from omegaconf import OmegaConf
+
+    from runner.lessons.lab import Lab
+
+    other = _other_defaults(tmp_path)
+    checked = 0
+    for name in lessons.names():
+        lesson = lessons.load(name)
+        if not lesson.sizes.get("quick"):
+            continue  # no training runs (the optimizer race, the simulated search)
+        assert "recipe" in lesson, f"lesson {name} trains but pins no recipe"
+        for size in lesson.sizes:
+            for arm in lesson.get("arms") or [None]:
+                ours, _ = Lab(lesson, tmp_path, size).config(arm, 0)
+                theirs, _ = Lab(lesson, tmp_path, size, config_dir=other).config(arm, 0)
+                for key in RECIPE_KEYS:
+                    a, b = OmegaConf.select(ours, key), OmegaConf.select(theirs, key)
+                    a, b = (OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for v in (a, b))
+                    assert a == b, f"lesson {name}, size {size}, arm {arm}: {key} moves with the defaults"
+                checked += 1
+    assert checked > 40
+
+
+def _record(arm, seed, status="completed", acc=0.5):
+    return {"run": f"{arm}_seed{seed}", "arm": arm, "seed": seed, "status": status, "test_acc": acc, "lr": 0.05,
+            "batch_size": 256, "chance": 0.1}
+
+
+def test_gates_name_every_run_that_did_not_train(tmp_path):
+    from omegaconf import OmegaConf
+
+    from runner.lessons.lab import Lab, runs_figure, runs_table
+
+    lesson = OmegaConf.create({"sizes": {"test": []}, "gates": {"may_fail": ["too_high"]}})
+    lab = Lab(lesson, tmp_path, "test")
+    lab.records = [_record("a", 0), _record("a", 1, "diverged", None), _record("b", 0, acc=0.11),
+                   _record("too_high", 0, "diverged", None), _record("b", 1, acc=0.16)]
+    failures = lab.gate_failures()
+    assert failures == ["a seed 1 diverged (lr 0.05, batch 256)",
+                        "b seed 0 stayed at chance (test acc 0.110, chance 0.10) (lr 0.05, batch 256)"]
+    assert lab.records[3]["gate"] == "diverged (expected: gates.may_fail)" and lab.records[4]["gate"] == "ok"
+    table = runs_table(lab.records)
+    assert table.count("\n") == 6 and "| a | 1 | diverged | - | diverged |" in table
+    assert runs_figure(tmp_path / "runs.png", lab.records, "t") and (tmp_path / "runs.png").stat().st_size > 0
+
+
+def test_a_failed_run_makes_the_verdict_inconclusive_never_reproduced(tmp_path):
+    from omegaconf import OmegaConf
+
+    from runner.lessons.lab import Lab
+    from runner.lessons.verdict import INCONCLUSIVE
+
+    lab = Lab(OmegaConf.create({"sizes": {"test": []}}), tmp_path, "test")
+    lab.records = [_record("he", 0), _record("he", 1, "diverged", None)]
+    result = Result(["arm"], [], holds(True, "the units differ", "no"))
+    lesson_cli.gated(result, lab, "x")
+    assert result.verdict.verdict == INCONCLUSIVE and not result.verdict.reproduced
+    assert "he seed 1 diverged" in result.verdict.reason and "optimizer.lr" in result.verdict.reason
+    assert result.notes[0].startswith("the comparison alone read: reproduced")
+    lab.records = [_record("he", 0), _record("he", 1)]
+    result = Result(["arm"], [], holds(True, "the units differ", "no"))
+    lesson_cli.gated(result, lab, "x")
+    assert result.verdict.reproduced and result.runs_figure.endswith("x_runs.png")

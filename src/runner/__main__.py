@@ -87,6 +87,9 @@ def help_text() -> str:
         "(configs/lesson/)",
         "  python -m runner.lr_find [overrides]                  the learning-rate range test of a run's config",
         "  python -m runner.pictures                             the optimizer race on 2-D surfaces",
+        "  python -m runner.compare ARM ARM ...                  a fair comparison: each arm's lr tuned, paired seeds",
+        "  python -m runner.grid                                 does every option combination train at the defaults?",
+        "  python -m runner.results [parts|all]                  regenerate the published numbers (docs/results/)",
         "",
         "Each group is a folder of configs/, each option a file there; * marks the default. The keys and their "
         "comments: configs/config.yaml.",

@@ -20,7 +20,10 @@
     they need the CIFAR-10 folder (--data-root) and the reference scripts (RUNNER_BENCH_REFERENCE, default
     ../shared/bench);
 (j) a sweep's fixed cost per trial (start-up, data, test pass, the sweep's own work) against its 1-epoch trial on
-    5,000 images, with the test pass in each trial and left to the end of the sweep.
+    5,000 images, with the test pass in each trial and left to the end of the sweep;
+(k) the option grid at the defaults (runner.grid): every combination of model x activation x init x norm x
+    regularization of the grid trained with no optimizer, lr or batch size given; each must complete and clear
+    twice chance (--grid-epochs; on the synthetic task, or on CIFAR-10 with --grid-cifar).
 
 Data: the CIFAR-10 copy under data.root / RUNNER_DATA_DIR when there is one, else synthetic data of the same shape.
 Timings on a shared machine are noisy: read the ratios, which are measured side by side.
@@ -45,7 +48,7 @@ from runner.data import loading as data
 from runner.engine import train
 from runner.engine.build import build_augmentation, build_preprocess
 
-PARTS = "abcdefghij"  # the parts, in the order they run (--only)
+PARTS = "abcdefghijk"  # the parts, in the order they run (--only)
 
 
 def _config(overrides):
@@ -498,6 +501,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sweep-images", type=int, default=5000, help="training images of a trial in (j)")
     parser.add_argument("--latency-model", default="cnn", help="the model= option whose latency (g) measures")
     parser.add_argument("--latency-batch", type=int, default=256, help="the large batch of (g), beside batch 1")
+    parser.add_argument("--grid-epochs", type=int, default=2, help="epochs of each run of (k)")
+    parser.add_argument("--grid-cifar", action="store_true",
+                        help="(k) on 5,000 CIFAR-10 training images (--data-root) instead of the synthetic task")
     parser.add_argument("--only", default=PARTS, help=f"the parts to run, e.g. --only f (default: all, {PARTS})")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -575,6 +581,19 @@ def main(argv=None) -> None:
                   f"{100 * m['ratio']:.1f}% (target <= 10%)   start-up {m['startup_s']:.2f} s ({parts}), between "
                   f"trials {m['gap_s']:.2f} s; first trial's start-up {m['first_trial_startup_s']:.1f} s, after the "
                   f"last trial {m['after_last_s']:.1f} s (the best trial's test when deferred)")
+
+    if "k" in args.only:
+        from runner import grid
+
+        base = [f"data.root={args.data_root}", "data.train_size=5000", *grid.SYNTHETIC[1:]] \
+            if args.grid_cifar and has_cifar else list(grid.SYNTHETIC)
+        base.append(f"device={device}")
+        print(f"(k) the option grid at the defaults, {args.grid_epochs} epochs each ({' '.join(base)}):")
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = grid.run_grid(grid.combinations(), base, args.grid_epochs, Path(tmp),
+                                 echo=lambda line: print("    " + line, flush=True))
+        results["grid"] = {"base": base, "epochs": args.grid_epochs, "rows": rows}
+        print("    " + grid.table(rows).splitlines()[-1])
 
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

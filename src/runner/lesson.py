@@ -26,11 +26,16 @@ from runner.config import ConfigError, UserError
 log = logging.getLogger("runner")
 
 
+def split_user(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the command's own arguments, the runner overrides after `--`)."""
+    if "--" not in argv:
+        return argv, []
+    at = argv.index("--")
+    return argv[:at], argv[at + 1:]
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    user = []
-    if "--" in argv:
-        at = argv.index("--")
-        argv, user = argv[:at], argv[at + 1:]
+    argv, user = split_user(argv)
     ap = argparse.ArgumentParser(prog="python -m runner.lesson", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", nargs="?", help="the lesson to run; none: list them")
@@ -77,6 +82,7 @@ def run_lesson(name: str, overrides: list[str] = (), size: str = "quick", user: 
           f"  size {size}, seeds {list(lesson.seeds)}; runs in {out}", flush=True)
     started = time.perf_counter()
     result = get_method(lesson._target_)(lesson, lab)
+    gated(result, lab, name)
     wall = time.perf_counter() - started
     command = " ".join(shlex.quote(w) for w in ["python", "-m", "runner.lesson", name, *overrides,
                                                   *([f"--size={size}"] if size != "quick" else []),
@@ -88,18 +94,47 @@ def run_lesson(name: str, overrides: list[str] = (), size: str = "quick", user: 
         "size": size, "seeds": list(lesson.seeds), "verdict": result.verdict.verdict,
         "reason": result.verdict.reason, "notes": result.notes, "wall_s": wall, "runs": lab.runs_done,
         "columns": result.columns, "rows": [{k: _plain(v) for k, v in r.items()} for r in result.rows],
-        "figure": result.figure, "command": command}, indent=2))
+        "figure": result.figure, "runs_figure": result.runs_figure, "run_records": lab.records, "tuning": lab.tuning,
+        "command": command}, indent=2))
     print(text, flush=True)
     return result
 
 
+def gated(result, lab, name: str) -> None:
+    """The sanity gates (Lab.gate_failures) over every run the lesson made: a run that diverged, failed or stayed at
+    chance, in an arm whose failing is not the claim, turns the verdict into "inconclusive", naming the runs and
+    what to change; the comparison's own reading stays as a note. Also draws every run's accuracy (runs figure)."""
+    from runner.lessons.lab import runs_figure
+    from runner.lessons.verdict import INCONCLUSIVE, Verdict
+
+    failures = lab.gate_failures()
+    result.records = lab.records
+    result.notes += lab.tuning_notes()
+    result.runs_figure = runs_figure(lab.out / f"{name}_runs.png", lab.records, f"{name}: every run")
+    if not failures:
+        return
+    result.notes.insert(0, f"the comparison alone read: {result.verdict.verdict} ({result.verdict.reason}); it does "
+                           "not count, since not every run trained")
+    result.verdict = Verdict(INCONCLUSIVE, "not every run trained, so the claim was not tested: " +
+                             "; ".join(failures) + ". Lower the lesson's lr (`-- optimizer.lr=...`) for a run that "
+                             "diverged, give a run at chance more epochs (`-- trainer.epochs=...`) or another seed "
+                             "set (`seeds=[...]`)")
+
+
 def report(name, lesson, result, size, wall, command, out, runs) -> str:
+    from runner.lessons.lab import runs_table
+
     lines = [f"## {name}", "", f"**Claim** ({lesson.source}): {' '.join(str(lesson.claim).split())}", "",
              f"`{command}` ({size}, seeds {list(lesson.seeds)}, {runs} runs, {wall:.0f} s)", "",
              result.table(), "", f"**Verdict: {result.verdict.verdict}.** {result.verdict.reason}."]
     lines += [f"- {note}" for note in result.notes]
+    if result.records:
+        lines += ["", "Every run (gate: what a run must pass before the verdict counts it):", "",
+                  runs_table(result.records)]
     if result.figure:
         lines.append(f"\nFigure: {result.figure}")
+    if result.runs_figure:
+        lines.append(f"Every run's accuracy: {result.runs_figure}")
     if runs:
         lines.append(f"Every run's curves: tensorboard --logdir {out}")
     return "\n".join(lines) + "\n"

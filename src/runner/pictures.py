@@ -48,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config import CONFIG_DIR, ConfigError, register_resolvers
 from runner.config.keys import Key, integer, list_of, number, one_of, option_names, required
+from runner.config.lr import AUTO, auto_lr
 from runner.config.schema import walk
 from runner.optimization.surfaces import SURFACES, Surface, trajectory
 
@@ -113,6 +114,8 @@ def optimizer_config(name: str, cfg: DictConfig | None = None) -> DictConfig:
                           f"{', '.join(option_names('optimizer') + list(cfg.variants))}")
     node = OmegaConf.load(path)
     node.impl = cfg.impl
+    if node.lr == AUTO:  # a 2-D surface has no batch norm: the option's lr for a network without it
+        node.lr = auto_lr(node, batch_norm=False)
     if variant is not None:
         node = OmegaConf.merge(node, {k: v for k, v in variant.items() if k != "option"})
     if node.get("bias_correction") is False and node.impl != "reference":

@@ -49,6 +49,7 @@ from runner.config import rules, schema  # noqa: E402
 
 def validate(cfg: DictConfig) -> None:
     """Complete `cfg` in place with the schema's defaults for keys its options leave out (so that config.yaml
-    records every value a run uses), then check every key and the rules between keys. Raises ConfigError."""
+    records every value a run uses; optimizer.lr=auto becomes the number chosen for the network, runner.config.lr),
+    then check every key and the rules between keys. Raises ConfigError."""
     schema.complete_and_check(cfg)
     rules.check(cfg)

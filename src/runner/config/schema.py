@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.config import CONFIG_DIR, PAD_MODES, ConfigError
+from runner.config import lr as auto_lr
 from runner.config.keys import (
     OPTIONAL,
     REQUIRED,
@@ -55,6 +56,13 @@ def _weights(value) -> str | None:
             "torchvision weights are named like torchvision:ResNet18_Weights.IMAGENET1K_V1"
     return None if Path(value).exists() else \
         "no such file or directory (a runner run directory, a checkpoint or a state dict file)"
+
+
+def _auto_lr(value) -> str | None:
+    """optimizer.auto_lr: the peak lr of optimizer.lr=auto with batch norm and without (runner.config.lr)."""
+    ok = isinstance(value, DictConfig) and set(value) == {"batch", "other"} and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value.values())
+    return None if ok else "must be {batch: <lr>, other: <lr>}, two positive numbers"
 
 
 class Some(dict):
@@ -131,6 +139,8 @@ SCHEMA = {
         "bias_correction": boolean(), "momentum": number("[0, 1)"), "alpha": number("[0, 1)"),
         "betas": list_of(number("[0, 1)"), "a list of two numbers in [0, 1), e.g. [0.9,0.999]", length=(2, 2)),
         "eps": _POSITIVE, "nesterov": boolean(), "momentum_decay": number("[0, inf)"),
+        "auto_lr": Key(_auto_lr),
+        "lr_auto": one_of({"batch": "auto chose auto_lr.batch", "other": "auto chose auto_lr.other"}),
     },
     "schedule": {
         **required(name=options("schedule"), warmup_epochs=number("[0, inf)")),
@@ -211,7 +221,9 @@ def fail(key: str, value, allowed: str, override: str | None = None) -> None:
 
 
 def complete_and_check(cfg: DictConfig) -> None:
-    """Fill in the schema's defaults that `cfg` lacks (in place), then check every key. Raises ConfigError."""
+    """Fill in the schema's defaults that `cfg` lacks and resolve optimizer.lr=auto (in place), then check every key.
+    Raises ConfigError."""
+    auto_lr.resolve(cfg)
     walk(cfg, SCHEMA, "")
 
 

@@ -538,8 +538,19 @@ def load_splits(cfg, device) -> Splits:
     """The splits the data config `cfg` names (its class subset, validation hold-out, training subset), on the
     device: what every command that trains or evaluates on a config's data starts from."""
     arrays, classes = select_classes(*load_arrays(cfg), cfg.classes)
+    if cfg.get("label_noise", 0.0) and cfg.name != "synthetic":  # the synthetic task draws its noise as it is made
+        arrays = with_label_noise(arrays, float(cfg.label_noise), len(classes), cfg.split_seed)
     return split(arrays, classes, cfg.val_size, cfg.train_size, cfg.split_seed, device,
                  train_half=cfg.train_half, per_class=cfg.per_class)
+
+
+def with_label_noise(arrays: dict[str, np.ndarray], fraction: float, num_classes: int, seed: int) -> dict:
+    """A copy of `arrays` whose training labels (the validation hold-out's too) are each replaced, with probability
+    `fraction`, by a class drawn at random (data.label_noise; seeded by data.split_seed); test labels stay clean."""
+    rng = np.random.default_rng([seed, 2])
+    y = arrays["train_y"]
+    flip = rng.random(len(y)) < fraction
+    return {**arrays, "train_y": np.where(flip, rng.integers(0, num_classes, len(y)), y).astype(y.dtype)}
 
 
 def split(arrays: dict[str, np.ndarray], classes: tuple[str, ...], val_size: int, train_size: int | None, seed: int,

@@ -26,6 +26,8 @@ from runner.optimization import schedules
 RUNNER_KEYS = {
     "name": "the option's name, as its file is named (config checks, logs)",
     "impl": "optimizer: torch's class or the lecture's rule (make_optimizer)",
+    "auto_lr": "optimizer: the peak lr of optimizer.lr=auto, with batch norm and without (config.lr)",
+    "lr_auto": "optimizer: which auto_lr entry optimizer.lr=auto chose (config.lr; the start-up log)",
     "bias_correction": "optimizer: an argument of the lecture's Adam and AdamW only (make_optimizer)",
     "warmup_epochs": "schedule: a linear warmup in front of any schedule (schedule_factor)",
     "snapshot_ensemble": "schedule: a snapshot at every cycle end (the loop)",
@@ -115,6 +117,11 @@ def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
     trainer.lr_reference_batch_size is set, then by objective.lr_factor. reused: the parameters loaded from
     model.pretrained, which train at transfer.lr_mult times their group's lr in groups of their own
     (transfer.lr_groups)."""
+    if cfg.optimizer.get("lr_auto"):
+        logging.getLogger("runner").info(
+            "optimizer.lr=auto: %g, the option's auto_lr.%s (%s; a number, optimizer.lr=<lr>, overrides it)",
+            cfg.optimizer.lr, cfg.optimizer.lr_auto,
+            "a batch-normalized network" if cfg.optimizer.lr_auto == "batch" else "a network without batch norm")
     lr = optim.scaled_lr(cfg.optimizer.lr, cfg.trainer.batch_size, cfg.trainer.lr_reference_batch_size)
     if lr != cfg.optimizer.lr:
         logging.getLogger("runner").info("linear lr scaling: optimizer.lr %g x batch_size %d / %d = %g",

@@ -10,7 +10,13 @@ A lesson is a config file, `configs/lesson/<name>.yaml`:
   sizes:   {quick: [...], full: [...], test: [...]}: runner overrides for each size. quick (the default) takes about
            a minute or two on a 2-core CPU on a slice of CIFAR-10; full is the real thing; test runs on the hard
            synthetic data in seconds (what the test suite asserts).
+  recipe:  [runner overrides]: the optimizer, lr, schedule and batch size the lesson is designed for, applied before
+           the size's, so that a change of runner's defaults moves no lesson
   arms:    {name: [runner overrides]}: the settings the lesson compares (optional)
+  tune:    {factors: [...], seed: S}: each arm's lr searched at equal budget on the validation split before its
+           seeds run (factors x the arm's own lr; optional; runner.lessons.lab.Lab.tuned_lr)
+  gates:   {may_fail: [arms], min_gain: 0.05}: every run must complete and learn above chance before the verdict
+           counts it (else the verdict is "inconclusive"); may_fail names arms whose failing is the claim
   ...      the lesson's own keys (thresholds, layer counts), each commented in its file
 
 The function measures with the Lab (runner.lessons.lab: real runner runs, each a run directory that TensorBoard
@@ -73,6 +79,14 @@ def check(name: str, lesson: DictConfig) -> None:
     unknown = set(lesson.sizes) - set(SIZES)
     if unknown:
         raise ConfigError(f"lesson {name}: sizes has {', '.join(sorted(unknown))}; allowed: {', '.join(SIZES)}.")
+    if lesson.get("recipe") is not None and not isinstance(lesson.recipe, ListConfig):
+        raise ConfigError(f"lesson {name}: recipe must be a list of runner overrides, e.g. [optimizer=momentum].")
+    tune = lesson.get("tune")
+    if tune is not None and not (isinstance(tune, DictConfig) and isinstance(tune.get("factors"), ListConfig)
+                                 and tune.factors and all(isinstance(f, (int, float)) and f > 0 for f in tune.factors)
+                                 and isinstance(tune.get("seed"), int)):
+        raise ConfigError(f"lesson {name}: tune={tune} is invalid: {{factors: [positive numbers], seed: <int>}}, "
+                          "e.g. tune={factors: [0.25,0.5,1,2,4], seed: 100}.")
     for arm, overrides in (lesson.get("arms") or {}).items():
         if not isinstance(overrides, ListConfig):
             raise ConfigError(f"lesson {name}: arms.{arm} must be a list of runner overrides, e.g. [init=he_normal].")

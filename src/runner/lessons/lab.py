@@ -27,10 +27,17 @@ class Lab:
     name: str = "lesson"
     verbose: bool = False  # every run's own log lines; otherwise one line per run
     runs_done: int = 0
+    # Every run of the lesson as it ended: run, arm, seed, status, test_acc, lr, chance (see gate_failures).
+    records: list[dict] = field(default_factory=list)
+    config_dir: Path | None = None  # the configs to compose from (None: runner's own); a test's other defaults
+    # arm -> {"lr": the tuned lr, "base": the arm's own, "trials": [{lr, status, val_acc}]} (the lesson's `tune`)
+    tuning: dict = field(default_factory=dict)
 
     def overrides(self, arm: str | None = None, seed: int | None = None, extra=()) -> list[str]:
-        """The runner overrides of one run: the size's, the arm's, the seed, the lesson's extra ones, the user's."""
-        words = [*self.lesson.sizes.get(self.size, [])]
+        """The runner overrides of one run: the lesson's recipe (the optimizer, lr, schedule and batch size it is
+        designed for, so that runner's defaults move no lesson), the size's, the arm's, the seed, the lesson's extra
+        ones, the user's."""
+        words = [*self.lesson.get("recipe", []), *self.lesson.sizes.get(self.size, [])]
         if arm is not None:
             words += list(self.lesson.arms[arm])
         if seed is not None:
@@ -45,7 +52,7 @@ class Lab:
 
         register_resolvers()
         overrides = self.overrides(arm, seed, extra)
-        with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with hydra.initialize_config_dir(config_dir=str(self.config_dir or CONFIG_DIR), version_base="1.3"):
             cfg = hydra.compose("config", overrides=overrides, return_hydra_config=True)
         choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -62,6 +69,8 @@ class Lab:
 
         if at_end is not None:
             components = [*components, _AtEnd(at_end)]
+        if self.lesson.get("tune") and arm is not None:
+            extra = [f"optimizer.lr={self.tuned_lr(arm):.6g}", *extra]
         cfg, choices = self.config(arm, seed, extra)
         run_dir = self.out / f"{name or arm or 'run'}_seed{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -74,12 +83,58 @@ class Lab:
         finally:
             log.setLevel(level)
         self.runs_done += 1
+        self.records.append({"run": run_dir.name, "arm": name or arm, "seed": seed, "status": metrics.get("status"),
+                             "test_acc": metrics.get("test_acc"), "lr": float(cfg.optimizer.lr),
+                             "batch_size": int(cfg.trainer.batch_size),
+                             "chance": 1.0 / int(cfg.data.num_classes) if cfg.objective.name == "classify" else None})
         scores = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("test_acc", "best_val_acc", "final_train_loss")
                            if isinstance(metrics.get(k), float))
         print(f"  run {run_dir.name}: {metrics['status']}, {scores} ({time.perf_counter() - started:.0f} s)",
               flush=True)
         found = {"at_end": components[-1].value} if at_end is not None else {}
         return {**metrics, **found, "run_dir": str(run_dir), "lesson_wall_s": time.perf_counter() - started}
+
+    def tuned_lr(self, arm: str) -> float:
+        """The lesson's `tune` ({factors: [...], seed: S}): each arm's peak lr searched at equal budget before its
+        seeds run, so that a comparison of techniques is not a comparison of one shared lr (optimizer rankings flip
+        with the tuning protocol). One run per factor x the arm's own lr, on seed S (apart from the verdict's
+        seeds), no test pass; the lr with the best validation accuracy wins. Cached per arm; in self.tuning."""
+        if arm not in self.tuning:
+            spec = self.lesson.tune
+            base = float(self.config(arm, int(spec.seed))[0].optimizer.lr)
+            trials = []
+            for factor in spec.factors:
+                lr = base * float(factor)
+                cfg, choices = self.config(arm, int(spec.seed), [f"optimizer.lr={lr:.6g}"])
+                metrics = self._fit(cfg, choices, self.out / f"tune_{arm}_lr{lr:.3g}", test=False)
+                trials.append({"lr": lr, "status": metrics.get("status"), "val_acc": metrics.get("best_val_acc")})
+            done = [t for t in trials if t["status"] == "completed" and t["val_acc"] is not None]
+            best = max(done, key=lambda t: t["val_acc"])["lr"] if done else base
+            self.tuning[arm] = {"lr": best, "base": base, "trials": trials}
+            told = ", ".join(f"{t['lr']:.3g}: " + (f"{t['val_acc']:.3f}" if t["status"] == "completed"
+                                                    else str(t["status"])) for t in trials)
+            print(f"  tuned {arm}: lr {best:.3g} (validation accuracy by lr: {told})", flush=True)
+        return self.tuning[arm]["lr"]
+
+    def _fit(self, cfg, choices, run_dir: Path, test: bool = True) -> dict:
+        """One run of a composed config, quietly unless verbose."""
+        from runner.engine.train import fit
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        level = log.level
+        if not self.verbose:
+            log.setLevel(logging.WARNING)
+        try:
+            return fit(cfg, run_dir, choices, test=test)
+        finally:
+            log.setLevel(level)
+
+    def tuning_notes(self) -> list[str]:
+        """One line per tuned arm: the lr it runs at and what each tried lr reached on the validation split."""
+        return [f"{arm} runs at lr {t['lr']:.3g}, tuned on the validation split at equal budget (seed "
+                f"{self.lesson.tune.seed}; its own lr {t['base']:.3g}): " + ", ".join(
+                    f"{x['lr']:.3g} -> " + (f"{x['val_acc']:.3f}" if x["status"] == "completed" else x["status"])
+                    for x in t["trials"]) for arm, t in self.tuning.items()]
 
     def model(self, arm: str | None = None, seed: int = 0, extra=()):
         """The network a run of this arm would train (initialized with `seed`), on the CPU, and its config: for
@@ -107,6 +162,84 @@ class Lab:
 
     def figure_path(self) -> Path:
         return self.out / f"{self.name}.png"
+
+    def gate_failures(self) -> list[str]:
+        """The sanity gates every run passes before a verdict is drawn from it: it completed (did not diverge, stop
+        or fail), and a classifier learnt above chance (test accuracy at least chance + gates.min_gain). Arms listed
+        in the lesson's gates.may_fail are exempt (their failing is the claim, e.g. a too-high lr). Returns one
+        line per failed run, naming the arm, seed and reason and what to change; empty when every run passed."""
+        gates = self.lesson.get("gates") or {}
+        exempt, gain = set(gates.get("may_fail") or []), float(gates.get("min_gain", MIN_GAIN))
+        failures = []
+        for r in self.records:
+            r["gate"] = gate(r, gain)
+            if r["gate"] != "ok" and r["arm"] not in exempt:
+                failures.append(f"{r['arm']} seed {r['seed']} {r['gate']} (lr {r['lr']:g}, batch {r['batch_size']})")
+            elif r["gate"] != "ok":
+                r["gate"] += " (expected: gates.may_fail)"
+        return failures
+
+
+# A run "learnt" when its test accuracy clears chance by this much (0.15 for 10 classes).
+MIN_GAIN = 0.05
+
+
+def gate(record: dict, min_gain: float = MIN_GAIN) -> str:
+    """ok, or why the run does not count: its status (diverged, failed, ...) or that it stayed at chance."""
+    if record["status"] != "completed":
+        return str(record["status"])
+    acc, chance = record.get("test_acc"), record.get("chance")
+    if acc is not None and chance is not None and not acc >= chance + min_gain:
+        return f"stayed at chance (test acc {acc:.3f}, chance {chance:.2f})"
+    return "ok"
+
+
+def runs_table(records: list[dict]) -> str:
+    """Every run of a lesson, failed ones marked: arm, seed, status, test accuracy, gate."""
+    lines = ["| run | seed | status | test acc | gate |", "|---|---|---|---|---|"]
+    for r in records:
+        acc = "-" if r.get("test_acc") is None else f"{r['test_acc']:.4g}"
+        lines.append(f"| {r['arm']} | {r['seed']} | {r['status']} | {acc} | {r.get('gate', '')} |")
+    return "\n".join(lines)
+
+
+def runs_figure(path: Path, records: list[dict], title: str) -> str | None:
+    """Each run's test accuracy by arm, one dot per seed; a run that diverged or failed is an X at the top, named;
+    the chance level dashed. None when no run has an accuracy or a failure to show."""
+    if not any(r.get("test_acc") is not None or r["status"] != "completed" for r in records):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(dict.fromkeys(r["arm"] for r in records))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.6 + 1.2 * len(arms)), 3.8))
+    top = max([r["test_acc"] for r in records if r.get("test_acc") is not None] + [0.5]) * 1.08
+    for r in records:
+        i, seeds = arms.index(r["arm"]), [x["seed"] for x in records if x["arm"] == r["arm"]]
+        x = i + 0.12 * (seeds.index(r["seed"]) - (len(seeds) - 1) / 2)
+        if r["status"] != "completed" or r.get("test_acc") is None:
+            ax.plot(x, top, "x", color="C3", markersize=9, mew=2)
+            ax.annotate(f"seed {r['seed']}: {r['status']}", (x, top), textcoords="offset points", xytext=(0, -12),
+                        ha="center", fontsize=7, color="C3")
+        else:
+            ok = r.get("gate", "ok") == "ok"
+            ax.plot(x, r["test_acc"], "o", color=f"C{i}" if ok else "C3", markersize=6,
+                    mfc=None if ok else "none")
+            if not ok:
+                ax.annotate(f"seed {r['seed']}: at chance", (x, r["test_acc"]), textcoords="offset points",
+                            xytext=(0, 6), ha="center", fontsize=7, color="C3")
+    chance = next((r["chance"] for r in records if r.get("chance")), None)
+    if chance:
+        ax.axhline(chance, color="0.5", ls="--", lw=1, label=f"chance ({chance:.2f})")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(arms) - 0.4)
+    ax.set_ylim(0, top * 1.08)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{title}\nevery run: a dot per seed; X: diverged or failed; hollow: stayed at chance", fontsize=9)
+    return save_figure(fig, path)
 
 
 class _AtEnd:
@@ -139,7 +272,7 @@ def save_figure(fig, path: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # nothing cut off: long labels widen the picture
     plt.close(fig)
     return str(path)
 

@@ -12,6 +12,8 @@ Z = 2.0
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced here"
+# A run of the comparison did not happen as planned (diverged, stayed at chance, failed): the claim was not tested.
+INCONCLUSIVE = "inconclusive"
 
 
 @dataclass
@@ -58,7 +60,7 @@ def accuracy_noise(acc: float, examples: int) -> float:
 
 @dataclass
 class Verdict:
-    verdict: str  # REPRODUCED or NOT_REPRODUCED
+    verdict: str  # REPRODUCED, NOT_REPRODUCED or INCONCLUSIVE
     reason: str   # the numbers that decided it
 
     @property
@@ -70,32 +72,78 @@ class Verdict:
 
 
 def greater(a: Stat, b: Stat, a_name: str, b_name: str, measure: str, floor: float = 0.0,
-            margin: float = 0.0) -> Verdict:
+            margin: float = 0.0, tries: int = 1) -> Verdict:
     """Is `a` larger than `b` (by more than `margin`), beyond the spread? floor: a known noise per measurement
-    (see Stat.se)."""
-    return _compare(a, b, a_name, b_name, measure, 1.0, floor, margin)
+    (see Stat.se). tries: how many comparisons the claim accepts any one of ("one of the k schedules beats
+    constant"): each must then clear the Bonferroni-corrected bar, so that k tries are not k chances of noise."""
+    return _compare(a, b, a_name, b_name, measure, 1.0, floor, margin, tries)
 
 
 def less(a: Stat, b: Stat, a_name: str, b_name: str, measure: str, floor: float = 0.0,
-         margin: float = 0.0) -> Verdict:
+         margin: float = 0.0, tries: int = 1) -> Verdict:
     """Is `a` smaller than `b` (by more than `margin`), beyond the spread?"""
-    return _compare(a, b, a_name, b_name, measure, -1.0, floor, margin)
+    return _compare(a, b, a_name, b_name, measure, -1.0, floor, margin, tries)
+
+
+def critical(tries: int = 1, df: int | None = None) -> float:
+    """How many standard errors a difference must clear: Z (about a two-sided 95%) for one comparison of
+    independent arms; for `tries` comparisons the Bonferroni-corrected normal quantile; with df (a paired test on
+    df + 1 seeds) Student's t quantile, which is wider for few seeds."""
+    from scipy import stats
+
+    if df is not None:
+        return float(stats.t.ppf(1 - 0.025 / tries, df))
+    return Z if tries == 1 else float(stats.norm.ppf(1 - 0.025 / tries))
+
+
+def paired_greater(a: Stat, b: Stat, a_name: str, b_name: str, measure: str, floor: float = 0.0,
+                   margin: float = 0.0, tries: int = 1) -> Verdict:
+    """Is `a` larger than `b`, where a.values[i] and b.values[i] share seed i (the same run measured two ways, or
+    two arms on the same seeds)? Judged on the differences of the pairs, whose spread leaves out what the seeds
+    share: a small but consistent gain shows where an unpaired test sees only the seeds' spread. Student's t on
+    n - 1 degrees of freedom; one pair: floor decides (see Stat.se)."""
+    return _paired(a, b, a_name, b_name, measure, 1.0, floor, margin, tries)
+
+
+def paired_less(a: Stat, b: Stat, a_name: str, b_name: str, measure: str, floor: float = 0.0,
+                margin: float = 0.0, tries: int = 1) -> Verdict:
+    """Is `a` smaller than `b`, pairs sharing a seed (see paired_greater)?"""
+    return _paired(a, b, a_name, b_name, measure, -1.0, floor, margin, tries)
+
+
+def _paired(a: Stat, b: Stat, a_name: str, b_name: str, measure: str, sign: float, floor: float, margin: float,
+            tries: int) -> Verdict:
+    if a.n != b.n:
+        raise ValueError(f"paired comparison of {a.n} and {b.n} values: each pair shares a seed")
+    diff = Stat([x - y for x, y in zip(a.values, b.values, strict=True)])
+    told = (f"{measure}: {a_name} {a.text()} vs {b_name} {b.text()}, paired by seed: difference {diff.text()}, "
+            f"{sum(sign * d > margin for d in diff.values)} of {diff.n} seeds in the claimed direction")
+    if margin:
+        told += f" (claimed margin {margin:g})"
+    if not math.isfinite(diff.mean):
+        return Verdict(NOT_REPRODUCED, f"{told}; a value is not finite")
+    se = diff.se(floor)
+    z = critical(tries, diff.n - 1) if diff.n > 1 and diff.std > 0 else critical(tries)
+    return _decide(told, diff.mean, sign, margin, se, z, tries)
 
 
 def _compare(a: Stat, b: Stat, a_name: str, b_name: str, measure: str, sign: float, floor: float,
-             margin: float) -> Verdict:
+             margin: float, tries: int = 1) -> Verdict:
     told = f"{measure}: {a_name} {a.text()} vs {b_name} {b.text()}"
     if margin:
         told += f" (claimed margin {margin:g})"
     if not (math.isfinite(a.mean) and math.isfinite(b.mean)):
         return Verdict(NOT_REPRODUCED, f"{told}; a value is not finite")
-    diff = a.mean - b.mean
+    return _decide(told, a.mean - b.mean, sign, margin, math.hypot(a.se(floor), b.se(floor)), critical(tries), tries)
+
+
+def _decide(told: str, diff: float, sign: float, margin: float, se: float, z: float, tries: int) -> Verdict:
     toward = sign * diff - margin  # > 0: the claimed direction
-    se = math.hypot(a.se(floor), b.se(floor))
-    spread = f"{Z:g} standard errors = {Z * se:.2g}" if se > 0 else "a spread of 0 (the seeds agree exactly)"
-    if toward > Z * se:
+    bar = f"{z:.3g} standard errors" + (f", corrected for {tries} tries" if tries > 1 else "")
+    spread = f"{bar} = {z * se:.2g}" if se > 0 else "a spread of 0 (the seeds agree exactly)"
+    if toward > z * se:
         return Verdict(REPRODUCED, f"{told}; difference {diff:.3g} clears {spread}")
-    if sign * diff < -Z * se:
+    if sign * diff < -z * se:
         return Verdict(NOT_REPRODUCED, f"{told}; the opposite holds here (difference {diff:.3g}, {spread})")
     return Verdict(NOT_REPRODUCED, f"{told}; the difference {diff:.3g} is within the spread ({spread}): more "
                                    "seeds or the full size may separate them")
@@ -124,6 +172,8 @@ class Result:
     verdict: Verdict
     notes: list[str] = field(default_factory=list)
     figure: str | None = None  # the PNG's path
+    runs_figure: str | None = None  # every run's accuracy, failed runs marked (drawn by the lesson command)
+    records: list[dict] = field(default_factory=list)  # every run as it ended, with its gate (the lesson command)
 
     def table(self) -> str:
         cells = [[_cell(r.get(c, "")) for c in self.columns] for r in self.rows]
