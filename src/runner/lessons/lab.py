@@ -216,20 +216,24 @@ def runs_figure(path: Path, records: list[dict], title: str) -> str | None:
     arms = list(dict.fromkeys(r["arm"] for r in records))
     fig, ax = plt.subplots(figsize=(max(5.5, 1.6 + 1.2 * len(arms)), 3.8))
     top = max([r["test_acc"] for r in records if r.get("test_acc") is not None] + [0.5]) * 1.08
+    failed = {}  # (arm, what) -> seeds: one label per arm and failure, under its marks
     for r in records:
         i, seeds = arms.index(r["arm"]), [x["seed"] for x in records if x["arm"] == r["arm"]]
         x = i + 0.12 * (seeds.index(r["seed"]) - (len(seeds) - 1) / 2)
+        expected = " (expected)" if "expected" in r.get("gate", "") else ""
         if r["status"] != "completed" or r.get("test_acc") is None:
             ax.plot(x, top, "x", color="C3", markersize=9, mew=2)
-            ax.annotate(f"seed {r['seed']}: {r['status']}", (x, top), textcoords="offset points", xytext=(0, -12),
-                        ha="center", fontsize=7, color="C3")
+            failed.setdefault((i, top, f"{r['status']}{expected}"), []).append(r["seed"])
         else:
             ok = r.get("gate", "ok") == "ok"
             ax.plot(x, r["test_acc"], "o", color=f"C{i}" if ok else "C3", markersize=6,
                     mfc=None if ok else "none")
             if not ok:
-                ax.annotate(f"seed {r['seed']}: at chance", (x, r["test_acc"]), textcoords="offset points",
-                            xytext=(0, 6), ha="center", fontsize=7, color="C3")
+                failed.setdefault((i, r["test_acc"], f"at chance{expected}"), []).append(r["seed"])
+    for (i, y, what), seeds in failed.items():
+        ax.annotate(f"{what}: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}", (i, y),
+                    textcoords="offset points", xytext=(0, -14 if y == top else 8), ha="center", fontsize=7,
+                    color="C3")
     chance = next((r["chance"] for r in records if r.get("chance")), None)
     if chance:
         ax.axhline(chance, color="0.5", ls="--", lw=1, label=f"chance ({chance:.2f})")

@@ -4,7 +4,7 @@ norm, batch size, warmup and schedules on real runs."""
 
 import math
 
-from runner.lessons.lab import Lab, bar_figure, save_figure
+from runner.lessons.lab import Lab, save_figure
 from runner.lessons.verdict import (
     NOT_REPRODUCED,
     REPRODUCED,
@@ -12,9 +12,11 @@ from runner.lessons.verdict import (
     Stat,
     Verdict,
     all_of,
+    critical,
     greater,
     holds,
-    less,
+    paired_greater,
+    paired_less,
 )
 
 # ---- the optimizer race on 2-D surfaces (runner.pictures) -------------------------------------------------------
@@ -356,140 +358,321 @@ def _noise(acc: Stat, lab: Lab) -> float:
     return accuracy_noise(acc.mean, int(cfg.data.val_size))
 
 
-def bn_gap(run, sizes=(16, 256)) -> dict[int, float]:
-    """|loss with batch statistics - loss with running statistics| (runner.nets.diagnostics.batch_norm_losses) of the
-    trained run on validation batches of each size, averaged over the batches of that size in the first 512 images."""
-    from runner.nets.diagnostics import batch_norm_losses
+def per_image_bn_gap(model, x, y, sizes) -> dict[int, float]:
+    """The batch norm train/eval gap per image: the images x (preprocessed) cut into batches of each size, each
+    image's loss with its batch's statistics (training mode) against its loss with the running statistics
+    (evaluation mode), |difference| averaged over the images (those of a last incomplete batch left out). Per image,
+    not per batch: a batch's mean loss lets the images' differences cancel, the more the larger the batch. Dropout is
+    off in both passes; the running statistics are left as they were."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
 
-    x = run.preprocess(run.splits.val_x[:512])
-    y = run.splits.val_y[:512]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [[b.clone() for b in m.buffers()] for m in norms]
+    was_training = model.training
     gaps = {}
-    for size in sizes:
-        values = []
-        for at in range(0, len(y) - size + 1, size):
-            batch, running = batch_norm_losses(run.model, x[at:at + size], y[at:at + size])
-            values.append(float((batch - running).abs()))
-        gaps[size] = sum(values) / len(values)
+    try:
+        with torch.no_grad():
+            model.eval()
+            running = F.cross_entropy(model(x).float(), y, reduction="none")
+            for m in norms:
+                m.train()
+            for size in sizes:
+                n = len(y) // size * size
+                batch = torch.cat([F.cross_entropy(model(x[at:at + size]).float(), y[at:at + size], reduction="none")
+                                   for at in range(0, n, size)])
+                gaps[size] = (batch - running[:n]).abs().mean().item()
+    finally:
+        for m, buffers in zip(norms, saved, strict=True):
+            for b, s in zip(m.buffers(), buffers, strict=True):
+                b.copy_(s)
+        model.train(was_training)
     return gaps
 
 
+def bn_gap(run, sizes, images: int) -> dict:
+    """The trained run's per-image train/eval gap (per_image_bn_gap) on its first `images` validation images at each
+    batch size, twice: with the running averages as training left them ("lagged": they trail the weights, which kept
+    moving while they averaged), and after one exact pass over the training split (no augmentation) has replaced them
+    by the population statistics of the final weights ("exact"). The pass averages equal batches of 500 (the
+    remainder left out), so that every image weighs the same. The run's test then uses these statistics."""
+    from runner.nets.layers import reestimate_batch_norm
+
+    x, y = run.preprocess(run.splits.val_x[:images]), run.splits.val_y[:images]
+    lagged = per_image_bn_gap(run.model, x, y, sizes)
+    train = run.splits.train_x
+    chunk = min(500, len(train))
+    reestimate_batch_norm(run.model, (run.preprocess(b) for b in train[:len(train) // chunk * chunk].split(chunk)))
+    return {"lagged": lagged, "exact": per_image_bn_gap(run.model, x, y, sizes)}
+
+
+def log_slope(sizes, values) -> float:
+    """The least-squares slope of log(value) against log(size): -0.5 for a value proportional to 1/sqrt(size)."""
+    xs, ys = [math.log(s) for s in sizes], [math.log(v) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sum((a - mx) ** 2 for a in xs)
+
+
 def bn_train_eval_gap(lesson, lab: Lab) -> Result:
-    sizes = list(lesson.batch_sizes)
-    runs = _runs(lesson, lab, at_end=lambda run: bn_gap(run, sizes))
+    sizes = sorted(lesson.batch_sizes)
+    small, large = sizes[0], sizes[-1]
     arm = list(lesson.arms)[0]
-    gaps = {s: Stat([r["at_end"][s] for r in runs[arm]]) for s in sizes}
-    small, large = min(sizes), max(sizes)
+    runs = [lab.run(arm, seed, at_end=lambda run: bn_gap(run, sizes, lesson.images)) for seed in lesson.seeds]
+    failed = [f"seed {s}: {m['status']}" for s, m in zip(lesson.seeds, runs, strict=True) if m["status"] != "completed"]
+    if failed:
+        return Result(["batch size"], [], Verdict(NOT_REPRODUCED, "no gap measured: " + ", ".join(failed)))
+    gaps = {when: {s: Stat([m["at_end"][when][s] for m in runs]) for s in sizes} for when in ("exact", "lagged")}
+    exact = gaps["exact"]
+    slope = Stat([log_slope(sizes, [m["at_end"]["exact"][s] for s in sizes]) for m in runs])
+    t = critical(1, slope.n - 1) if slope.n > 1 else critical()
+    low, high = slope.mean - t * slope.se(), slope.mean + t * slope.se()
+    tol = lesson.slope_tolerance
     verdict = all_of(
-        greater(gaps[large], Stat([0.0] * len(lesson.seeds)), f"batch {large}", "no gap", "|loss with batch "
-                "statistics - loss with running statistics|", margin=lesson.min_gap),
-        greater(gaps[small], gaps[large], f"batch {small}", f"batch {large}", "the train/eval loss gap"))
-    rows = [{"batch size": s, "|loss(batch stats) - loss(running stats)|": gaps[s]} for s in sizes]
-    notes = ["in training batch norm normalizes with the batch's own mean and variance, in evaluation with running "
-             "averages: the same images get a different loss. The smaller the batch the noisier its statistics and "
-             "the larger the gap (Ioffe 2017, batch renormalization); runs log it as diag/bn_train_eval_gap, "
-             "diag/loss_batch_stats and diag/loss_running_stats"]
-    figure = bar_figure(lab.figure_path(), {f"batch {s}": g for s, g in gaps.items()},
-                        "|loss with batch stats - loss with running stats|",
-                        "batch norm's train/eval gap on validation batches after training")
+        paired_greater(exact[small], exact[large], f"batch {small}", f"batch {large}",
+                       "per-image |loss(batch stats) - loss(population stats)|"),
+        holds(-0.5 - tol <= low and high <= -0.5 + tol,
+              f"the gap falls as 1/sqrt(batch size), as the noise of a mean over the batch does: log-log slope "
+              f"{slope.text()} over batch sizes {sizes} (95% interval {low:.2f} to {high:.2f}, within -0.5 +- {tol:g})",
+              f"the gap does not fall as 1/sqrt(batch size): log-log slope {slope.text()} over batch sizes {sizes} "
+              f"(95% interval {low:.2f} to {high:.2f}, not within -0.5 +- {tol:g})"))
+    rows = [{"batch size": s, "per-image gap, population stats": exact[s],
+             "x sqrt(batch size)": Stat([v * math.sqrt(s) for v in exact[s].values]),
+             "per-image gap, running averages": gaps["lagged"][s]} for s in sizes]
+    lag = Stat([b - a for a, b in zip(exact[large].values, gaps["lagged"][large].values, strict=True)])
+    notes = [f"per image: each of the first {lesson.images} validation images' loss with its batch's statistics "
+             "(training mode) against its loss with population statistics (evaluation mode), |difference| averaged "
+             "over the images; the population statistics come from one exact pass over the training split after "
+             "training (norm.reestimate_batches does the same in a run)",
+             f"with the running averages as training left them the gap at batch {large} is "
+             f"{gaps['lagged'][large].text()} against {exact[large].text()} with the population statistics "
+             f"(difference {lag.text()}): " + ("the averages trail the weights, and that lag, not the noise of a "
+                                              "batch, is most of it" if lag.mean > exact[large].mean else
+                                              "the averages' lag adds little here"),
+             "x sqrt(batch size) stays level where the gap is the noise of the batch's statistics (the standard "
+             "error of a mean over B images is sigma / sqrt(B)); a run with diagnostics on logs the gap of its "
+             "training batches as diag/bn_train_eval_gap"]
+    figure = _gap_figure(lab.figure_path(), sizes, exact, gaps["lagged"])
     return Result(list(rows[0]), rows, verdict, notes, figure)
 
 
+def _gap_figure(path, sizes, exact: dict[int, Stat], lagged: dict[int, Stat]) -> str:
+    """The per-image gap against the batch size (log-log), with the 1/sqrt(B) line through the smallest size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, gaps) in enumerate((("population statistics", exact), ("running averages", lagged))):
+        ax.errorbar(sizes, [gaps[s].mean for s in sizes], yerr=[gaps[s].std for s in sizes], color=f"C{i}",
+                    marker="o", capsize=3, label=label)
+    ax.plot(sizes, [exact[sizes[0]].mean * math.sqrt(sizes[0] / s) for s in sizes], "k--", lw=1,
+            label="1 / sqrt(batch size)")
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="per-image |loss(batch) - loss(eval)|",
+           title="batch norm's train/eval gap per image (mean and std over seeds)")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def _by_seed(lesson, lab: Lab, arms=None) -> dict[str, list[dict]]:
+    """{arm: [the metrics of each seed's run]}, every run as it ended: one that diverged or failed has no test
+    accuracy (the gates name it; nothing stands in for it)."""
+    return {arm: [lab.run(arm, seed) for seed in lesson.seeds] for arm in arms or lesson.arms}
+
+
+def _accs(runs: list[dict]) -> Stat | None:
+    """The test accuracy of every seed; None unless every run completed."""
+    if any(m["status"] != "completed" or m.get("test_acc") is None for m in runs):
+        return None
+    return Stat([float(m["test_acc"]) for m in runs])
+
+
+def _acc_cell(runs: list[dict]):
+    """A table cell: the test accuracy over the seeds, or each seed's (its status where it did not complete)."""
+    stat = _accs(runs)
+    return stat if stat is not None else ", ".join(
+        f"{m['test_acc']:.4g}" if m["status"] == "completed" else m["status"] for m in runs)
+
+
+def _diff_cell(runs: list[dict], base: list[dict]):
+    """This arm's test accuracy minus the base arm's, seed by seed ("" where a run did not complete)."""
+    a, b = _accs(runs), _accs(base)
+    if a is None or b is None or runs is base:
+        return ""
+    return Stat([x - y for x, y in zip(a.values, b.values, strict=True)])
+
+
+def _paired_acc(test, a_runs: list[dict], b_runs: list[dict], a: str, b: str, measure: str = "test accuracy",
+                margin: float = 0.0, tries: int = 1) -> Verdict:
+    """test (verdict.paired_greater or paired_less) on two arms' test accuracies, paired by seed (the arms share each
+    seed's initial weights); not compared when a run of either did not complete."""
+    sa, sb = _accs(a_runs), _accs(b_runs)
+    if sa is None or sb is None:
+        return Verdict(NOT_REPRODUCED, f"{measure}: {a} vs {b} not compared, not every run completed ({a}: "
+                                       f"{_statuses(a_runs)}; {b}: {_statuses(b_runs)})")
+    return test(sa, sb, a, b, measure, margin=margin, tries=tries)
+
+
+def _not_below(a_runs: list[dict], b_runs: list[dict], a: str, b: str, tol: float, why: str) -> Verdict:
+    """`a` at most `tol` below `b` on test accuracy, paired by seed: a + tol above b beyond the spread, a one-sided
+    bound on the paired difference (not the mere absence of a significant drop, which few seeds always give)."""
+    sa, sb = _accs(a_runs), _accs(b_runs)
+    if sa is None or sb is None:
+        return _paired_acc(paired_greater, a_runs, b_runs, a, b)  # names the runs that did not complete
+    return paired_greater(Stat([v + tol for v in sa.values]), sb, f"{a} + {tol:g}", b, f"test accuracy ({why})")
+
+
+def _goes_wrong(good: list[dict], bad: list[dict], g: str, b: str, seeds) -> Verdict:
+    """`b` goes wrong against `g`: a lower test accuracy, paired by seed, or it diverged where `g` completed (the
+    claim's "diverges or lands somewhere bad"); the seeds where `b` diverged are named, the others compared."""
+    gone = [s for s, mg, mb in zip(seeds, good, bad, strict=True)
+            if mb["status"] == "diverged" and mg["status"] == "completed"]
+    if not gone:
+        return _paired_acc(paired_greater, good, bad, g, b)
+    kept = [(mg, mb) for mg, mb in zip(good, bad, strict=True) if mb["status"] != "diverged"]
+    if not kept:
+        return holds(True, f"{b} diverged at every seed ({', '.join(map(str, gone))}) where {g} trained", "")
+    rest = _paired_acc(paired_greater, [k[0] for k in kept], [k[1] for k in kept], g, b)
+    return Verdict(rest.verdict, f"{b} diverged at seed(s) {', '.join(map(str, gone))}; the other seeds: "
+                                 f"{rest.reason}")
+
+
+def _arm_rows(lab: Lab, runs: dict[str, list[dict]], base: str) -> list[dict]:
+    rows = []
+    for arm, ms in runs.items():
+        cfg, _ = lab.config(arm, 0)
+        rows.append({"arm": arm, "batch": int(cfg.trainer.batch_size), "lr": _lr(lab, arm),
+                     "warmup epochs": cfg.schedule.warmup_epochs, "steps": int(ms[0].get("steps", 0)),
+                     "status": _statuses(ms), "test acc": _acc_cell(ms), f"- {base} (paired)": _diff_cell(ms, runs[base])})
+    return rows
+
+
+def _curves(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The runs as _curves_figure draws them: each one's history, and whether it diverged."""
+    return {arm: [{"history": m.get("history") or [], "diverged": m["status"] == "diverged"} for m in ms]
+            for arm, ms in runs.items()}
+
+
 def linear_scaling(lesson, lab: Lab) -> Result:
-    runs = _runs(lesson, lab)
-    acc = {arm: _stat(rs, "val_acc") for arm, rs in runs.items()}
-    base = lesson.base
-    noise = _noise(acc[base], lab)
-    drops = {arm: less(acc[arm], acc[base], arm, base, "final validation accuracy", floor=noise,
-                       margin=lesson.tolerance) for arm in lesson.arms if arm != base}
-    kept = [arm for arm in lesson.scaled_ok if not drops[arm].reproduced]
-    stops = [arm for arm, v in drops.items() if v.reproduced]
-    verdict = all_of(
-        holds(len(kept) == len(lesson.scaled_ok),
-              f"lr x k for batch x k keeps the accuracy (no drop beyond {lesson.tolerance:g} + the spread) at "
-              f"{', '.join(lesson.scaled_ok)}",
-              "lr x k for batch x k loses accuracy at " + "; ".join(drops[a].reason for a in lesson.scaled_ok
-                                                                     if a not in kept)),
-        holds(bool(stops), "up to a point: it drops at " + "; ".join(drops[a].reason for a in stops),
-              f"no drop at any k tried (the point where it stops is beyond {list(lesson.arms)[-1]})"))
-    rows = [{"arm": arm, "lr": _lr(lab, arm), "status": _statuses(rs), "final val acc": acc[arm],
-             "steps": int(rs[0]["metrics"].get("steps", 0)),
-             "drop vs base beyond the spread": "" if arm == base else ("yes" if drops[arm].reproduced else "no")}
-            for arm, rs in runs.items()]
-    notes = ["runner's trainer.lr_reference_batch_size applies the rule (lr = optimizer.lr x batch / reference). At "
-             "equal epochs a batch k times larger takes k times fewer steps: the rule holds while the lr is small "
-             "enough that k small steps ~ one k-times larger step; beyond that the early steps are unstable "
-             "(Goyal et al. 2017 needed warmup past batch 8k on ImageNet) and the few steps left do not suffice"]
-    figure = bar_figure(lab.figure_path(), acc, "final validation accuracy", "lr x k for batch x k at equal epochs")
+    runs = _by_seed(lesson, lab)
+    base, tol = lesson.base, lesson.tolerance
+    keeps = [_not_below(runs[arm], runs[base], arm, base, tol, f"at most {tol:g} below: the rule keeps it")
+             for arm in lesson.scaled_ok]
+    matters = [_paired_acc(paired_greater, runs[scaled], runs[control], scaled, control,
+                           measure="test accuracy, lr scaled vs not (the rule is needed)")
+               for control, scaled in lesson.unscaled.items()]
+    stops = _paired_acc(paired_less, runs[lesson.beyond], runs[base], lesson.beyond, base, margin=tol,
+                        measure=f"test accuracy, {lesson.beyond} more than {tol:g} below {base} (up to a point)")
+    verdict = all_of(*keeps, *matters, stops)
+    rows = _arm_rows(lab, runs, base)
+    notes = [f"every arm trains the same epochs from the same initial weights per seed; trainer.lr_reference_batch_size "
+             "applies the rule (lr = optimizer.lr x batch / reference), and a batch k times larger takes k times "
+             f"fewer steps ({', '.join(str(r['arm']) + ' ' + str(r['steps']) for r in rows)})",
+             f"the claim in three parts: scaled arms within {tol:g} of {base} (a one-sided bound on the paired drop), "
+             "each scaled arm above the same batch at the unscaled lr, and the largest batch "
+             f"({lesson.beyond}) more than {tol:g} below {base}"]
+    for control, scaled in lesson.unscaled.items():
+        diff = _diff_cell(runs[scaled], runs[control])
+        if diff:
+            notes.append(f"at the same batch, scaling the lr changed the test accuracy by {diff.text()} "
+                         f"({scaled} - {control}, {sum(d > 0 for d in diff.values)} of {diff.n} seeds higher)")
+    figure = _curves_figure(lab.figure_path(), _curves(runs), "val_acc", "validation accuracy",
+                            "lr x k for batch x k at equal epochs (x: diverged)")
     return Result(list(rows[0]), rows, verdict, notes, figure)
 
 
 def warmup_large_batch(lesson, lab: Lab) -> Result:
-    runs = _runs(lesson, lab)
-    acc = {arm: _stat(rs, "val_acc") for arm, rs in runs.items()}
-    warm = acc[lesson.with_warmup]
+    runs = _by_seed(lesson, lab)
+    small, cold, warm, tol = lesson.small, lesson.without_warmup, lesson.with_warmup, lesson.tolerance
+    seeds = list(lesson.seeds)
     verdict = all_of(
-        greater(warm, acc[lesson.without_warmup], lesson.with_warmup, lesson.without_warmup,
-                "final validation accuracy (chance 0.1 for a diverged run)", floor=_noise(warm, lab)),
-        # "fixes it": the warmed-up run must also learn, not merely survive at chance
-        holds(warm.mean > 0.1 + lesson.learns_margin,
-              f"{lesson.with_warmup} learns: {warm.text()} > chance 0.1 + {lesson.learns_margin:g}",
-              f"{lesson.with_warmup} does not learn either: {warm.text()} is within {lesson.learns_margin:g} of "
-              "chance (0.1): the lr is too high even after the warmup"))
-    rows = [{"arm": arm, "lr": _lr(lab, arm), "status": _statuses(rs), "train loss, epoch 1":
-             _show([r["history"][0]["train_loss"] if r["history"] else math.inf for r in rs]),
-             "final val acc": acc[arm]} for arm, rs in runs.items()]
-    notes = ["at the start the weights are random and the gradients large and fast-changing: a large lr applied at "
-             "once throws the net into a bad region (or diverges); ramping it up over the first epoch(s) "
-             "(schedule.warmup_epochs) lets the net reach a region where the large lr is stable (Goyal et al. 2017)"]
-    if not verdict.reproduced and not any(r["diverged"] for rs in runs.values() for r in rs):
-        notes.append("no run diverged here: with batch norm the start at full lr is survivable at this size, so "
-                     "the warmup's gain (if any) is small against the spread of the seeds; more seeds (seeds=[...]) "
-                     "or a larger batch and lr show it more clearly")
-    figure = _curves_figure(lab.figure_path(), runs, "val_acc", "validation accuracy",
-                            "large batch + large lr, with and without warmup (x: diverged)")
+        _goes_wrong(runs[small], runs[cold], small, cold, seeds),
+        _goes_wrong(runs[warm], runs[cold], warm, cold, seeds),
+        _not_below(runs[warm], runs[small], warm, small, tol, f"at most {tol:g} below: the warmup recovers it"))
+    rows = _arm_rows(lab, runs, small)
+    notes = ["at the start the weights are random and the gradients large and fast-changing; the linear scaling "
+             "rule's large lr applied from the first step can throw the net somewhere bad (or make it diverge); a "
+             "gradual warmup (schedule.warmup_epochs, Goyal et al. 2017: 5 of 90 epochs) ramps the lr up from 0"]
+    unscaled = lesson.get("unscaled")
+    if unscaled:
+        diff = _diff_cell(runs[warm], runs[unscaled])
+        if diff:
+            notes.append(f"{warm} - {unscaled} (the same batch at the small batch's lr, not scaled): {diff.text()}, "
+                         f"{sum(d > 0 for d in diff.values)} of {diff.n} seeds higher: "
+                         + ("the rule's lr, warmed up, pays" if diff.mean > 0 else
+                            "the rule's lr does not pay here even with the warmup"))
+    figure = _curves_figure(lab.figure_path(), _curves(runs), "val_acc", "validation accuracy",
+                            "large batch + the rule's lr, with and without warmup (x: diverged)")
     return Result(list(rows[0]), rows, verdict, notes, figure)
 
 
 def lr_curve(lab: Lab, arm: str, per_epoch: int) -> list[float]:
     """The lr of every step of a run of `arm` with `per_epoch` steps an epoch, from the code the runs use
-    (runner.engine.build.schedule_factor)."""
+    (runner.engine.build.schedule_factor), at the arm's tuned peak where the lesson tunes it."""
     from runner.engine.build import schedule_factor
 
     cfg, _ = lab.config(arm, 0)
     total = per_epoch * int(cfg.trainer.epochs)
     factor = schedule_factor(cfg.schedule, total, per_epoch)
-    return [float(cfg.optimizer.lr) * factor(step) for step in range(total)]
+    peak = lab.tuning[arm]["lr"] if arm in lab.tuning else float(cfg.optimizer.lr)
+    return [peak * factor(step) for step in range(total)]
 
 
 def lr_schedules(lesson, lab: Lab) -> Result:
-    runs = _runs(lesson, lab)
-    acc = {arm: _stat(rs, "val_acc") for arm, rs in runs.items()}
-    noise = _noise(acc[lesson.constant], lab)
-    parts = [greater(acc[arm], acc[lesson.constant], arm, lesson.constant, "final validation accuracy", floor=noise)
-             for arm in lesson.decaying]
-    won = [arm for arm, v in zip(lesson.decaying, parts, strict=True) if v.reproduced]
+    runs = _by_seed(lesson, lab)
+    const, decaying = lesson.constant, list(lesson.decaying)
+    tries = len(decaying) if lesson.require == "any" else 1  # "any of k": each at the Bonferroni bar of k tries
+    parts = [_paired_acc(paired_greater, runs[arm], runs[const], arm, const, tries=tries) for arm in decaying]
+    won = [arm for arm, v in zip(decaying, parts, strict=True) if v.reproduced]
     verdict = all_of(*parts) if lesson.require == "all" else Verdict(
         REPRODUCED if won else NOT_REPRODUCED, "; ".join(v.reason for v in parts))
-    rows = [{"schedule": arm, "status": _statuses(rs), "final val acc": acc[arm],
-             "best val acc": _stat(rs, "best_val_acc"), "final train loss": _show([r["train_loss"] for r in rs]),
-             f"beats {lesson.constant}": "" if arm == lesson.constant else ("yes" if arm in won else "no")}
-            for arm, rs in runs.items()]
+    rows = [{"schedule": arm, "peak lr (tuned)": f"{lab.tuning[arm]['lr']:.3g}" if arm in lab.tuning else "",
+             "status": _statuses(ms), "test acc": _acc_cell(ms), f"- {const} (paired)": _diff_cell(ms, runs[const]),
+             "final train loss": _number_cell(ms, "final_train_loss"),
+             f"beats {const}": "" if arm == const else ("yes" if arm in won else "no")}
+            for arm, ms in runs.items()]
     curves = {}
-    for arm, rs in runs.items():  # the steps of an epoch, as the run counted them
-        per_epoch = int(rs[0]["metrics"]["steps"]) // max(int(rs[0]["metrics"]["epochs_completed"]), 1)
+    for arm, ms in runs.items():  # the steps of an epoch, as the run counted them
+        per_epoch = int(ms[0]["steps"]) // max(int(ms[0]["epochs_completed"]), 1)
         curves[arm] = (per_epoch, lr_curve(lab, arm, per_epoch))
+    diffs = {arm: _diff_cell(runs[arm], runs[const]) for arm in decaying}
+    ahead = [arm for arm, d in diffs.items() if isinstance(d, Stat) and d.mean > 0]
     notes = [f"the claim checked: a decaying schedule beats a constant lr at the same budget "
-             f"({'every one' if lesson.require == 'all' else 'at least one'} of {', '.join(lesson.decaying)} against "
-             f"{lesson.constant}, all at optimizer.lr, equal epochs); the lr curves come from the same code the runs "
-             "use (runner.engine.build.schedule_factor)",
-             "the final accuracy is what a budget buys; the best is what early stopping would keep"]
-    if not won:
-        const = _stat(runs[lesson.constant], "train_loss")
-        notes.append(f"not reproduced at this budget: the constant lr ends at a training loss of {const.text()}. A "
-                     "decay pays off once a run has reached the noise floor of its lr (the loss hovers, and a "
-                     "smaller lr settles it); in a short or easy run the constant lr's larger steps are worth "
-                     "more than settling, which a decay gives up early. The claim is about runs long enough to "
-                     "converge: --full, or more epochs (-- trainer.epochs=...)")
-    figure = _curves_figure(lab.figure_path(), runs, "val_acc", "validation accuracy", "validation accuracy per epoch",
-                            lr_curves=curves)
+             f"({'every one' if lesson.require == 'all' else 'at least one'} of {', '.join(decaying)} against "
+             f"{const}, test accuracy paired by seed" + (f", each at the bar of {tries} tries" if tries > 1 else "")
+             + "); each schedule runs at its own peak lr, tuned on the validation split at equal budget (the "
+             "lesson's `tune`), so that no schedule is judged at another's lr",
+             f"ahead of {const} on average: {len(ahead)} of the {len(decaying)} decaying schedules"
+             + (f" ({', '.join(ahead)})" if ahead else "") + "; the lr curves come from the same code the runs use "
+             "(runner.engine.build.schedule_factor)"]
+    best = max(ahead, key=lambda arm: diffs[arm].mean, default=None)
+    if not won and best is not None:
+        d = diffs[best]
+        bar = (critical(tries, d.n - 1) if d.n > 1 else critical(tries)) * d.se()
+        notes.append(f"not reproduced at this size: the largest gain over the tuned constant lr is {best}'s "
+                     f"{d.text()} ({sum(v > 0 for v in d.values)} of {d.n} seeds higher), under the bar of {bar:.2g} "
+                     f"it must clear ({tries} tries, {d.n} seeds)" + _flatness(lab, const))
+    figure = _curves_figure(lab.figure_path(), _curves(runs), "val_acc", "validation accuracy",
+                            "validation accuracy per epoch", lr_curves=curves)
     return Result(list(rows[0]), rows, verdict, notes, figure)
+
+
+def _flatness(lab: Lab, arm: str) -> str:
+    """The range of the arm's tuning trials: where the accuracy barely depends on the lr at this budget, a schedule
+    (a way of varying the lr) has little to gain."""
+    trials = [t for t in lab.tuning.get(arm, {}).get("trials", []) if t["status"] == "completed"]
+    if len(trials) < 2:
+        return ""
+    accs = [t["val_acc"] for t in trials]
+    return (f"; the constant lr's validation accuracy ranged over {max(accs) - min(accs):.3f} across its tuning "
+            f"trials ({min(t['lr'] for t in trials):.3g} to {max(t['lr'] for t in trials):.3g})")
+
+
+def _number_cell(runs: list[dict], key: str):
+    """A number of every run over the seeds (a Stat), or each seed's status where a run did not complete."""
+    if any(m["status"] != "completed" or m.get(key) is None for m in runs):
+        return ", ".join(m["status"] if m.get(key) is None else f"{m[key]:.4g}" for m in runs)
+    return Stat([float(m[key]) for m in runs])

@@ -5,7 +5,19 @@ import statistics
 import time
 
 from runner.lessons.lab import Lab, bar_figure, save_figure, weight_zero_fraction
-from runner.lessons.verdict import Result, Stat, accuracy_noise, all_of, greater, holds, less
+from runner.lessons.verdict import (
+    NOT_REPRODUCED,
+    Result,
+    Stat,
+    Verdict,
+    accuracy_noise,
+    all_of,
+    greater,
+    holds,
+    less,
+    paired_greater,
+    paired_less,
+)
 
 
 def l1_sparsity(lesson, lab: Lab) -> Result:
@@ -360,33 +372,49 @@ def _curves_figure(path, runs: dict[str, list[dict]], targets: list[float]) -> s
 # ---------------------------------------------------------------------------------------------------------------
 # MC dropout's calibration
 
+def past_best(history: list[dict]) -> dict:
+    """How far a run went past its best validation NLL: the epoch of the lowest val loss, the last one's rise above
+    it, and the train and validation accuracy at the end (a widening gap while the NLL rises: overconfidence)."""
+    losses = [e["val_loss"] for e in history]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    return {"best_epoch": best + 1, "rise": losses[-1] - losses[best], "train_acc": history[-1]["train_acc"],
+            "val_acc": history[-1]["val_acc"]}
+
+
 def mc_dropout_calibration(lesson, lab: Lab) -> Result:
     runs = _collect(lab, ["dropout"], lesson.seeds, extra=[f"evaluation.mc_dropout_passes={lesson.passes}"])["dropout"]
+    failed = [f"seed {s}: {m['status']}" for s, m in zip(lesson.seeds, runs, strict=True) if m["status"] != "completed"]
+    if failed:
+        return Result(["score"], [], Verdict(NOT_REPRODUCED, "no network to compare: " + ", ".join(failed)))
     pairs = {"acc": ("test_acc", "test_mc_acc"), "nll": ("test_loss", "test_mc_nll"), "ece": ("test_ece", "test_mc_ece")}
     det = {k: _stat(runs, a) for k, (a, _) in pairs.items()}
     mc = {k: _stat(runs, b) for k, (_, b) in pairs.items()}
-    parts = []
-    for k in ("nll", "ece"):
-        diff, zero = paired(mc[k], det[k])
-        parts.append(less(diff, zero, f"MC {k} - deterministic {k}", "0", f"{k} (paired by seed)"))
-    verdict = all_of(*parts)
+    # Both from the same network of each seed on the same test images: judged on the per-seed differences.
+    verdict = all_of(*(paired_less(mc[k], det[k], f"MC dropout ({lesson.passes} passes)", "deterministic",
+                                   f"test {k}") for k in ("nll", "ece")))
     rows = [{"score": k, "deterministic": det[k], f"MC dropout ({lesson.passes} passes)": mc[k],
              "MC - det (paired)": paired(mc[k], det[k])[0]} for k in pairs]
+    over = [past_best(m["history"]) for m in runs]
+    rise = Stat([o["rise"] for o in over])
+    gap = Stat([o["train_acc"] - o["val_acc"] for o in over])
+    epochs = len(runs[0]["history"])
     figure = _grouped_figure(lab.figure_path(), {"deterministic": {k: det[k] for k in ("nll", "ece")},
                                                  f"MC {lesson.passes} passes": {k: mc[k] for k in ("nll", "ece")}},
-                             "test NLL / ECE (lower is better)", "MC dropout vs the deterministic model")
+                             "test NLL / ECE (lower is better)", "MC dropout vs the deterministic network")
+    acc = paired(mc["acc"], det["acc"])[0]
     notes = ["both columns come from the same trained network of each seed (the deterministic pass scales nothing "
              "at test: inverted dropout); the verdict compares them seed by seed",
-             "ECE: evaluation.ece_bins equal-width confidence bins; NLL: mean -log p(true class) on the test split"]
-    if not verdict.reproduced:
-        acc_diff = paired(mc["acc"], det["acc"])[0]
-        notes.append(f"not reproduced at this size: MC dropout changed the accuracy by {acc_diff.text()} (paired) on "
-                     f"a network at test acc {det['acc'].text()}; a short run is far from the overconfident, "
-                     "overfit regime MC dropout's calibration gains are reported in, and averaging the passes of an "
-                     "underfit network costs accuracy, which NLL charges and ECE (confidence against accuracy "
-                     "only) does not")
-    return Result(["score", "deterministic", f"MC dropout ({lesson.passes} passes)", "MC - det (paired)"], rows,
-                  verdict, notes, figure)
+             "ECE: evaluation.ece_bins equal-width confidence bins; NLL: mean -log p(true class) on the test split",
+             f"how overconfident the networks are: the validation NLL ends {rise.text()} above its lowest (reached "
+             f"at epoch {', '.join(str(o['best_epoch']) for o in over)} of {epochs}), with train accuracy "
+             f"{gap.text()} above validation accuracy at the end: " +
+             ("overconfident, the regime the claim is about (the softmax claims more than the net knows)"
+              if rise.mean > lesson.overconfident_rise else
+              f"not the overconfident regime the claim is about (a rise above {lesson.overconfident_rise:g} would "
+              "show it; more epochs or less data, trainer.epochs / data.train_size, get there)"),
+             f"test accuracy, MC dropout - deterministic: {acc.text()} (paired; "
+             f"{'a gain' if acc.mean > 0 else 'a loss' if acc.mean < 0 else 'no change'} on average)"]
+    return Result(list(rows[0]), rows, verdict, notes, figure)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -539,28 +567,37 @@ def ema_polyak(lesson, lab: Lab) -> Result:
     decay = ema_decay(steps, lesson.window_fraction)
     runs = _collect(lab, lesson.arms, lesson.seeds, measure=_test_count,
                     extra=["averaging=ema", f"averaging.decay={decay:.6f}"])
+    failed = [f"{arm} seed {s}: {m['status']}" for arm, ms in runs.items()
+              for s, m in zip(lesson.seeds, ms, strict=True) if m["status"] != "completed"]
+    if failed:
+        return Result(["schedule"], [], Verdict(NOT_REPRODUCED, "EMA and raw weights not compared: " +
+                                                ", ".join(failed)))
     test_n = runs[arm0][0]["at_end"]
     raw = {arm: _stat(ms, "test_acc") for arm, ms in runs.items()}
     ema = {arm: _stat(ms, "test_acc_ema") for arm, ms in runs.items()}
-    parts = [greater(ema[arm], raw[arm], "EMA", "raw", f"test acc ({arm})",
-                     floor=accuracy_noise(raw[arm].mean, test_n)) for arm in lesson.arms]
-    verdict = parts[list(lesson.arms).index(lesson.verdict_arm)]
-    rows = [{"schedule": arm, "raw test acc": raw[arm], "EMA test acc": ema[arm],
-             "EMA - raw (paired)": paired(ema[arm], raw[arm])[0]} for arm in lesson.arms]
+    gain = {arm: paired(ema[arm], raw[arm])[0] for arm in lesson.arms}
+    # The same run's two weights on the same test images: judged on the per-seed differences.
+    parts = {arm: paired_greater(ema[arm], raw[arm], "EMA", "raw", f"test acc ({arm})") for arm in lesson.arms}
+    verdict = parts[lesson.verdict_arm]
+    rows = [{"schedule": arm, "raw test acc": raw[arm], "EMA test acc": ema[arm], "EMA - raw (paired)": gain[arm],
+             "seeds EMA > raw": f"{sum(d > 0 for d in gain[arm].values)} of {gain[arm].n}",
+             "beyond the spread": "yes" if parts[arm].reproduced else "no"} for arm in lesson.arms]
     stats = {f"{arm} raw": raw[arm] for arm in lesson.arms} | {f"{arm} EMA": ema[arm] for arm in lesson.arms}
     figure = bar_figure(lab.figure_path(), stats, "test accuracy", f"EMA of the weights (decay {decay:.4f}) vs raw")
     notes = [f"decay {decay:.4f}: the average spans about {1 / (1 - decay):.0f} of the run's {steps} steps "
-             f"(window_fraction={lesson.window_fraction}); runner's default 0.999 spans 1000 steps, more than this "
-             "run has, so its average would still be mostly the random initial weights (0.161 against the raw "
-             "model's 0.360 in a short run)",
-             f"the verdict is on the {lesson.verdict_arm} arm (verdict_arm): at a constant learning rate the weights "
-             "jitter around a minimum and their average sits nearer its centre; a schedule that anneals to 0 (onecycle) "
-             "already stills the weights, so averaging adds little there",
-             f"test accuracy noise on {test_n} images: about +-{accuracy_noise(raw[arm0].mean, test_n):.3f}, used "
-             "as the floor of the spread"]
-    if not verdict.reproduced:
-        notes.append(f"not reproduced at this size: {steps} steps are too few for an average to pay; the weights are "
-                     f"still moving toward a minimum, so an average over the last {1 / (1 - decay):.0f} steps lags "
-                     "behind them more than it smooths their noise. Polyak averaging pays late in long runs at a "
-                     "constant lr (--full)")
-    return Result(["schedule", "raw test acc", "EMA test acc", "EMA - raw (paired)"], rows, verdict, notes, figure)
+             f"(window_fraction={lesson.window_fraction}); at runner's default 0.999 the random initial weights would "
+             f"still hold 0.999^{steps} = {0.999 ** steps:.0%} of the average at the end",
+             f"both accuracies of a seed come from the same run on the same {test_n} test images, so the verdict "
+             f"is on their per-seed difference (paired), on the {lesson.verdict_arm} arm (verdict_arm): a constant "
+             "lr leaves the weights jittering around a minimum, where an average sits nearer its centre"]
+    if len(lesson.arms) > 1:
+        order = sorted(lesson.arms, key=lambda a: gain[a].mean, reverse=True)
+        notes.append("EMA - raw by schedule: " + ", ".join(f"{a} {gain[a].text()}" for a in order) +
+                     f"; the average gains most under {order[0]}" +
+                     (" (an lr annealed to 0 stills the weights by itself, leaving the average less to smooth)"
+                      if order[0] == lesson.verdict_arm else ""))
+    if gain[lesson.verdict_arm].mean < 0:
+        notes.append(f"here the average is below the raw weights ({gain[lesson.verdict_arm].text()}): it trails "
+                     f"them by about {1 / (1 - decay):.0f} of {steps} steps, a lag that costs more than the smoothing "
+                     "gains while the weights still improve quickly")
+    return Result(list(rows[0]), rows, verdict, notes, figure)
