@@ -168,7 +168,7 @@ def test_scalar_series_reads_a_tag_back(tmp_path):
 
 @pytest.mark.slow
 def test_sharp_minima(tmp_path):
-    result = _lesson("sharp_minima", tmp_path)
+    result = _lesson("sharp_minima", tmp_path, "seeds=[0,1,2]")
     small, large = _row(result, "small_batch"), _row(result, "large_batch")
     assert (small["batch"], large["batch"]) == (20, 250) and small["lr"] == large["lr"] == 0.1
     top_small, top_large = small["top Hessian eigenvalue"], large["top Hessian eigenvalue"]
