@@ -113,12 +113,16 @@ def sharp_minima(lesson, lab: Lab) -> Result:
                      f"{float(cfg[large].optimizer.lr):g}); the top eigenvalue reached {reached:.0%} of it with the "
                      f"large batch and {top[small].mean / bound:.0%} with the small one" + (
                          ": full-batch training climbs to that bound (Cohen et al. 2021, the edge of stability), "
-                         "while a small batch's gradient noise keeps it out of regions that sharp (Jastrzebski et al. "
+                         "while a small batch's gradient noise keeps it out of such sharp regions (Jastrzebski et al. "
                          "2020)" if reached >= 0.7 else
                          ": the large batch stayed well under it here, so the bound is not what set its curvature"))
     agree = by_rise.reproduced == verdict.reproduced
     notes.append(f"the second measure, the loss increase under random perturbations, {'agrees' if agree else 'differs'}"
-                 f": {by_rise.text()}")
+                 f": {by_rise.text()}" + ("" if agree else
+                                          ". Random directions average the curvature over all directions (about the "
+                                          "Hessian's trace, scaled by the weights' norms), the top eigenvalue is the "
+                                          "steepest one; Keskar et al.'s sharpness is a maximum over a neighbourhood, "
+                                          "closer to the latter"))
     if all(math.isfinite(v) for v in (train[large].mean, train[small].mean, top[large].mean, top[small].mean)):
         lower = small if train[small].mean < train[large].mean else large
         sharper = large if top[large].mean > top[small].mean else small
@@ -536,8 +540,9 @@ def seed_variance(lesson, lab: Lab) -> Result:
                  f"{wide}'s is not smaller: relative to its mean it varies as much or more")]
     falling = {arm: _last_drop(rs) for arm, rs in runs.items()}
     if all(math.isfinite(v) for v in falling.values()):
-        notes.append(f"in the last epoch the training loss still fell by {falling[narrow]:.0%} ({narrow}) and "
-                     f"{falling[wide]:.0%} ({wide}) on average over the seeds: "
+        change = {arm: round(-v, 2) + 0.0 for arm, v in falling.items()}  # + 0.0: no "-0%"
+        notes.append(f"in the last epoch the training loss changed by {change[narrow]:+.0%} ({narrow}) and "
+                     f"{change[wide]:+.0%} ({wide}) on average over the seeds: "
                      + ("both had about settled" if max(falling.values()) < 0.05 else
                         "not every arm had settled into its minimum, so its spread includes how fast each seed trains"
                         "; more epochs (-- trainer.epochs=...) or --full let them settle"))
