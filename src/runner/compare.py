@@ -18,6 +18,7 @@ Everything goes to outputs/compare/<date>_<time>/: compare.md, compare.json, a f
 """
 
 import argparse
+import math
 import sys
 import time
 from datetime import datetime
@@ -78,7 +79,7 @@ def compare(lesson, lab: Lab) -> Result:
     runs = {arm: [lab.run(arm, seed, name=_dir_name(arm)) for seed in lesson.seeds] for arm in lesson.arms}
     acc = {arm: Stat([m.get("test_acc") if m.get("test_acc") is not None else float("nan") for m in ms])
            for arm, ms in runs.items()}
-    best = max(acc, key=lambda a: acc[a].mean if acc[a].mean == acc[a].mean else -1.0)
+    best = max(acc, key=lambda a: acc[a].mean if math.isfinite(acc[a].mean) else -1.0)  # a diverged arm is last
     others = [a for a in acc if a != best]
     verdict = all_of(*(paired_greater(acc[best], acc[a], best, a, "test accuracy", tries=len(others))
                        for a in others))

@@ -73,22 +73,18 @@ def combinations() -> list[tuple[str, list[str], bool]]:
 SYNTHETIC = ["data=synthetic", "trainer.progress=false", "diagnostics.every_steps=0", "trainer.save_best=false"]
 
 
-def run_row(overrides: list[str], run_dir: Path, base: list[str], epochs: int) -> dict:
-    """One row's run, in this process: its metrics.json."""
+def run_row(overrides: list[str], run_dir: Path, base: list[str], epochs: int) -> tuple[dict, float]:
+    """One row's run, in this process: its metrics.json, and the peak lr the defaults chose for it."""
     import hydra
-    from omegaconf import OmegaConf
 
-    from runner.config import CONFIG_DIR, register_resolvers, validate
+    from runner.config import CONFIG_DIR, register_resolvers
     from runner.engine.train import fit
+    from runner.transfer_grid import compose_run
 
     register_resolvers()
     with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra.compose("config", overrides=[*base, f"trainer.epochs={epochs}", *overrides],
-                            return_hydra_config=True)
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
-    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    validate(cfg)
-    return fit(cfg, run_dir, choices)
+        cfg, choices = compose_run(base, [f"trainer.epochs={epochs}", *overrides])
+    return fit(cfg, run_dir, choices), float(cfg.optimizer.lr)
 
 
 def verdict(metrics: dict, num_classes: int = 10) -> str:
@@ -107,9 +103,9 @@ def run_grid(rows, base: list[str], epochs: int, out: Path, echo=print) -> list[
     try:
         for i, (name, overrides, _) in enumerate(rows):
             started = time.perf_counter()
-            metrics = run_row(overrides, out / f"{i:02d}", base, epochs)
+            metrics, lr = run_row(overrides, out / f"{i:02d}", base, epochs)
             row = {"name": name, "overrides": overrides, "status": metrics.get("status"),
-                   "test_acc": metrics.get("test_acc"), "lr": metrics.get("lr_peak"),
+                   "test_acc": metrics.get("test_acc"), "lr": lr,
                    "verdict": verdict(metrics), "wall_s": time.perf_counter() - started}
             results.append(row)
             acc = "-" if row["test_acc"] is None else f"{row['test_acc']:.3f}"

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -116,8 +117,6 @@ def code_specs(part: str) -> list[list[str]]:
 
 def lesson_modules(name: str) -> list[str]:
     """The modules of runner.lessons that lesson `name` runs on (see code_specs)."""
-    import re
-
     from omegaconf import OmegaConf
 
     modules = {"__init__", "lab", "verdict"}

@@ -163,11 +163,7 @@ def _sharp_figure(lab: Lab, runs, top, rise, bound) -> str:
                          fontsize=8, color="C3")
     _paired_panel(axes[1], {a: s.values for a, s in rise.items()}, seeds, "mean loss increase",
                   "loss rise under random weight perturbations")
-    for i, (arm, rs) in enumerate(runs.items()):
-        for j, m in enumerate(rs):
-            losses = [h["train_loss"] for h in m.get("history") or []]
-            axes[2].plot(range(1, len(losses) + 1), losses, color=f"C{i}", alpha=0.8, marker="o", ms=3,
-                         label=arm if j == 0 else None)
+    _loss_curves(axes[2], runs)
     axes[2].set(xlabel="epoch", ylabel="training loss (epoch mean)", title="training loss, every seed")
     axes[2].set_yscale("log")
     axes[2].grid(alpha=0.3)
@@ -577,14 +573,19 @@ def _spread_figure(lab: Lab, runs, loss, lesson) -> str:
     axes[0].set_xlim(-0.5, len(loss) - 0.2)
     axes[0].set(ylabel="final training loss", yscale="log", title="each seed's final training loss (black: mean "
                 "and 1 std)")
-    for i, (arm, rs) in enumerate(runs.items()):
-        for j, m in enumerate(rs):
-            losses = [h["train_loss"] for h in m.get("history") or []]
-            axes[1].plot(range(1, len(losses) + 1), losses, color=f"C{i}", alpha=0.7, marker="o", ms=2,
-                         label=arm if j == 0 else None)
+    _loss_curves(axes[1], runs)
     axes[1].set(xlabel="epoch", ylabel="training loss (epoch mean)", yscale="log",
                 title="training loss per epoch, every seed")
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     return save_figure(fig, lab.figure_path())
+
+
+def _loss_curves(ax, runs: dict[str, list[dict]]) -> None:
+    """Each run's training loss per epoch (its history), one colour per arm, every seed drawn."""
+    for i, (arm, rs) in enumerate(runs.items()):
+        for j, m in enumerate(rs):
+            losses = [h["train_loss"] for h in m.get("history") or []]
+            ax.plot(range(1, len(losses) + 1), losses, color=f"C{i}", alpha=0.75, marker="o", ms=2.5,
+                    label=arm if j == 0 else None)

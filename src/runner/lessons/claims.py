@@ -6,7 +6,7 @@ Each runs real runner runs paired by seed (same initial weights and data order i
 
 import math
 
-from runner.lessons.init import activation_outputs
+from runner.lessons.init import activation_outputs, never_positive
 from runner.lessons.lab import Lab, save_figure
 from runner.lessons.verdict import (
     Result,
@@ -48,11 +48,7 @@ def never_positive_fraction(model, x) -> float:
     positive on the batch x: for ReLU the dead units (as runner.lessons.init.dead_relu_fraction counts them in ReLU
     layers), for leaky ReLU the units pushed to the negative side for every image, where they still pass 1% of
     their gradient."""
-    from runner.nets.diagnostics import dead_fraction
-
-    outs = _hidden(model, x)
-    units = sum(o.shape[1] for o in outs)
-    return sum(float(dead_fraction(o)) * o.shape[1] for o in outs) / max(units, 1)
+    return never_positive(_hidden(model, x))
 
 
 def no_gradient_fraction(model, x) -> float:

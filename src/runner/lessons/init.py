@@ -60,10 +60,15 @@ def unit_spread(run_or_model) -> float:
 def dead_relu_fraction(run, n: int = 1024) -> float:
     """The fraction of ReLU units (features or channels) of the trained run that are never positive on its first
     n training images: dead units, which get no gradient again."""
+    x = run.preprocess(run.splits.train_x[:n])
+    return never_positive([out for _, kind, out in activation_outputs(run.model, x) if kind == "relu"])
+
+
+def never_positive(outs) -> float:
+    """The fraction of units (features or channels: dim 1) among the layer outputs `outs` that are never positive,
+    each layer weighted by its units."""
     from runner.nets.diagnostics import dead_fraction
 
-    x = run.preprocess(run.splits.train_x[:n])
-    outs = [out for _, kind, out in activation_outputs(run.model, x) if kind == "relu"]
     units = sum(o.shape[1] for o in outs)
     return sum(float(dead_fraction(o)) * o.shape[1] for o in outs) / max(units, 1)
 

@@ -65,23 +65,14 @@ class Lab:
         returns its metrics (metrics.json) with run_dir added. components: extra engine components (what a lesson
         measures inside the run: runner.engine.components protocol). at_end(run) -> value: measured on the
         trained run (run.model, run.splits, ...) before its test, returned as metrics["at_end"]."""
-        from runner.engine.train import fit
-
         if at_end is not None:
             components = [*components, _AtEnd(at_end)]
         if self.lesson.get("tune") and arm is not None:
             extra = [f"optimizer.lr={self.tuned_lr(arm):.6g}", *extra]
         cfg, choices = self.config(arm, seed, extra)
         run_dir = self.out / f"{name or arm or 'run'}_seed{seed}"
-        run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        level = log.level
-        if not self.verbose:
-            log.setLevel(logging.WARNING)
-        try:
-            metrics = fit(cfg, run_dir, choices, list(components))
-        finally:
-            log.setLevel(level)
+        metrics = self._fit(cfg, choices, run_dir, components)
         self.runs_done += 1
         self.records.append({"run": run_dir.name, "arm": name or arm, "seed": seed, "status": metrics.get("status"),
                              "test_acc": metrics.get("test_acc"), "lr": float(cfg.optimizer.lr),
@@ -116,8 +107,8 @@ class Lab:
             print(f"  tuned {arm}: lr {best:.3g} (validation accuracy by lr: {told})", flush=True)
         return self.tuning[arm]["lr"]
 
-    def _fit(self, cfg, choices, run_dir: Path, test: bool = True) -> dict:
-        """One run of a composed config, quietly unless verbose."""
+    def _fit(self, cfg, choices, run_dir: Path, components=(), test: bool = True) -> dict:
+        """One run of a composed config in run_dir, quietly unless verbose: its metrics."""
         from runner.engine.train import fit
 
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +116,7 @@ class Lab:
         if not self.verbose:
             log.setLevel(logging.WARNING)
         try:
-            return fit(cfg, run_dir, choices, test=test)
+            return fit(cfg, run_dir, choices, list(components), test=test)
         finally:
             log.setLevel(level)
 
