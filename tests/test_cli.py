@@ -109,7 +109,7 @@ def test_unknown_key_added_with_plus_is_one_line_with_a_did_you_mean(tmp_path):
 def test_a_config_error_leaves_no_run_directory_but_keeps_one_with_checkpoints(tmp_path):
     env = _fake_torch(tmp_path)
     proc = run_cli([*TINY, "data.noise=-1"], cwd=tmp_path, env=env, check=False)
-    assert proc.returncode == 2 and list((tmp_path / "outputs").iterdir()) == []  # no outputs/<date>/<run>/
+    assert proc.returncode == 2 and not (tmp_path / "outputs").exists()  # refused before Hydra made a run directory
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     (resumed / "checkpoints" / "last.pt").write_bytes(b"")
@@ -148,3 +148,38 @@ def test_a_run_names_its_directory_first_and_says_how_to_look_at_it_last(tmp_pat
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "[runner]" in line]
     assert f"run directory {run} (a new run)" in lines[0]
     assert "completed: metrics.json" in lines[-1] and f"tensorboard --logdir {run}" in lines[-1]
+
+
+@pytest.mark.parametrize("args, message", [
+    # a key of another option, with and without `+`
+    (["optimizer=adam", "+optimizer.momentum=0.9"], "optimizer.momentum is not a key of optimizer=adam (its keys: lr, "),
+    (["optimizer=adam", "optimizer.momentum=0.9"], "optimizer.momentum is not a key of optimizer=adam (its keys: lr, "),
+    (["+activation.negative_slope=0.1"], "activation.negative_slope is not a key of activation=relu (it has no keys); "
+                                         "remove it or choose an activation that has it (leaky_relu)."),
+    (["activation.negative_slope=0.1"], "activation.negative_slope is not a key of activation=relu (it has no keys)"),
+    (["+prune.sparsity=0.5"], "prune.sparsity is not a key of prune=none (it has no keys); remove it or "
+                                    "choose a prune that has it (magnitude)."),
+    (["+transfer.lr_mult=0.1"], "transfer.lr_mult is not a key of transfer=none (it has no keys)"),
+    # Hydra's composition errors, in runner's words
+    (["optimzer=adam"], "optimzer is not a config group or key: did you mean optimizer?"),
+    (["trainer.epoch=3"], "trainer.epoch is not a config key: did you mean trainer.epochs?"),
+    (["+optimizer.lr=0.1"], "optimizer.lr is already in the config (optimizer=nesterov sets it): drop the `+`, "
+                            "`optimizer.lr=0.1`"),
+    (["init.first_layer=whiten"], "init.first_layer is not in the file of init=default: add it with a `+`, "
+                                  "`+init.first_layer=whiten`"),
+    (["optimizer=adam", "~optimizer.momentum"], "optimizer.momentum is not a key of optimizer=adam (its keys: "),
+    (["regularization.dropout.p=0.2"], "regularization.dropout is not chosen: choose it with "
+                                       "`regularization=[l2,dropout]`"),
+    (["optimizer.impl=reference", "optimizer._target_=torch.optim.ASGD"], "optimizer.impl=reference: "),
+    # a sweep: the first config, then every choice of the space, before any trial
+    (["-m", "seed=0,1", "optimizer.momentun=0.9"], "optimizer.momentun is not a config key: did you mean "
+                                                   "optimizer.momentum?"),
+    (["-m", "optimizer=nesterov,adam", "optimizer.momentum=0.9"], "optimizer.momentum is not a key of optimizer=adam"),
+])
+def test_a_config_mistake_is_one_line_and_exit_2_and_writes_nothing(tmp_path, args, message):
+    """On main the first two examples loaded the data and failed inside torch, leaving a failed run directory; the
+    keys without `+`, a misspelled group and the sweep gave Hydra's multi-line errors with exit 1."""
+    proc = run_cli([*args, *TINY], cwd=tmp_path, env=_fake_torch(tmp_path), check=False)
+    assert (proc.returncode, proc.stderr.count("\n")) == (2, 1), proc.stderr
+    assert proc.stderr.startswith(f"error: {message}"), proc.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()

@@ -2,6 +2,8 @@
 options answered with a did-you-mean, the absent keys completed, the regularizer table true to its files, and an
 error leaving no empty run directory."""
 
+import copy
+import functools
 import os
 import re
 import subprocess
@@ -231,3 +233,125 @@ def test_the_autoencoder_refuses_options_that_need_labels_or_accuracy(overrides,
     """On main the autoencoder's own loop silently ignored these."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(compose_config(["objective=autoencoder", *overrides], checked=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keys per option: the keys of the chosen option's file, the group's own keys and runner's record, nothing else
+
+@pytest.mark.parametrize("overrides, option, having", [
+    (["optimizer=adam", "+optimizer.momentum=0.9"], "optimizer=adam", "choose an optimizer that has it (momentum, "
+                                                                      "nesterov)"),
+    (["optimizer=sgd", "+optimizer.momentum=0.9"], "optimizer=sgd", "(momentum, nesterov)"),
+    (["optimizer=nadam", "+optimizer.bias_correction=false"], "optimizer=nadam", "(adam, adamw)"),
+    (["activation=relu", "+activation.negative_slope=0.1"], "activation=relu", "choose an activation that has it "
+                                                                              "(leaky_relu)"),
+    (["prune=none", "+prune.sparsity=0.5"], "prune=none", "choose a prune that has it (magnitude)"),
+    (["transfer=none", "+transfer.lr_mult=0.1"], "transfer=none", "(finetune, freeze_until, gradual_unfreeze)"),
+    (["model=mlp", "+model.widths=[8]"], "model=mlp", "(airbench, cnn, resnet, resnet18)"),
+    (["model=resnet", "+model.pool=avg"], "model=resnet", "(cnn, vgg)"),
+    (["+data.download=false"], "data=synthetic", "(cifar10)"),
+    (["init=default", "+init.bias=0.1"], "init=default", "(constant, dirac, he_normal"),
+    (["norm=layer", "+norm.groups=4"], "norm=layer", "(group)"),
+    (["schedule=onecycle", "+schedule.gamma=0.5"], "schedule=onecycle", "(multistep, step)"),
+    (["augmentation=crop_flip", "+augmentation.contrast=0.2"], "augmentation=crop_flip", "(crop_flip_jitter)"),
+    (["averaging=none", "+averaging.decay=0.9"], "averaging=none", "(ema, lookahead)"),
+    (["preprocess=standardize", "+preprocess.components=10"], "preprocess=standardize", "(pca)"),
+    (["objective=classify", "+objective.decoder_width=64"], "objective=classify", "(autoencoder)"),
+])
+def test_a_key_of_another_option_is_refused_naming_the_options_that_have_it(overrides, option, having):
+    """On main a key of any option of the group passed, then failed inside torch or was never read."""
+    key = overrides[-1].lstrip("+").split("=")[0]
+    message = _refused(overrides)
+    assert message.startswith(f"{key} is not a key of {option} (") and having in message, message
+    assert "remove it or choose" in message and "\n" not in message
+
+
+def test_a_key_refused_lists_the_options_own_keys():
+    message = _refused(["optimizer=adam", "+optimizer.momentum=0.9"])
+    assert "(its keys: lr, betas, eps, impl, bias_correction" in message
+
+
+@pytest.mark.parametrize("overrides", [
+    ["init=he_normal", "+init.first_layer=whiten", "+init.whiten_epsilon=5e-4", "+init.whiten_images=100"],
+    ["augmentation=none", "+augmentation.flip=true", "+augmentation.padding=2"],
+    ["schedule=cosine", "+schedule.snapshot_ensemble=true"],
+    ["optimizer=adam", "optimizer.lr=auto", "+optimizer.auto_lr={batch:0.01,other:0.001}"],
+    ["optimizer=momentum", "optimizer.lr=0.1"],
+    ["+experiment=fast"],
+])
+def test_keys_the_schema_gives_every_option_of_a_group_pass_with_any_option(overrides):
+    validate(compose_config(overrides, checked=False))
+
+
+def test_a_key_of_a_regularizer_not_chosen_says_how_to_choose_it():
+    message = _refused(["regularization=[l2]", "+regularization.dropout.p=0.5"])
+    assert message.startswith("regularization.dropout") and "regularization=[l2,dropout]" in message, message
+    assert "\n" not in message
+
+
+def test_the_reference_rule_of_an_optimizer_without_one_is_refused_at_start_up():
+    """On main it passed the check, loaded the data and failed building the optimizer."""
+    message = _refused(["optimizer=sgd", "optimizer._target_=torch.optim.ASGD", "optimizer.impl=reference"])
+    assert message.startswith("optimizer.impl=reference") and "ASGD" in message and "optimizer.impl=torch" in message
+    assert "SGD, " in message and "\n" not in message  # the rules runner has
+
+
+_OPTION_GROUPS = [g for g in SCHEMA if (CONFIG_DIR / g).is_dir()]
+# What the rules between keys ask of an option at its defaults (transfer needs weights, pruning fine-tunes within
+# trainer.epochs, stochastic depth a residual net, AdamW its decoupled decay, freeze_until a layer).
+_COMPANIONS = {
+    ("transfer", "finetune"): ["model.pretrained=."], ("transfer", "gradual_unfreeze"): ["model.pretrained=."],
+    ("transfer", "linear_probe"): ["model.pretrained=."],
+    ("transfer", "freeze_until"): ["model.pretrained=.", "transfer.freeze_until=features.0"],
+    ("prune", "magnitude"): ["trainer.epochs=3"], ("regularization", "stochastic_depth"): ["model=resnet"],
+    ("optimizer", "adamw"): ["regularization=weight_decay"],
+}
+
+
+@functools.cache
+def _default_config():
+    return compose_config(tiny=False, checked=False)
+
+
+def _with_option(cfg, group, option):
+    """cfg holding `group=option` as Hydra composes it: the option file, config.yaml's keys for the group over it."""
+    node = OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml")
+    if group == "regularization":
+        cfg.regularization = node
+    else:
+        root = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text()).get(group) or {}
+        cfg[group] = OmegaConf.merge(node, root)
+
+
+@pytest.mark.parametrize("group, option", [(g, p.stem) for g in _OPTION_GROUPS for p in _option_files(g)])
+def test_every_option_of_every_group_passes_the_check_at_its_defaults(group, option):
+    cfg = copy.deepcopy(_default_config())
+    _with_option(cfg, group, option)
+    for override in _COMPANIONS.get((group, option), []):
+        key, value = override.split("=")
+        if "." in key:
+            OmegaConf.update(cfg, key, yaml.safe_load(value))
+        else:
+            _with_option(cfg, key, value)
+    validate(cfg)
+
+
+def test_every_key_an_option_accepts_reaches_its_target_or_is_runners():
+    """An accepted key is an argument of the option's `_target_` or one runner reads itself (RUNNER_KEYS, marked in
+    the schema), and no argument of a target is among RUNNER_KEYS (build.option would drop it)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    from runner.config.option_keys import accepted_keys
+    from runner.config.schema import RUNNER_KEYS
+
+    for group in _OPTION_GROUPS:
+        for path in _option_files(group):
+            target = yaml.safe_load(path.read_text()).get("_target_")
+            if group in ("regularization", "data") or target is None:
+                continue
+            params = inspect.signature(get_object(target)).parameters
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            for key in accepted_keys(group, path.stem, SCHEMA[group]):
+                assert takes_any or (key in params) != (key in RUNNER_KEYS), (group, path.stem, key)

@@ -190,11 +190,10 @@ def test_exploding_loss_with_batch_norm_is_diverged_exit_3_and_a_rerun_says_so_a
     assert metrics["status"] == "diverged" and "optimizer.lr" in metrics["message"]
     assert "trainer.resume=never" in metrics["message"]
     assert not (run_dir / "checkpoints").exists()  # nothing diverged was saved as best or last
-    files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.parent.name != ".hydra"
-             and p.name != "runner.log"}
+    files = _tree(run_dir)
     again = run_cli(args, cwd=tmp_path, check=False)
-    assert again.returncode == 3 and "diverged already" in (run_dir / "runner.log").read_text()
-    assert {p: p.stat().st_mtime_ns for p in files} == files
+    assert again.returncode == 3 and "diverged already" in again.stdout
+    assert _tree(run_dir) == files  # not even Hydra's record or the log
 
 
 def test_one_step_per_epoch_divergence_is_caught_at_validation_before_any_checkpoint(tmp_path):
@@ -276,3 +275,223 @@ def test_an_unexpected_error_is_status_failed_one_line_and_exit_1(tmp_path):
     metrics = _metrics(run_dir)
     assert metrics["status"] == "failed" and metrics["message"] == "failed: RuntimeError: boom in validation"
     assert checkpoint.load(run_dir / train.LAST)["epoch"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resuming under an allowed change, and a resume that fails
+
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
+def test_an_optimizer_change_allowed_on_resume_starts_that_optimizer_afresh_and_the_run_goes_on(tmp_path, caplog):
+    """On main SGD with momentum resumed under optimizer=adam with trainer.resume_allow=[optimizer] crashed in torch
+    (KeyError: 'step') and replaced the completed run's metrics.json with a failed one without history."""
+    first = _fit(tmp_path, ["trainer.epochs=1"])  # nesterov: SGD with momentum buffers
+    resumed = _fit(tmp_path, ["trainer.epochs=2", "optimizer=adam", "trainer.resume_allow=[optimizer]"])
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 2 and resumed["steps"] == 20
+    assert resumed["history"][0] == first["history"][0]  # the weights, history and schedule position continue
+    [record] = resumed["resumes"]
+    assert (record["epoch"], record["step"], record["optimizer"]) == (1, 10, "fresh")
+    assert "optimizer._target_: torch.optim.SGD -> torch.optim.Adam" in record["changes"]
+    state = checkpoint.load(tmp_path / train.LAST)
+    assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(state["optimizer"]["state"].values())))
+    # Adam's own lr (1e-3) at the schedule's place, not nesterov's 0.4 carried over in the schedule's state
+    assert resumed["history"][1]["lr"] < 2e-3 and state["scheduler"]["base_lrs"][0] == pytest.approx(1e-3)
+    assert any("optimizer starts afresh" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
+def test_a_changed_optimizer_setting_allowed_on_resume_is_used_not_the_checkpoints(tmp_path):
+    """The same optimizer with another momentum and lr keeps its state (the momentum buffers) but takes the new
+    values: loading the checkpoint used to put the old ones back silently."""
+    _fit(tmp_path, ["trainer.epochs=1", "optimizer=momentum", "optimizer.lr=0.1", "schedule=constant"])
+    resumed = _fit(tmp_path, ["trainer.epochs=2", "optimizer=momentum", "optimizer.lr=0.05", "schedule=constant",
+                              "optimizer.momentum=0.5", "trainer.resume_allow=[optimizer]"])
+    assert resumed["history"][1]["lr"] == pytest.approx(0.05) and resumed["resumes"][0]["optimizer"] == "kept"
+    group = checkpoint.load(tmp_path / train.LAST)["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.5 and group["lr"] == pytest.approx(0.05)
+
+
+class _FailAt(Component):
+    """Raises in its `hook` (an unexpected error of the resumed process)."""
+
+    def __init__(self, hook):
+        setattr(self, hook, self.fail)
+
+    def fail(self, *args):
+        raise RuntimeError("boom")
+
+
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
+@pytest.mark.parametrize("where", ["loading the checkpoint", "start", "epoch_start"])
+def test_a_failed_resume_never_writes_over_the_earlier_runs_metrics(tmp_path, monkeypatch, where):
+    """On main a resumed attempt that failed replaced a completed run's metrics.json (test scores, history) with a
+    failed one, without history when it failed before the checkpoint had loaded."""
+    _fit(tmp_path, ["trainer.epochs=1"])
+    earlier = (tmp_path / "metrics.json").read_bytes()
+    extra = []
+    if where == "loading the checkpoint":
+        monkeypatch.setattr(run_module.Run, "load_state_dict", lambda *args, **kwargs: _FailAt("x").fail())
+    else:
+        extra = [_FailAt(where)]
+    with pytest.raises(RuntimeError, match="boom"):
+        _fit(tmp_path, ["trainer.epochs=2"], extra)
+    assert (tmp_path / "metrics.json").read_bytes() == earlier
+    assert checkpoint.load(tmp_path / train.LAST)["epoch"] == 1
+
+
+def test_resume_allow_names_only_groups_and_keys_of_the_config(tmp_path):
+    """On main trainer.resume_allow=[nonexistent_group] was accepted (and allowed nothing)."""
+    from runner.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        compose_config(["trainer.resume_allow=[optimizer,nonexistent_group]"])
+    message = str(err.value)
+    assert "\n" not in message and "trainer.resume_allow" in message and "nonexistent_group" in message
+    assert "optimizer" in message.split("allowed:")[1]  # the groups are listed
+    with pytest.raises(ConfigError, match="optimizer.moment"):
+        compose_config(["trainer.resume_allow=[optimizer.moment]"])
+    compose_config(["trainer.resume_allow=[optimizer,schedule.warmup_epochs,model.widths,seed,data]"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A refused command writes nothing; Ctrl-C at any moment is one line
+
+RUN_ARGS = [*TINY, *FAST, "trainer.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def completed_run(tmp_path_factory):
+    """A completed 1-epoch run made by the command (copied by each test that uses it)."""
+    root = tmp_path_factory.mktemp("completed")
+    run_cli([*RUN_ARGS, f"hydra.run.dir={root / 'run'}"], cwd=root)
+    return root / "run"
+
+
+def _copy_run(completed_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(completed_run, tmp_path / "run")  # with the files' times
+    (tmp_path / "cwd").mkdir()
+    return tmp_path / "run"
+
+
+def _tree(root: Path) -> dict:
+    """Every file and folder under `root`: a file's bytes and modification time, a folder's name."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else "folder"
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.slow  # several commands: `make test-all` and CI run it
+def test_a_refused_command_writes_nothing_anywhere(completed_run, tmp_path):
+    """On main a command refused in a run directory rewrote its .hydra/*.yaml and appended to its runner.log (and
+    its lock file's pid); one refused in a new directory left that directory or its parents behind."""
+    run_dir = _copy_run(completed_run, tmp_path)
+    (tmp_path / "cwd" / "outputs").mkdir()
+    (tmp_path / "cwd" / "outputs" / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    here = [*RUN_ARGS, f"hydra.run.dir={run_dir}"]
+    refused = {
+        "another config": ([*here, "optimizer.lr=0.05"], 2, "was made with another config"),
+        "an unknown resume_allow": ([*here, "trainer.epochs=2", "trainer.resume_allow=[nonexistent_group]"], 2,
+                                    "trainer.resume_allow"),
+        "a bad value": ([*here, "optimizer.lr=-1"], 2, "optimizer.lr=-1 is invalid"),
+        "no checkpoint to resume": ([*here, f"trainer.resume={tmp_path / 'nowhere'}"], 2, "no checkpoint at"),
+        "a bad value in a new directory": ([*RUN_ARGS, "optimizer.lr=-1"], 2, "optimizer.lr=-1 is invalid"),
+        "no checkpoint, in a new directory": ([*RUN_ARGS, f"trainer.resume={tmp_path / 'nowhere'}"], 2,
+                                              "no checkpoint at"),
+        "no checkpoint, in a new named directory": ([*RUN_ARGS, f"trainer.resume={tmp_path / 'nowhere'}",
+                                                     f"hydra.run.dir={tmp_path / 'new' / 'run'}"], 2,
+                                                    "no checkpoint at"),
+    }
+    for what, (args, code, message) in refused.items():
+        proc = run_cli(args, cwd=tmp_path / "cwd", check=False)
+        assert proc.returncode == code, (what, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and message in proc.stderr, (what, proc.stderr)
+        assert _tree(tmp_path) == before, what
+    owner = _hold_lock(run_dir)
+    before = _tree(tmp_path)
+    try:
+        proc = run_cli([*here, "trainer.epochs=2"], cwd=tmp_path / "cwd", check=False)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "another process" in proc.stderr
+    assert _tree(tmp_path) == before
+
+
+# Runs `python -m runner ARGS` as runpy does for `-m`, paused at one moment of its start until a signal comes:
+# argv: the moment (a module's first import, "composing", "loading data"), the file to create once paused, ARGS.
+_PAUSED = """
+import importlib.abc, runpy, sys, time
+where, marker = sys.argv[1], sys.argv[2]
+
+def pause():
+    open(marker, "w").close()
+    time.sleep(120)
+
+if where == "loading data":
+    from runner.data import loading
+    real_load = loading.load_splits
+    def load_splits(*args, **kwargs):
+        pause()
+        return real_load(*args, **kwargs)
+    loading.load_splits = load_splits
+elif where == "composing":
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    real_compose = ConfigLoaderImpl.load_configuration
+    def load_configuration(self, *args, **kwargs):
+        pause()
+        return real_compose(self, *args, **kwargs)
+    ConfigLoaderImpl.load_configuration = load_configuration
+else:
+    class Pause(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == where:
+                sys.meta_path.remove(self)
+                pause()
+            return None
+    sys.meta_path.insert(0, Pause())
+sys.argv = ["runner", *sys.argv[3:]]
+runpy.run_module("runner", run_name="__main__", alter_sys=True)
+"""
+
+
+def _interrupt_at(where: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    marker = cwd.parent / "paused"
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED, where, str(marker), *args], cwd=cwd, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("where", [
+    "hydra",  # Python imports runner's libraries
+    "composing",  # Hydra composes the config
+    pytest.param("torch", marks=pytest.mark.slow),  # the job starts: torch is imported
+    pytest.param("loading data", marks=pytest.mark.slow),
+])
+def test_ctrl_c_while_starting_is_one_line_exit_130_and_leaves_nothing(tmp_path, where):
+    """On main Ctrl-C during start-up printed a traceback of up to 91 lines (and exited 1)."""
+    (tmp_path / "cwd").mkdir()
+    proc = _interrupt_at(where, [*RUN_ARGS, f"hydra.run.dir={tmp_path / 'cwd' / 'run'}"], tmp_path / "cwd")
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("interrupted"), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert list((tmp_path / "cwd").iterdir()) == []  # no run directory began
+
+
+@pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
+def test_ctrl_c_while_a_resumed_run_loads_its_data_is_one_line_with_the_resume_command(completed_run, tmp_path):
+    run_dir = _copy_run(completed_run, tmp_path)
+    before = _tree(tmp_path)
+    args = [*RUN_ARGS, "trainer.epochs=2", f"hydra.run.dir={run_dir}"]
+    proc = _interrupt_at("loading data", args, tmp_path / "cwd")
+    (tmp_path / "paused").unlink()
+    assert proc.returncode == 130 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("interrupted")
+    assert "To resume: python -m runner" in proc.stderr and f"hydra.run.dir={run_dir}" in proc.stderr
+    assert "trainer.epochs=2" in proc.stderr
+    assert _tree(tmp_path) == before

@@ -180,3 +180,96 @@ def test_a_failed_run_makes_the_verdict_inconclusive_never_reproduced(tmp_path):
     result = Result(["arm"], [], holds(True, "the units differ", "no"))
     lesson_cli.gated(result, lab, "x")
     assert result.verdict.reproduced and result.runs_figure.endswith("x_runs.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command under faults: bad runner overrides, Ctrl-C, a run again into the same --out
+
+@pytest.mark.parametrize(("user", "size", "message"), [
+    ("optimizer=adamm", "test", "optimizer=adamm is not an option: did you mean adam"),
+    ("trainer.epoch=3", "test", "did you mean trainer.epochs?"),
+    ("data.train_examples=5", "quick", "data.train_examples is not a key of data=cifar10"),  # synthetic data's key
+    ("hydra.run.dir=elsewhere", "test", "use `--out elsewhere`"),
+])
+def test_a_bad_runner_override_is_one_line_before_any_run(capsys, tmp_path, user, size, message):
+    out = tmp_path / "lesson"
+    assert lesson_cli.main(["l1_sparsity", "--size", size, "--out", str(out), "--", user]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def _resume_command(err: str, out) -> list[str]:
+    import shlex
+    import sys
+
+    line = err.strip().splitlines()[-1]
+    command = shlex.split(line[line.index("python -m runner.lesson"):])
+    assert command[command.index("--out") + 1] == str(out)
+    return [sys.executable, *command[1:]]
+
+
+def test_ctrl_c_between_runs_ends_the_lesson_in_one_line_with_its_resume_command(capsys, tmp_path, monkeypatch):
+    from runner.lessons.lab import Lab
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Lab, "_fit", interrupted)
+    out = tmp_path / "lesson"
+    assert lesson_cli.main(["l1_sparsity", "seeds=[0]", "--size", "test", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err
+    assert _resume_command(err, out)[1:] == ["-m", "runner.lesson", "l1_sparsity", "seeds=[0]", "--size=test",
+                                             "--out", str(out)]
+
+
+def test_a_run_stopped_by_a_signal_ends_the_lesson_with_130_not_a_traceback(capsys, tmp_path, monkeypatch):
+    from runner.engine import train
+
+    def stopped(cfg, run_dir, *args, **kwargs):
+        return {"status": "interrupted", "message": f"interrupted by SIGINT in epoch 1 at step 3; {run_dir} ..."}
+
+    monkeypatch.setattr(train, "fit", stopped)
+    out = tmp_path / "lesson"
+    assert lesson_cli.main(["l1_sparsity", "--size", "test", "--out", str(out), "--", "trainer.epochs=3"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "l1_seed0" in err
+    assert _resume_command(err, out)[-2:] == ["--", "trainer.epochs=3"]
+
+
+@pytest.mark.slow
+def test_a_lesson_run_again_into_its_directory_reuses_its_runs_and_gives_the_same_verdict(tmp_path, capsys):
+    first = lesson_cli.run_lesson("l1_sparsity", ["seeds=[0,1]"], "test", out=tmp_path)
+    written = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*_seed*/**/*") if p.is_file()}
+    capsys.readouterr()
+    again = lesson_cli.run_lesson("l1_sparsity", ["seeds=[0,1]"], "test", out=tmp_path)
+    assert capsys.readouterr().out.count("(kept from an earlier run)") == 4
+    assert again.verdict == first.verdict and again.rows == first.rows
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # no run trained or wrote again
+    assert json.loads((tmp_path / "lesson.json").read_text())["runs"] == 4
+
+
+@pytest.mark.slow
+def test_an_interrupted_lesson_resumes_into_its_directory_and_gives_its_verdict(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "lesson"
+    started = subprocess.Popen([sys.executable, "-m", "runner.lesson", "l1_sparsity", "seeds=[0]", "--size", "test",
+                                "--out", str(out), "--", "trainer.epochs=6"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "l1_seed0" / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started.send_signal(signal.SIGINT)
+    _, err = started.communicate(timeout=120)
+    assert started.returncode == 130 and "Traceback" not in err, err
+    assert json.loads((out / "l1_seed0" / "metrics.json").read_text())["status"] == "interrupted"
+    resumed = subprocess.run(_resume_command(err, out), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Verdict:" in resumed.stdout and json.loads((out / "lesson.json").read_text())["runs"] == 2
+    assert json.loads((out / "l1_seed0" / "metrics.json").read_text())["epochs_completed"] == 6
+    assert not (out / "l1_seed0" / "previous").exists()  # resumed from its checkpoint, not started afresh

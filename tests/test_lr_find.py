@@ -111,3 +111,18 @@ def test_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "runner.lr_find", "lr_find.steps=3"], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: lr_find.steps=3 is invalid")
+
+
+@pytest.mark.parametrize("where", [None, "made/run", "kept"])
+def test_a_refused_test_creates_nothing(tmp_path, where):
+    """On main a refused `python -m runner.lr_find` left outputs/lr_find/<date>/<time>/ holding Hydra's record and
+    an empty log (or rewrote the record in the run directory given)."""
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    args = [*TINY, "lr_find.steps=3", *([f"hydra.run.dir={tmp_path / where}"] if where else [])]
+    proc = subprocess.run([sys.executable, "-m", "runner.lr_find", *args], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: lr_find.steps=3 is invalid")
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import choices_of, compose_config
-from runner.config import ConfigError
+from runner.config import CheckpointError, ConfigError
 from runner.data import checkpoint
 from runner.engine import train
 from runner.engine.pruning import SPARSE_FILE, Pruning
@@ -71,6 +71,27 @@ def test_the_sparse_encoding_restores_the_weights_exactly_and_is_smaller():
     sizes = sp.sizes(state, pruned)
     assert sizes["sparse_bytes"] < sizes["dense_bytes"] / 2
     assert sizes["gzip_bytes"] < sizes["dense_bytes"]
+
+
+@pytest.mark.parametrize("tamper, message", [
+    # 2^45 weights claimed by a mask of 120 bytes: 128 TiB to allocate
+    (lambda s: s.update(shape=[2**15, 2**15, 2**15]), r"'c.weight' claims 35,184,372,088,832 weights, but its mask has "
+                                                      r"bits for 400"),
+    (lambda s: s.update(bits=s["bits"][:-1]), r"'c.weight' claims 400 weights, but its mask has bits for 392"),
+    (lambda s: s.update(values=s["values"][:-1]), r"'c.weight' keeps \d+ weights, but holds \d+ values"),
+    (lambda s: s.update(shape=[10, "40"]), r"'c.weight' has no shape"),
+])
+def test_a_sparse_file_claiming_more_than_it_carries_is_refused_in_one_line(tmp_path, tamper, message):
+    state = {f"{k}.weight": w for k, w in _weights().items()}
+    masks = sp.magnitude_masks(state, 0.9, "global")
+    encoded = sp.encode({k: w * masks[k] for k, w in state.items()}, list(state))
+    tamper(encoded["sparse"]["c.weight"])
+    path = tmp_path / "sparse.pt"
+    checkpoint.save(encoded, path)
+    with pytest.raises(CheckpointError, match=message) as err:
+        sp.decode(checkpoint.load(path), str(path))
+    assert str(err.value).startswith(f"{path} is not a sparse encoding runner wrote: ") and "\n" not in str(err.value)
+    assert "checkpoints/last.pt" in str(err.value)
 
 
 @pytest.mark.parametrize("override, message", [

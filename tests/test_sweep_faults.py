@@ -57,6 +57,7 @@ def test_two_sweep_processes_on_one_sweep_dir_draw_distinct_points(tmp_path):
                               text=True) for _ in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
+    assert not any("test pass failed" in e for e in errors), errors  # both test the best trials: one waits
     rows = read_table(sweep_dir)
     assert len(rows) >= 4 and {r["status"] for r in rows} == {"completed"}
     assert len({r["optimizer.lr"] for r in rows}) == len(rows), rows
@@ -196,3 +197,153 @@ def _journal(path: Path):
     from runner.sweeps.study import open_storage
 
     return open_storage(str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A journal torn by a kill or a full disk
+
+def _study_with_trials(sweep_dir: Path, n: int = 2):
+    study = _worker("random", sweep_dir)
+    distributions = {"optimizer.lr": parse_space([LR]).params["optimizer.lr"].distribution}
+    for i in range(n):
+        trial = study.ask(distributions)
+        study.tell(trial, 0.1 * (i + 1))
+    return study
+
+
+def test_a_journal_torn_at_its_tail_is_cut_back_and_the_sweep_resumes(tmp_path, caplog):
+    _study_with_trials(tmp_path)
+    journal = tmp_path / "optuna.journal"
+    whole = journal.read_bytes()
+    torn = b'{"op_code":5,"worker_id":"a-b","trial_id":2,"param_na'  # a record cut short by a kill
+    journal.write_bytes(whole + torn)
+    with caplog.at_level("WARNING", logger="runner.sweeps.study"):
+        study = _worker("random", tmp_path)  # what every run of the sweep does first
+    assert journal.read_bytes().startswith(whole) and (tmp_path / "optuna.journal.torn").read_bytes() == torn
+    [line] = [r.getMessage() for r in caplog.records]
+    assert str(journal) in line and "torn" in line and "\n" not in line
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    study.tell(study.ask(), 0.5)  # and it goes on: every later run reads the study
+    assert [t.value for t in _worker("random", tmp_path).trials] == [0.1, 0.2, 0.5]
+
+
+def test_a_record_written_onto_a_torn_one_by_an_older_runner_is_separated(tmp_path):
+    _study_with_trials(tmp_path)
+    journal = tmp_path / "optuna.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    torn = b'{"op_code":5,"worker_id":"a-b","tri'
+    # What a run after the kill appended, onto the torn record: every later run failed with "Expecting ','".
+    journal.write_bytes(b"".join([*lines[:-1], torn + lines[-1]]))
+    study = _worker("random", tmp_path)
+    assert [t.value for t in study.trials] == [0.1, 0.2]
+    assert (tmp_path / "optuna.journal.torn").read_bytes() == torn
+
+
+def test_a_journal_damaged_before_its_tail_is_refused_in_one_line_naming_it_and_the_way_out(tmp_path):
+    _study_with_trials(tmp_path)
+    journal = tmp_path / "optuna.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join([*lines[:2], b"\x00\x00 garbage\n", *lines[2:]]))
+    before = journal.read_bytes()
+    with pytest.raises(ValueError) as err:
+        _worker("random", tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and str(journal) in message and "line 3" in message
+    assert "hydra.sweep.dir=" in message and "head -n 2" in message
+    assert journal.read_bytes() == before  # refused: nothing changed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two sweep processes testing their best trials together
+
+def _deferred_trial(sweep_dir: Path):
+    """A study with one completed trial whose test pass was left to the sweep (a trial directory as the job leaves
+    it, without its checkpoint: the test pass itself is replaced in these tests)."""
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    trial.set_user_attr("job_dir", "000_seed=0")
+    study.tell(trial, 0.5)
+    job_dir = sweep_dir / "000_seed=0"
+    job_dir.mkdir(parents=True)
+    (job_dir / "metrics.json").write_text(json.dumps({"status": "completed", "best_val_acc": 0.5,
+                                                      "test_deferred": True}))
+    return study, job_dir
+
+
+def _scored(job_dir: Path, acc: float) -> dict:
+    metrics = {**json.loads((job_dir / "metrics.json").read_text()), "test_acc": acc, "test_loss": 1.0}
+    (job_dir / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def _hold_then(job_dir: Path, then, after_s: float = 0.6):
+    """Hold the trial's run directory as another sweep process testing it does, for after_s seconds; then call
+    `then` and let go."""
+    import threading
+
+    from runner.engine.run import lock_run_dir
+
+    fd = lock_run_dir(job_dir)
+
+    def release():
+        time.sleep(after_s)
+        then()
+        os.close(fd)
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    return thread
+
+
+def _test_pass(monkeypatch) -> list:
+    """The trial's test pass replaced by one that, as the real one, takes the run directory's lock first, then
+    scores 0.7; returns the list of directories it tested."""
+    from runner.engine.run import lock_run_dir
+    from runner.sweeps import testing
+
+    ran = []
+
+    def test_trial(path):
+        os.close(lock_run_dir(path))
+        ran.append(path)
+        return _scored(path, 0.7)
+
+    monkeypatch.setattr(testing, "test_trial", test_trial)
+    return ran
+
+
+@pytest.mark.parametrize("other_tests_it", [True, False])
+def test_a_trial_another_sweep_process_is_testing_is_waited_for_not_failed(tmp_path, monkeypatch, caplog,
+                                                                          other_tests_it):
+    from runner.sweeps import study as glue
+
+    study, job_dir = _deferred_trial(tmp_path)
+    ran = _test_pass(monkeypatch)
+    holder = _hold_then(job_dir, (lambda: _scored(job_dir, 0.6)) if other_tests_it else (lambda: None))
+    sweeper = OptunaSweeper(sampler=None, pruner=None, test_best=1)
+    with caplog.at_level("INFO"):
+        sweeper._test_best(study, tmp_path)
+    holder.join()
+    out = "\n".join(r.getMessage() for r in caplog.records)
+    assert "failed" not in out and "RunDirBusy" not in out, out
+    assert "another process" in out and "waiting" in out
+    rows = glue.table_rows(study, [])
+    if other_tests_it:  # its scores are taken, and the trial is not tested a second time
+        assert ran == [] and rows[0]["test_acc"] == 0.6 and "tested by another process" in out
+    else:  # the other let go without testing it: tested here
+        assert ran == [job_dir] and rows[0]["test_acc"] == 0.7
+
+
+def test_a_trial_held_past_the_wait_is_left_with_one_line(tmp_path, monkeypatch, caplog):
+    from runner.sweeps import testing
+
+    study, job_dir = _deferred_trial(tmp_path)
+    ran = _test_pass(monkeypatch)
+    monkeypatch.setattr(testing, "BUSY_WAIT_S", 0.2)
+    holder = _hold_then(job_dir, lambda: None, after_s=1.5)
+    with caplog.at_level("INFO"):
+        OptunaSweeper(sampler=None, pruner=None, test_best=1)._test_best(study, tmp_path)
+    holder.join()
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "trial 0" in line and "not tested by this process" in line and "run the sweep's command again" in line
+    assert ran == []

@@ -37,6 +37,28 @@ def test_bad_metric_direction_or_test_setting_is_one_line(settings, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(("metric", "direction", "says"), [
+    ("final_val_loss", "maximize", "the highest final_val_loss"),  # the default direction, metric alone changed
+    ("final_train_loss", "maximize", "the highest final_train_loss"),
+    ("best_val_acc", "minimize", "the lowest best_val_acc"),
+    ("final_val_acc", "minimize", "the lowest final_val_acc"),
+    ("final_val_loss", "minimize", None), ("best_val_acc", "maximize", None), ("wall_time_s", "minimize", None),
+])
+def test_a_sweep_that_looks_for_the_worst_trials_says_so_in_one_line_at_its_start(metric, direction, says, caplog):
+    from hydra_plugins.runner_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    sweeper = OptunaSweeper(sampler=None, pruner=None, metric=metric, direction=direction)
+    with caplog.at_level("WARNING"):
+        sweeper._check_settings()
+    lines = [r.getMessage() for r in caplog.records]
+    if says is None:
+        assert lines == []
+        return
+    [line] = lines
+    other = "minimize" if direction == "maximize" else "maximize"
+    assert says in line and "the worst" in line and f"hydra.sweeper.direction={other}" in line and "\n" not in line
+
+
 def test_every_rankable_metric_is_a_declared_metrics_json_key_with_an_epoch_value_where_it_has_one():
     records.check_metrics(dict.fromkeys(glue.RANKABLE, 0.0))  # raises for an undeclared key
     assert glue.epoch_key("best_val_acc") == "val_acc" and glue.epoch_key("final_val_loss") == "val_loss"

@@ -67,7 +67,9 @@ def test_vgg_sizes_its_classifier_for_fractional_pooling():
      "model.pool=fractional with pool_ratio=0.55 over 7 stages shrinks 32x32 images to nothing (32 -> 17 -> 9 -> 4 "
      "-> 2 -> 1 -> 0 -> 0): raise model.pool_ratio or use fewer stages."),
     (["model.widths=[4,4,4,4,4,4]"], "model.pool=max over 6 stages shrinks 32x32 images to nothing"),
-    (["model=resnet", "+model.pool=avg"], "model.pool is for the models that pool between stages"),
+    (["model=resnet", "+model.pool=avg"], "model.pool is not a key of model=resnet (its keys: widths, "
+                                          "blocks_per_stage, pretrained); remove it or choose a model that has it "
+                                          "(cnn, vgg)."),
 ])
 def test_bad_pooling_is_one_line_at_start_up(overrides, words):
     with pytest.raises(ConfigError) as err:
@@ -207,8 +209,8 @@ def test_an_unknown_probe_layer_lists_the_valid_ones(source):
 
 
 def test_probe_layer_belongs_to_linear_probe(source):
-    with pytest.raises(ConfigError, match="transfer.layer=features.2 chooses the layer a linear probe reads: it needs "
-                                          "transfer=linear_probe, not transfer=finetune"):
+    with pytest.raises(ConfigError, match=r"transfer.layer is not a key of transfer=finetune \(its keys: lr_mult\); "
+                                          r"remove it or choose a transfer that has it \(linear_probe\)"):
         compose_config(["model.widths=[4,8,16]", f"model.pretrained={source}", "transfer=finetune",
                         "+transfer.layer=features.2"])
 

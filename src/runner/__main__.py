@@ -1,16 +1,32 @@
 """`python -m runner` and the `runner` console script: compose the config with Hydra, then run one job."""
+# ruff: noqa: E402 (SIGINT is taken over before the imports below, which take a while)
 
-import os
-import re
+import signal
 import sys
+
+INTERRUPTED = "interrupted by SIGINT while starting: nothing was written. Run the command again to start."
+
+
+def _interrupted(signum, frame) -> None:
+    print(INTERRUPTED, file=sys.stderr)
+    sys.exit(130)
+
+
+# Ctrl-C while Python imports Hydra is one line, not a traceback; cli() gives SIGINT back to Python's
+# KeyboardInterrupt as Hydra starts.
+if __name__ == "__main__" or sys.argv[0].endswith("runner"):  # `python -m runner`, the `runner` command
+    signal.signal(signal.SIGINT, _interrupted)
+
+import re
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from runner.config import CONFIG_DIR, ConfigError, register_resolvers
-from runner.config.schema import check_choices
+from runner.config.command_line import check_command_line
 from runner.engine.distributed import agree_on_run_dir
+from runner.job import check_run_dir
 
 register_resolvers()
 
@@ -20,23 +36,6 @@ def main(cfg: DictConfig) -> float | None:
     from runner.job import run_job  # deferred: torch is imported only once a job really runs
 
     return run_job(cfg)
-
-
-def check_run_dir(args: list[str]) -> None:
-    """An explicit hydra.run.dir= must be a folder this process can make (Hydra's own failure there is a traceback
-    or two lines that say nothing of what to do)."""
-    given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
-    if not given or "${" in given[-1] or any(a in ("-m", "--multirun") or a.startswith("--cfg") for a in args):
-        return
-    path = Path(given[-1])
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".runner-write-check-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"hydra.run.dir={given[-1]} cannot be used: {err.strerror or err} ({err.filename or path}). "
-                          "Give a folder you can write to, e.g. hydra.run.dir=outputs/<name>.") from None
 
 
 # Groups whose options are not in the default config: a `+` adds them (`+experiment=fast`, `-m +sweep=lr_wd`).
@@ -110,20 +109,25 @@ def help_text() -> str:
 
 
 def cli() -> None:
-    """The command line: `--help` from the option files; a `group=option` that names no option file is one line,
-    before Hydra composes (and makes a run directory); under torchrun, every rank then uses rank 0's run
-    directory."""
+    """The command line: `--help` from the option files; a config mistake (an option or key that does not exist, a
+    bad value) is one line, before Hydra composes for the run (and makes a run directory); under torchrun, every rank then uses rank 0's run
+    directory. Ctrl-C at any moment is one line and exit 130."""
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
         sys.stdout.write(help_text())
         return
     try:
-        check_choices(sys.argv[1:])
+        check_command_line(sys.argv[1:])
         check_run_dir(sys.argv[1:])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = agree_on_run_dir(sys.argv)
-    main()
+    try:
+        sys.argv = agree_on_run_dir(sys.argv)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the job cleans up after a KeyboardInterrupt
+        main()
+    except KeyboardInterrupt:  # while Hydra composes (the job's own line says more)
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

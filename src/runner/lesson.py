@@ -7,15 +7,20 @@
     python -m runner.lesson l1_sparsity seeds=[0,1,2,3,4] -- data.root=/path/to/cifar device=cuda
 
 Arguments `key=value` change the lesson's own keys (its file: configs/lesson/<name>.yaml); those after `--` are
-runner overrides given to every run. Everything goes to outputs/lessons/<name>/<date>_<time>/: lesson.md (claim,
+runner overrides given to every run (checked before any run; Hydra's own settings are refused: the runs' directories
+lie under the lesson's). Everything goes to outputs/lessons/<name>/<date>_<time>/ (or --out): lesson.md (claim,
 table, verdict, command), lesson.json, the figure, and a run directory per run (`tensorboard --logdir` on the
 lesson directory shows them side by side).
+
+Ctrl-C stops a lesson (exit 130) and prints the command that resumes it: the same one with `--out <its directory>`.
+Run again into the same --out, a lesson keeps the runs that ended there and resumes the unfinished ones.
 """
 
 import argparse
 import json
 import logging
 import shlex
+import signal
 import sys
 import time
 from datetime import datetime
@@ -24,6 +29,14 @@ from pathlib import Path
 from runner.config import ConfigError, UserError
 
 log = logging.getLogger("runner")
+
+
+class Interrupted(Exception):
+    """A lesson stopped by Ctrl-C or SIGTERM: the message says where, and the command that resumes it."""
+
+    def __init__(self, message: str, code: int = 130):
+        super().__init__(message)
+        self.code = code  # the shell's code for the signal: 128 + its number
 
 
 def split_user(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -54,6 +67,31 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def command_line(name: str, overrides, size: str, user, out: Path | None = None) -> str:
+    """The command that runs this lesson (with `--out`: the command that resumes it in that directory)."""
+    words = ["python", "-m", "runner.lesson", name, *overrides, *([f"--size={size}"] if size != "quick" else []),
+             *(["--out", str(out)] if out is not None else []), *(["--", *user] if user else [])]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def check_user(user: list[str]) -> None:
+    """The runner overrides after `--`, before any composition: each `group=option` names an option file (one line
+    with a did-you-mean, as `python -m runner` says it), and no Hydra setting, which a lesson would silently ignore
+    (it composes runner's config and runs no Hydra job: its runs' directories lie under --out)."""
+    from runner.config.schema import check_choices
+
+    for item in user:
+        key, _, value = item.partition("=")
+        key = key.lstrip("+~")
+        if key == "hydra.run.dir":
+            raise ConfigError(f"{item}: a lesson puts each run in a directory of its own under the lesson's directory, "
+                              f"so hydra.run.dir cannot place it: use `--out {value or '<dir>'}` instead.")
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+            raise ConfigError(f"{item}: a lesson runs no Hydra job, so Hydra's settings do nothing here: remove it "
+                              "(the lesson's directory is given with --out).")
+    check_choices(list(user))
+
+
 def listing() -> str:
     from runner import lessons
 
@@ -68,34 +106,44 @@ def run_lesson(name: str, overrides: list[str] = (), size: str = "quick", user: 
     from hydra.utils import get_method
 
     from runner import lessons
-    from runner.lessons.lab import Lab
+    from runner.data import checkpoint
+    from runner.lessons.lab import Lab, RunInterrupted
 
     lesson = lessons.load(name, list(overrides))
     if size not in lesson.sizes:
         raise ConfigError(f"--size {size} is not offered by lesson {name}: it has {', '.join(lesson.sizes)}.")
+    check_user(list(user))
     out = Path(out or Path("outputs/lessons") / name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
-    lab = Lab(lesson, out, size, list(user), name, verbose)
+    resume = command_line(name, overrides, size, user, out)
+    lab = Lab(lesson, out, size, list(user), name, verbose, resume_command=resume)
     for arm in lesson.get("arms") or [None]:  # a bad override is one line before anything runs or is written
         lab.config(arm, lesson.seeds[0])
+    again = (out / "lesson.json").is_file() or any(out.glob("*/metrics.json"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"lesson {name} ({lesson.source})\n  claim: {' '.join(str(lesson.claim).split())}\n"
-          f"  size {size}, seeds {list(lesson.seeds)}; runs in {out}", flush=True)
+          f"  size {size}, seeds {list(lesson.seeds)}; runs in {out}"
+          + (" (the runs that ended there are kept, the unfinished ones resumed)" if again else ""), flush=True)
     started = time.perf_counter()
-    result = get_method(lesson._target_)(lesson, lab)
-    gated(result, lab, name)
+    try:
+        result = get_method(lesson._target_)(lesson, lab)
+        gated(result, lab, name)
+    except RunInterrupted as err:
+        raise Interrupted(f"lesson {name} stopped: {err}; its finished runs are kept in {out}. To resume: {resume}",
+                          128 + getattr(signal, err.signal, signal.SIGINT)) from None
+    except KeyboardInterrupt:
+        raise Interrupted(f"lesson {name} stopped by Ctrl-C; its finished runs are kept in {out}. To resume: "
+                          f"{resume}") from None
     wall = time.perf_counter() - started
-    command = " ".join(shlex.quote(w) for w in ["python", "-m", "runner.lesson", name, *overrides,
-                                                  *([f"--size={size}"] if size != "quick" else []),
-                                                  *(["--", *user] if user else [])])
+    command = command_line(name, overrides, size, user)
     text = report(name, lesson, result, size, wall, command, out, lab.runs_done)
-    (out / "lesson.md").write_text(text)
-    (out / "lesson.json").write_text(json.dumps({
+    checkpoint.write_text(text, out / "lesson.md")
+    checkpoint.write_text(json.dumps({
         "lesson": name, "claim": " ".join(str(lesson.claim).split()), "source": str(lesson.source),
         "size": size, "seeds": list(lesson.seeds), "verdict": result.verdict.verdict,
         "reason": result.verdict.reason, "notes": result.notes, "wall_s": wall, "runs": lab.runs_done,
         "columns": result.columns, "rows": [{k: _plain(v) for k, v in r.items()} for r in result.rows],
         "figure": result.figure, "runs_figure": result.runs_figure, "run_records": lab.records, "tuning": lab.tuning,
-        "command": command}, indent=2))
+        "command": command}, indent=2), out / "lesson.json")
     print(text, flush=True)
     return result
 
@@ -159,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:  # before the lesson began: nothing to resume
+        print("interrupted: nothing was run", file=sys.stderr)
+        return 130
     return 0
 
 

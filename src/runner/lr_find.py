@@ -24,6 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from runner import job
 from runner.config import CONFIG_DIR, ConfigError, UserError, register_resolvers, validate
 from runner.config.keys import integer, number
 from runner.config.schema import check_choices, fail
@@ -229,8 +230,9 @@ def report(found: dict, rows: list[dict], settings: DictConfig, schedule: str, o
     return "\n".join(lines)
 
 
-def main_job(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict) -> dict:
-    """Check the config, run the test, write its files; returns the suggestions."""
+def main_job(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict, on_accept=None) -> dict:
+    """Check the config, run the test, write its files; returns the suggestions. on_accept: called before the first
+    file is written (the job's record then): a test refused or failed before that writes nothing."""
     settings = cfg.lr_find
     check(settings)
     run_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("lr_find", "hydra")])
@@ -240,6 +242,8 @@ def main_job(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict
     found = suggest([r["lr"] for r in finite], [r["smoothed_loss"] for r in finite], settings.suggest_divisor,
                     settings.onecycle_divisor)
     title = f"lr range test: model={choices.get('model', '?')} optimizer={choices.get('optimizer', '?')}"
+    if on_accept is not None:
+        on_accept()
     paths = write(rows, found, run_dir, settings, title)
     text = report(found, rows, settings, run_cfg.schedule.name, overrides)
     log.info("%s\nfiles: %s", text, ", ".join(str(p) for p in paths))
@@ -250,20 +254,35 @@ def main_job(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+    run_dir, record = Path(hydra_cfg.runtime.output_dir), job.Record(cfg)
     try:
-        main_job(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task), choices)
+        main_job(cfg, run_dir, list(hydra_cfg.overrides.task), choices, on_accept=record.keep)
     except UserError as err:
+        if not record.kept:
+            job.remove_made(run_dir)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 1)
+    except KeyboardInterrupt:
+        if not record.kept:
+            job.remove_made(run_dir)
+        print("interrupted by SIGINT: no lr range test was written. Run the command again.", file=sys.stderr)
+        sys.exit(130)
 
 
 def cli() -> None:
+    """The command line: a bad option or run directory is one line, before Hydra composes (and makes a run
+    directory); a refused test leaves no directory behind."""
     try:
         check_choices(sys.argv[1:])
+        job.check_run_dir(sys.argv[1:], "lr_find")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted by SIGINT while starting: nothing was written. Run the command again.", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

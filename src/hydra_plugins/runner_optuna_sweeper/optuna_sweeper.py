@@ -162,7 +162,7 @@ class OptunaSweeper(Sweeper):
 
     def _check_settings(self) -> None:
         """The sweeper's own keys, each bad value one line (raised as ValueError, printed by `sweep`)."""
-        from runner.sweeps.study import check_settings
+        from runner.sweeps.study import check_settings, direction_warning
 
         for key, value, ok in (("n_trials", self.n_trials, self.n_trials is None or _positive_int(self.n_trials)),
                                ("n_jobs", self.n_jobs, self.n_jobs is None or _positive_int(self.n_jobs)),
@@ -172,6 +172,9 @@ class OptunaSweeper(Sweeper):
                 raise ValueError(f"hydra.sweeper.{key}={value!r} is invalid: {allowed}. "
                                  f"Change it with `hydra.sweeper.{key}=<value>`.")
         check_settings(self.metric, self.direction, self.test_trials, self.test_best)
+        warning = direction_warning(self.metric, self.direction)
+        if warning:
+            log.warning(warning)
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         from hydra.core.plugins import Plugins
@@ -203,10 +206,13 @@ class OptunaSweeper(Sweeper):
             raise ValueError("hydra.sweeper.n_trials=null: a sampled search needs a number of trials. "
                              "Set it with `hydra.sweeper.n_trials=<n>`.")
         from runner.config import validate
+        from runner.config.command_line import composed
 
-        for values in space.corners():
-            overrides = [*space.fixed, *(space.params[k].override(v) for k, v in values.items())]
-            validate(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
+        def compose(overrides):
+            return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+
+        for values in space.corners():  # a key a corner's option lacks is runner's one line, as for a single run
+            validate(composed(compose, [*space.fixed, *(space.params[k].override(v) for k, v in values.items())]))
 
     def _open_study(self, sweep_dir: Path, space: SearchSpace):
         import optuna
@@ -393,7 +399,8 @@ class OptunaSweeper(Sweeper):
 
     def _test_best(self, study, sweep_dir: Path) -> None:
         """Test the test_best best completed trials that left their test pass to the sweep, once each (a trial
-        tested by an earlier run of the sweep is not tested again); record the scores in the study (trials.csv)."""
+        tested by an earlier run of the sweep is not tested again; one that another sweep process on this study is
+        testing is waited for, and its scores taken); record the scores in the study (trials.csv)."""
         from runner.sweeps import study as glue
 
         chosen = [t for t in glue.best_trials(study, self.test_best)
@@ -406,16 +413,25 @@ class OptunaSweeper(Sweeper):
                      self.metric, ", ".join(str(t.number) for t in todo))
         for trial in todo:
             job_dir = sweep_dir / trial.user_attrs["job_dir"]
+
+            def waiting(number=trial.number, job_dir=job_dir) -> None:
+                log.info("trial %d: another process (pid %s) holds its run directory, most likely another sweep "
+                         "process testing it: waiting for it to let go (up to %d s)", number, testing.holder(job_dir),
+                         testing.BUSY_WAIT_S)
+
             try:
-                metrics = testing.test_trial(job_dir)
+                metrics, here = testing.test_when_free(job_dir, waiting)
+            except testing.RunDirBusy:
+                log.warning("trial %d: not tested by this process: another process (pid %s) still holds its run "
+                            "directory %s after %d s; run the sweep's command again to test it once it has let go",
+                            trial.number, testing.holder(job_dir), job_dir, testing.BUSY_WAIT_S)
+                continue
             except Exception as err:  # one trial's test failing (a damaged checkpoint) leaves the others
                 log.error("trial %d: its test pass failed: %s: %s", trial.number, type(err).__name__, err)
                 continue
-            # A finished trial's attributes are frozen in Optuna: the scores go to the study's, by trial number.
-            tested = dict(study.user_attrs.get(glue.TESTED, {}))
-            tested[str(trial.number)] = {k: metrics[k] for k in glue.METRICS if k.startswith("test_") and k in metrics}
-            study.set_user_attr(glue.TESTED, tested)
-            log.info("trial %d tested: test_acc %s  [%s]", trial.number, metrics.get("test_acc"), job_dir.name)
+            glue.record_test(study, trial.number, metrics)
+            log.info("trial %d tested%s: test_acc %s  [%s]", trial.number, "" if here else " by another process",
+                     metrics.get("test_acc"), job_dir.name)
 
     def _run_batch(self, study, batch: list, space: SearchSpace, sweep_dir: Path) -> bool:
         """Run these trials (new, or resumed in their job directory) and record each one's outcome. True when the

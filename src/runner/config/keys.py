@@ -32,16 +32,30 @@ VAL_METRICS = {"val_acc": "higher is better", "val_loss": "lower is better"}
 @dataclass(frozen=True)
 class Key:
     """One config key. problem(value): what is wrong with the value, as "must be ..." (None: nothing). item: the
-    Key of each element, for a list. default: filled in where the config lacks the key, or OPTIONAL / REQUIRED."""
+    Key of each element, for a list. default: filled in where the config lacks the key, or OPTIONAL / REQUIRED.
+    any_option: an OPTIONAL key that every option of the group takes (not only those whose file sets it).
+    runner: where runner reads the key itself; empty for an argument of the option's `_target_`."""
 
     problem: Callable[[object], str | None]
     item: "Key | None" = None
     default: object = OPTIONAL
+    any_option: bool = False
+    runner: str = ""
 
 
 def required(**keys: Key) -> dict[str, Key]:
     """Keys every option of the group sets."""
     return {name: replace(key, default=REQUIRED) for name, key in keys.items()}
+
+
+def any_option(**keys: Key) -> dict[str, Key]:
+    """Keys that no option file needs to set and every option of the group takes (given with a `+`)."""
+    return {name: replace(key, any_option=True) for name, key in keys.items()}
+
+
+def runners(where: str, key: Key) -> Key:
+    """A key runner reads itself (`where` says where), left out of the arguments of the option's `_target_`."""
+    return replace(key, runner=where)
 
 
 def show(value) -> str:
@@ -107,7 +121,8 @@ def boolean(default=OPTIONAL) -> Key:
 
 def options(group: str) -> Key:
     """The name of an option of `group`: a file configs/<group>/<name>.yaml (the folder is the registry)."""
-    return Key(lambda value: None if value in option_names(group) else f"allowed: {', '.join(option_names(group))}")
+    return Key(lambda value: None if value in option_names(group) else f"allowed: {', '.join(option_names(group))}",
+               runner="the option's name, as its file is named (config checks, logs)")
 
 
 def option_names(group: str) -> list[str]:

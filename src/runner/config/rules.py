@@ -1,9 +1,12 @@
 """The start-up checks that tie several config keys together (each key on its own is runner.config.schema's).
 They run on a config the schema has completed and checked, so every key they read is there and well typed."""
 
+import ast
+import functools
 import os
+from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner.config import ConfigError
 from runner.config.regularizers import DROPOUTS, MC_DROPOUT_KINDS, REGULARIZERS, chosen, decays_decoupled
@@ -18,6 +21,7 @@ def check(cfg: DictConfig) -> None:
     _transfer(cfg)
     _unlabelled(cfg)
     _compression(cfg)
+    _resume_allow(cfg)
 
 
 def _data(data: DictConfig) -> None:
@@ -109,8 +113,23 @@ def _pooling(model: DictConfig) -> None:
         raise ConfigError(f"{how} over {stages} stages shrinks 32x32 images to nothing ({shown}): {fix}.")
 
 
+# The lecture's update rules (optimizer.impl=reference), read from the source: importing it would import torch.
+_REFERENCE = Path(__file__).resolve().parents[1] / "optimization" / "reference.py"
+
+
+@functools.cache
+def reference_rules() -> list[str]:
+    """The optimizers runner.optimization.reference writes out: its public classes, named as torch.optim's."""
+    tree = ast.parse(_REFERENCE.read_text())
+    return [n.name for n in tree.body if isinstance(n, ast.ClassDef) and not n.name.startswith("_")]
+
+
 def _training(cfg: DictConfig) -> None:
     optimizer, regularization = cfg.optimizer, cfg.regularization
+    name = str(optimizer._target_).rsplit(".", 1)[-1]
+    if optimizer.impl == "reference" and name not in reference_rules():
+        raise ConfigError(f"optimizer.impl=reference: runner.optimization.reference has no rule for {name} "
+                          f"({optimizer._target_}); it has {', '.join(reference_rules())}. Use optimizer.impl=torch.")
     if "bias_correction" in optimizer and not optimizer.bias_correction and optimizer.impl != "reference":
         raise ConfigError("optimizer.bias_correction=false needs the lecture's update rule: add "
                           "optimizer.impl=reference (torch.optim always corrects the bias).")
@@ -152,10 +171,7 @@ def _transfer(cfg: DictConfig) -> None:
     if transfer.name != "none" and cfg.model.pretrained is None:
         raise ConfigError(f"transfer={transfer.name} reuses trained layers, but model.pretrained is null: give the "
                           "weights, e.g. `model.pretrained=outputs/<date>/<run>`, or use transfer=none.")
-    layer = transfer.get("layer")
-    if layer is not None and transfer.name != "linear_probe":
-        raise ConfigError(f"transfer.layer={layer} chooses the layer a linear probe reads: it needs "
-                          f"transfer=linear_probe, not transfer={transfer.name}; remove the override.")
+    layer = transfer.get("layer")  # transfer=linear_probe's alone (runner.config.option_keys)
     if layer is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise ConfigError(f"transfer.layer={layer} cuts the network after it is wrapped for data-parallel "
                           "training: run it in one process (python -m runner), or use transfer.layer=null.")
@@ -202,3 +218,14 @@ def _compression(cfg: DictConfig) -> None:
     if cfg.export.enabled and cfg.objective.name == "autoencoder":
         raise ConfigError("export.enabled=true exports a classifier (images in, logits out); objective=autoencoder "
                           "has none: set export.enabled=false.")
+
+
+def _resume_allow(cfg: DictConfig) -> None:
+    """trainer.resume_allow names groups or keys of this config: a name that is neither would allow nothing."""
+    absent = object()
+    unknown = [str(name) for name in cfg.trainer.resume_allow
+               if OmegaConf.select(cfg, str(name), default=absent) is absent]
+    if unknown:
+        groups = ", ".join(k for k in cfg if OmegaConf.is_dict(cfg[k]))
+        fail("trainer.resume_allow", list(cfg.trainer.resume_allow), f"{', '.join(unknown)} is no group or key of "
+             f"this config; allowed: a group ({groups}) or a key of one, e.g. optimizer.lr")

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from runner.config import CONFIG_DIR, PAD_MODES, ConfigError
+from runner.config import CONFIG_DIR, PAD_MODES, ConfigError, option_keys
 from runner.config import lr as auto_lr
 from runner.config.keys import (
     OPTIONAL,
     REQUIRED,
     VAL_METRICS,
     Key,
+    any_option,
     boolean,
     either,
     integer,
@@ -30,6 +31,7 @@ from runner.config.keys import (
     option_names,
     options,
     required,
+    runners,
     text,
 )
 from runner.config.regularizers import REGULARIZERS
@@ -98,7 +100,7 @@ SCHEMA = {
         "generator_seed": _SEED, "difficulty": _FRACTION, "label_noise": _FRACTION,
     },
     "model": {
-        **required(_target_=text(), pretrained=Key(_weights)),
+        **required(_target_=text(), pretrained=runners("the weights to start from (build_pretrained)", Key(_weights))),
         "widths": _WIDTHS, "fc_widths": list_of(_POSITIVE_INT, "a list of positive integers", length=(0, math.inf)),
         "stages": list_of(_WIDTHS, "1 to 5 stages (each halves 32x32 images), e.g. [[64],[128]]", length=(1, 5)),
         "depth": integer("[0, inf)", why="the number of hidden layers"), "width": _POSITIVE_INT,
@@ -123,27 +125,38 @@ SCHEMA = {
         "first_layer": one_of({"same": "like the other layers", "whiten": "whiten the training patches"},
                               default="same"),
         "first_layer_trainable": boolean(default=True),
-        "first_layer_bias_epochs": integer("[0, inf)", null=True, why="null: trained all run", default=None),
-        "whiten_epsilon": _POSITIVE, "whiten_images": _POSITIVE_INT,
+        "first_layer_bias_epochs": runners("the epochs a whitened first layer's bias trains (the loop)", integer(
+            "[0, inf)", null=True, why="null: trained all run", default=None)),
+        # any scheme may whiten its first layer (init.first_layer=whiten), so every init= option takes these
+        **any_option(whiten_epsilon=_POSITIVE, whiten_images=runners(
+            "the images a whitened first layer is fitted on (init_inputs)", _POSITIVE_INT)),
     },
     "norm": {
         **required(name=options("norm"), position=one_of("before", "after")),
         "momentum": number("(0, 1]"), "groups": _POSITIVE_INT, "eps": number("(0, 1]"),
         "learn_scale": one_of({True: "a learnt scale", False: "fixed at 1"}),
-        "reestimate_batches": integer("[0, inf)", why="training batches to recompute batch norm statistics over "
-                                      "after training; 0: off", default=0),
+        "reestimate_batches": runners("batch norm statistics recomputed after training (BatchNormReestimate)",
+                                      integer("[0, inf)", why="training batches to recompute batch norm statistics "
+                                              "over after training; 0: off", default=0)),
     },
     "optimizer": {
-        **required(_target_=text(), lr=_POSITIVE,
-                   impl=one_of({"torch": "torch.optim", "reference": "runner.optimization.reference"})),
-        "bias_correction": boolean(), "momentum": number("[0, 1)"), "alpha": number("[0, 1)"),
+        **required(_target_=text(), lr=_POSITIVE, impl=runners(
+            "torch's class or the lecture's rule (make_optimizer)",
+            one_of({"torch": "torch.optim", "reference": "runner.optimization.reference"}))),
+        "bias_correction": runners("an argument of the lecture's Adam and AdamW only (make_optimizer)", boolean()),
+        "momentum": number("[0, 1)"), "alpha": number("[0, 1)"),
         "betas": list_of(number("[0, 1)"), "a list of two numbers in [0, 1), e.g. [0.9,0.999]", length=(2, 2)),
         "eps": _POSITIVE, "nesterov": boolean(), "momentum_decay": number("[0, inf)"),
-        "auto_lr": Key(_auto_lr),
-        "lr_auto": one_of({"batch": "auto chose auto_lr.batch", "other": "auto chose auto_lr.other"}),
+        # optimizer.lr=auto's table and runner's record of its choice (runner.config.lr), for any optimizer
+        **any_option(
+            auto_lr=runners("the peak lr of optimizer.lr=auto, with batch norm and without (config.lr)",
+                            Key(_auto_lr)),
+            lr_auto=runners("which auto_lr entry optimizer.lr=auto chose (config.lr; the start-up log)",
+                            one_of({"batch": "auto chose auto_lr.batch", "other": "auto chose auto_lr.other"}))),
     },
     "schedule": {
-        **required(name=options("schedule"), warmup_epochs=number("[0, inf)")),
+        **required(name=options("schedule"), warmup_epochs=runners(
+            "a linear warmup in front of any schedule (schedule_factor)", number("[0, inf)"))),
         "step_epochs": _POSITIVE, "scale_epochs": _POSITIVE, "cycle_epochs": _POSITIVE,
         "half_cycle_epochs": _POSITIVE, "exponent": _POSITIVE,
         "gamma": number("(0, 1]"), "gamma_per_epoch": number("(0, 1]"),
@@ -153,7 +166,7 @@ SCHEMA = {
         "peak_fraction": _FRACTION, "start_factor": _FRACTION, "end_factor": _FRACTION,
         "pct_start": number("(0, 1)"), "div_factor": number("[1, inf)"), "final_div_factor": number("[1, inf)"),
         "metric": one_of(VAL_METRICS), "patience_epochs": integer("[0, inf)"), "threshold": number("[0, inf)"),
-        "snapshot_ensemble": boolean(default=False),
+        "snapshot_ensemble": runners("a snapshot at every cycle end (the loop)", boolean(default=False)),
     },
     "regularization": Some({name: r.keys for name, r in REGULARIZERS.items()}),
     "augmentation": {
@@ -177,10 +190,12 @@ SCHEMA = {
     },
     "transfer": {
         **required(name=options("transfer")),
-        "lr_mult": _POSITIVE, "unfreeze_every_epochs": _POSITIVE_INT,
+        "lr_mult": runners("the lr factor of the reused layers (build_optimizer)", _POSITIVE),
+        "unfreeze_every_epochs": _POSITIVE_INT,
         "freeze_until": text(message="must be the name of the last frozen layer, e.g. features.1 or blocks.3"),
-        "layer": Key(lambda v: None if v is None or is_int(v) or (isinstance(v, str) and v) else
-                     "must be null (the whole body), a layer's name (e.g. features.2) or its index (0: the first)"),
+        "layer": runners("the layer a linear probe reads its features from (cut_for_probe)", Key(
+            lambda v: None if v is None or is_int(v) or (isinstance(v, str) and v) else
+            "must be null (the whole body), a layer's name (e.g. features.2) or its index (0: the first)")),
     },
     "objective": {**required(name=options("objective")), "decoder_width": integer("[8, inf)"),
                   "lr_factor": number("(0, inf)", null=True,
@@ -214,6 +229,11 @@ SCHEMA = {
 # Top-level keys that are not runner's: the sweeper validates configs that still hold Hydra's own node.
 _NOT_RUNNERS = ("hydra",)
 
+# Keys of an option that runner reads itself, not arguments of its `_target_` (runner.engine.build.option leaves
+# them out), and where they act.
+RUNNER_KEYS = {key: rule.runner for spec in SCHEMA.values() if type(spec) is dict
+               for key, rule in spec.items() if isinstance(rule, Key) and rule.runner}
+
 
 def fail(key: str, value, allowed: str, override: str | None = None) -> None:
     raise ConfigError(f"{key}={value!r} is invalid: {allowed}. Change it with `{override or key}=<value>` on the "
@@ -228,10 +248,19 @@ def complete_and_check(cfg: DictConfig) -> None:
 
 
 def walk(node: DictConfig, spec: dict, path: str) -> None:
-    """Complete and check `node`, the config at `path` ("" for the root, "optimizer." for a group), by `spec`."""
+    """Complete and check `node`, the config at `path` ("" for the root, "optimizer." for a group), by `spec`: in a
+    group of option files, by the keys of the option it holds (runner.config.option_keys)."""
+    group = path[:-1]
+    option = option_keys.option_of(group, node, spec) if option_keys.has_options(group, spec) else None
+    accepted = option_keys.accepted_keys(group, option, spec) if option else list(spec)
     for key in node:
-        if key not in spec and not str(key).startswith("_") and not (path == "" and key in _NOT_RUNNERS):
-            _unknown(f"{path}{key}", spec, path)
+        if key in accepted or str(key).startswith("_") or (path == "" and key in _NOT_RUNNERS):
+            continue
+        if key in spec:
+            raise ConfigError(option_keys.not_a_key(group, option, key, spec))
+        raise ConfigError(option_keys.unknown(f"{path}{key}", path, accepted, list(spec)))
+    if isinstance(spec, Some):
+        _chosen_whole(node, spec)
     for key, rule in spec.items():
         where = f"{path}{key}"
         if key in node.keys() and OmegaConf.is_missing(node, key):
@@ -260,12 +289,17 @@ def _check(rule: Key, value, where: str, override: str) -> None:
             _check(rule.item, item, f"{where}[{i}]", override)
 
 
-def _unknown(key: str, spec: dict, path: str) -> None:
-    """A key added with `+` that runner never reads: one line, with the known keys that look like it."""
-    close = difflib.get_close_matches(key[len(path):], list(spec), n=3, cutoff=0.7)
-    hint = f"did you mean {' or '.join(path + k for k in close)}?" if close else \
-        f"the keys of {path[:-1] or 'the config'}: {', '.join(spec)}."
-    raise ConfigError(f"{key} is not a config key: {hint} Remove or correct the override that adds it.")
+def _chosen_whole(node: DictConfig, spec: Some) -> None:
+    """Each regularizer in `node` (regularization) holds every key its file sets: one added key by key with `+` was
+    never chosen."""
+    whole = [name for name in node if name in spec and isinstance(node[name], DictConfig) and all(
+        k in node[name] for k, rule in spec[name].items() if rule.default is REQUIRED)]
+    for name in node:
+        if name in spec and name not in whole and isinstance(node[name], DictConfig):
+            missing = [k for k, rule in spec[name].items() if rule.default is REQUIRED and k not in node[name]]
+            raise ConfigError(f"regularization.{name} has no {', '.join(missing)}: it is set key by key, not chosen. "
+                              f"Choose it with `regularization=[{','.join([*whole, name])}]` (its file sets every "
+                              "key), then change its keys without `+`.")
 
 
 # Sweep functions whose arguments are options (`optimizer=choice(adam,sgd)`); glob(...) matches, it names none.

@@ -38,6 +38,8 @@ def save(obj, path: Path) -> None:
 _ZIP = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive holding data.pkl and the tensors
 _MAX_PICKLE_BYTES = 64 * 2**20  # a checkpoint's pickle holds the structure only (the tensors lie beside it)
 _MAX_ELEMENTS = 10**7  # containers and values in a checkpoint, shared references counted each time (a ResNet's: 10^4)
+_MAX_OPCODES = 200_000  # in its pickles (a small run's last.pt: 2,400); scanning them takes under a second
+_LEGACY_PICKLES = 5  # torch.save's format before 1.6: magic number, version, sizes, the object, its storage keys
 _MARK = object()
 
 
@@ -78,6 +80,9 @@ def load(path: Path, map_location="cpu", needs: tuple[str, ...] = (), remedy: st
         fail(_diagnose(err))
     if _elements(obj) > _MAX_ELEMENTS:
         fail(f"holds more than {_MAX_ELEMENTS:,} nested values, far more than any checkpoint: refused")
+    problem = _tensor_problem(obj)
+    if problem:
+        fail(f"is refused: {problem}")
     if needs:
         if not isinstance(obj, dict):
             fail(f"is not a runner checkpoint (it holds a {type(obj).__name__}, not a dict with {', '.join(needs)})")
@@ -99,13 +104,13 @@ def check_fits(path: Path, state: dict, own: dict, remedy: str = "") -> None:
     for part, mine in own.items():
         theirs = state.get(part)
         if isinstance(mine, dict) and mine and all(isinstance(v, torch.Tensor) for v in mine.values()):
-            if not isinstance(theirs, dict):
-                fail(f"does not fit this run: its {part!r} is not a state dict")
+            if not (isinstance(theirs, dict) and all(type(k) is str for k in theirs)):
+                fail(f"does not fit this run: its {part!r} is not a state dict (names -> tensors)")
             absent, extra = sorted(mine.keys() - theirs.keys()), sorted(theirs.keys() - mine.keys())
             if absent or extra:
                 fail(f"was made by another architecture: its {part!r} lacks {len(absent)} of this run's tensors "
                      f"({', '.join(absent[:3]) or 'none'}) and has {len(extra)} this run has not "
-                     f"({', '.join(extra[:3]) or 'none'})")
+                     f"({', '.join(k[:100] for k in extra[:3]) or 'none'})")
             shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
                       if not isinstance(theirs[k], torch.Tensor) or theirs[k].shape != v.shape]
             if shapes:
@@ -139,7 +144,7 @@ def _diagnose(err: Exception) -> str:
     import re
 
     reason = str(err.__context__ or err) if isinstance(err, pickle.UnpicklingError) else str(err)
-    hostile = re.search(r"GLOBAL ([\w.]+)", reason)
+    hostile = re.search(r"GLOBAL ([\w.]{1,100})", reason)
     if hostile:
         return (f"is refused: loading it would run code ({hostile.group(1)}), which no checkpoint needs (runner loads "
                 "only tensors and plain values); do not use this file")
@@ -148,11 +153,11 @@ def _diagnose(err: Exception) -> str:
 
 
 def _scan(path: Path, is_zip: bool) -> str | None:
-    """What is wrong with the checkpoint's pickle, read without building anything (None: nothing found): too large,
-    malformed, asking to run code (a plain pickle's globals), or building a tuple whose hash would visit more
-    elements than any checkpoint holds (a tuple nested through the pickle's memo is tiny in the file, 2^40 steps to
-    hash as a dict key)."""
-    import pickletools
+    """What is wrong with the checkpoint's pickles, read without building anything (None: nothing found): too large,
+    malformed, too many opcodes, asking to run code (a plain pickle's globals), or building a tuple whose hash would
+    visit more elements than any checkpoint holds (a tuple nested through the pickle's memo is tiny in the file, 2^40
+    steps to hash as a dict key). The legacy format's pickles (before torch 1.6) are each scanned, one after the
+    other; nothing from the file is quoted in the answer."""
     import zipfile
 
     try:
@@ -165,17 +170,37 @@ def _scan(path: Path, is_zip: bool) -> str | None:
                 if info.file_size > _MAX_PICKLE_BYTES:
                     return f"is refused: its data.pkl is {info.file_size:,} bytes, far more than any checkpoint's"
                 program = archive.read(info)
-        else:  # the legacy format (before torch 1.6) is several pickles in a row: the first is a magic number
+        else:
             with open(path, "rb") as f:
                 program = f.read(_MAX_PICKLE_BYTES)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
-        return f"is damaged (truncated?): {str(err)[:160] or type(err).__name__}"
+        return f"is damaged (truncated?): it cannot be read ({type(err).__name__})"
+    budget, start = [_MAX_OPCODES], 0
+    for _ in range(1 if is_zip else _LEGACY_PICKLES):
+        problem, start = _scan_pickle(program, start, is_zip, budget)
+        if problem or start >= len(program) or program[start] != 0x80:  # (each pickle starts with PROTO)
+            return problem
+    return None
+
+
+def _scan_pickle(program: bytes, start: int, is_zip: bool, budget: list) -> tuple[str | None, int]:
+    """_scan of the pickle at `start` in `program`: (what is wrong or None, where the next one starts). budget[0]: the
+    opcodes still allowed."""
+    import io
+    import pickletools
+
     stack, memo, largest, names = [], {}, 0, []
+    stream = io.BytesIO(program)
+    stream.seek(start)
     try:
-        for op, arg, _ in pickletools.genops(program):
+        for op, arg, _ in pickletools.genops(stream):
+            budget[0] -= 1
+            if budget[0] < 0:
+                return (f"is refused: its pickle has more than {_MAX_OPCODES:,} opcodes, far more than any "
+                        "checkpoint's"), len(program)
             name = op.name
             if isinstance(arg, str):
-                names = [*names[-1:], arg]  # the module and name a STACK_GLOBAL takes
+                names = [*names[-1:], arg[:200]]  # the module and name a STACK_GLOBAL takes
             if name in ("PUT", "BINPUT", "LONG_BINPUT"):
                 memo[arg] = stack[-1]
             elif name == "MEMOIZE":
@@ -187,10 +212,10 @@ def _scan(path: Path, is_zip: bool) -> str | None:
             else:
                 if not is_zip and name in ("GLOBAL", "STACK_GLOBAL", "INST"):
                     # a plain pickle naming a callable: torch would misread it as the legacy format
-                    what = arg.replace(" ", ".") if arg else ".".join(names)
+                    what = (arg.replace(" ", ".") if arg else ".".join(names))[:100]
                     if what.split(".")[0] not in ("torch", "collections"):
                         return (f"is refused: loading it would run code ({what}), which no checkpoint needs (runner "
-                                "loads only tensors and plain values); do not use this file")
+                                "loads only tensors and plain values); do not use this file"), len(program)
                 before = op.stack_before
                 popped = []
                 if pickletools.markobject in before:
@@ -207,9 +232,36 @@ def _scan(path: Path, is_zip: bool) -> str | None:
                 largest = max(largest, min(size, _MAX_ELEMENTS + 1))
                 stack.extend([min(size, _MAX_ELEMENTS + 1)] * len(op.stack_after))
     except (ValueError, IndexError, KeyError) as err:
-        return f"is damaged (truncated?): its pickle is malformed ({str(err)[:160] or type(err).__name__})"
+        torn = stream.tell() >= len(program)
+        return ("is damaged (truncated?): its pickle ends early" if torn else
+                f"is damaged: its pickle is malformed ({type(err).__name__} at byte {stream.tell():,})"), len(program)
     if largest > _MAX_ELEMENTS:
-        return f"is refused: it builds a tuple of more than {_MAX_ELEMENTS:,} nested elements (a pickle bomb)"
+        return f"is refused: it builds a tuple of more than {_MAX_ELEMENTS:,} nested elements (a pickle bomb)", 0
+    return None, stream.tell()
+
+
+def _tensor_problem(obj) -> str | None:
+    """What is wrong with the tensors of a loaded checkpoint: a tensor whose claimed shape has more elements than its
+    storage holds (a stride of 0 makes 4 bytes in the file a view of 2^31 elements, which the first copy of it would
+    allocate), one on the meta device (a shape without data, allocated when moved), or one of another layout than a
+    plain dense tensor. None: all are plain views of the data the file carries."""
+    import torch
+
+    seen, todo = set(), [obj]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, dict):
+            todo.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            todo.extend(node)
+        elif isinstance(node, torch.Tensor):
+            if node.layout is not torch.strided or node.is_meta:
+                return "it holds a tensor that is not a plain dense one (sparse, or on the meta device)"
+            if node.numel() > node.untyped_storage().nbytes() // max(node.element_size(), 1):
+                return "it holds a tensor claiming more elements than the file carries for it"
     return None
 
 

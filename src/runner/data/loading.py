@@ -37,52 +37,49 @@ log = logging.getLogger("runner")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading the official pickles without ever running code from them, in bounded time and memory
+#
+# Nothing read from a file is hashed, compared or formatted before a shallow look at its type and size: a tuple
+# nested through the pickle's memo (40 levels, each holding the one below twice) is 200 bytes in the file and 2^40
+# steps to hash, compare or print. Messages say what is wrong in words, never with the value.
 
 MAX_MEMBER_BYTES = 64 * 2**20  # an official batch is 31 MB (10,000 images x 3,073 bytes, plus file names)
 MAX_ARCHIVE_BYTES = 256 * 2**20  # the official archive unpacks to 178 MB
+_MAX_OPCODES = 250_000  # an official batch has 30,108 (a label and a file name per image); 64 MB of images, 65,000
+_MAX_MARKS = 16  # MARKs open at once (an official batch: 1); each holds a copy of the stack so far
+_MAX_TUPLE = 16  # elements of a tuple (numpy's array state has 5, a dtype's 8)
+_MAX_NAME = 100  # characters of a dict key or a global's module and name ('num_cases_per_batch', 'numpy.dtype')
 _MAX_INT = 2**63  # CIFAR holds small integers only: a longer one costs time to hash, print or convert
+_SCALARS = (int, float, bool, str, bytes, type(None))
 _NUMBER_DTYPES = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"}
 
 
+class _Refused(pickle.UnpicklingError):
+    """Something no CIFAR batch holds, said in words."""
+
+
 def _refuse(what: str):
-    raise pickle.UnpicklingError(what)
+    raise _Refused(what)
 
 
-def _latin1(text, encoding):
-    """_codecs.encode as protocol-2 pickles use it (bytes written as a latin1 str); any other codec is refused
-    (hex and friends grow their input: chained, they would fill the memory)."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        _refuse(f"_codecs.encode with {type(text).__name__} and {encoding!r} is not part of a CIFAR batch")
-    return text.encode("latin1")
+def _short(text, chars: int = _MAX_NAME) -> bool:
+    """Whether `text` is a str of at most `chars` characters: checked before it is hashed, compared or printed."""
+    return type(text) is str and len(text) <= chars
 
 
 class _Dtype:
     """numpy.dtype as a pickle names it: a plain number type only (no objects, records or sub-arrays)."""
 
     def __init__(self, spec, align=False, copy=True):
-        if spec not in _NUMBER_DTYPES:
-            _refuse(f"numpy dtype {str(spec)[:20]!r} is not part of a CIFAR batch")
+        if not (_short(spec, 4) and spec in _NUMBER_DTYPES):
+            _refuse("a numpy dtype other than a plain number type is not part of a CIFAR batch")
         self.dtype = np.dtype(spec)
 
     def __setstate__(self, state):
-        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in ("<", ">", "|", "=")
+        if not (type(state) is tuple and len(state) >= 5 and _short(state[1], 1) and state[1] in ("<", ">", "|", "=")
                 and state[2] is None and state[3] is None and state[4] is None):
             _refuse("a numpy dtype with fields or sub-arrays is not part of a CIFAR batch")
         if state[1] in ("<", ">"):
             self.dtype = self.dtype.newbyteorder(state[1])
-
-
-def _array_from(raw, dtype, shape, order: str) -> np.ndarray:
-    """The ndarray a pickle describes, built only once its shape and dtype are checked against the bytes the file
-    really holds (so a claimed shape allocates nothing beyond the file's own size)."""
-    if isinstance(raw, str):
-        raw = raw.encode("latin1")  # Python 2's pickles (the official files) hold the bytes as a str
-    if not (isinstance(raw, (bytes, bytearray)) and isinstance(dtype, _Dtype) and isinstance(shape, tuple)
-            and len(shape) <= 4 and all(type(n) is int and n >= 0 for n in shape) and order in ("C", "F")):
-        _refuse("an array that is not a plain number array")
-    if math.prod(shape) * dtype.dtype.itemsize != len(raw):
-        _refuse(f"an array of shape {shape} whose {len(raw)} bytes do not fill it")
-    return np.frombuffer(raw, dtype.dtype).reshape(shape, order=order).copy()
 
 
 class _Array:
@@ -90,27 +87,27 @@ class _Array:
 
     array = None
 
+    def __init__(self, unpickler: "_CifarUnpickler"):
+        self.unpickler = unpickler
+
     def __setstate__(self, state):
-        if not (isinstance(state, tuple) and len(state) in (4, 5)):
+        if not (type(state) is tuple and len(state) in (4, 5)):
             _refuse("an array state that numpy does not write")
         shape, dtype, fortran, raw = state[-4:]
-        self.array = _array_from(raw, dtype, shape, "F" if fortran is True else "C")
+        self.array = self.unpickler.array(raw, dtype, shape, "F" if fortran is True else "C")
 
 
 _NDARRAY = object()  # numpy.ndarray as a pickle names it: an argument of _reconstruct, never called
 
 
-def _reconstruct(subtype, shape, dtype):
-    if subtype is not _NDARRAY:
-        _refuse("_reconstruct of something other than numpy.ndarray")
-    return _Array()
-
-
-def _frombuffer(buf, dtype, shape, order):
-    """numpy.core.numeric._frombuffer, as protocol 5 pickles an array."""
-    out = _Array()
-    out.array = _array_from(buf, dtype, shape, order)
-    return out
+def _counted(load):
+    """An opcode, counted: a file of a million cheap opcodes is refused instead of run for a minute."""
+    def counted(self):
+        self.opcodes += 1
+        if self.opcodes > _MAX_OPCODES:
+            _refuse(f"more than {_MAX_OPCODES:,} pickle opcodes, far more than a CIFAR batch has (30,108)")
+        load(self)
+    return counted
 
 
 def _checked_ints(load):
@@ -124,20 +121,43 @@ def _checked_ints(load):
 
 
 def _checked_keys(load):
-    """An opcode that sets dict items: keys must be strings or small integers. A tuple key would be hashed on
-    insertion, and a tuple nested through the pickle's memo (40 levels, each holding the one below twice) is tiny in
-    the file but takes 2^40 steps to hash."""
+    """An opcode that sets dict items: keys must be short strings or (bounded) integers, which hash in a few steps; a
+    tuple key is refused before the dict would hash it."""
     def checked(self):
         keys = [self.stack[-2]] if load is _BASE[pickle.SETITEM[0]] else self.stack[0::2]  # after MARK: k, v, ...
-        if not all(type(k) in (str, bytes, int) for k in keys):  # (ints are bounded when pushed)
-            _refuse("a dict key other than a string or an integer")
+        if not all(type(k) is int or (type(k) in (str, bytes) and len(k) <= _MAX_NAME) for k in keys):
+            _refuse("a dict key other than a short string or an integer")
         load(self)
     return checked
 
 
+def _checked_tuple(load):
+    """An opcode that builds a tuple: at most _MAX_TUPLE plain values, or tuples of them (a shape inside an array's
+    state), so that no tuple nests deeper than two levels and anything may hash, compare or print it."""
+    def checked(self):
+        load(self)
+        made = self.stack[-1]
+        if len(made) > _MAX_TUPLE:
+            _refuse(f"a tuple of more than {_MAX_TUPLE} elements")
+        for item in made:
+            if type(item) is tuple:
+                if not all(type(inner) in _SCALARS for inner in item):
+                    _refuse("tuples nested more than two deep")
+            elif type(item) in (list, dict):
+                _refuse("a list or dict inside a tuple")
+    return checked
+
+
+def _mark(self):
+    """MARK, with the marks open at once bounded: each one keeps the stack below it (a flood of them fills memory)."""
+    if len(self.metastack) >= _MAX_MARKS:
+        _refuse(f"more than {_MAX_MARKS} open MARKs, far more than a CIFAR batch nests")
+    _BASE[pickle.MARK[0]](self)
+
+
 def _build(self):
     """BUILD sets the state of the array and dtype stand-ins only (on anything else it would set attributes)."""
-    if not isinstance(self.stack[-2], (_Array, _Dtype)):
+    if type(self.stack[-2]) not in (_Array, _Dtype):
         _refuse(f"setting the state of a {type(self.stack[-2]).__name__}")
     _BASE[pickle.BUILD[0]](self)
 
@@ -149,46 +169,98 @@ class _Opcodes(dict):
 
 _BASE = pickle._Unpickler.dispatch
 _OPCODES = _Opcodes({op[0]: _BASE[op[0]] for op in (
-    pickle.PROTO, pickle.FRAME, pickle.STOP, pickle.MARK, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.NONE,
+    pickle.PROTO, pickle.FRAME, pickle.STOP, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.NONE,
     pickle.NEWTRUE, pickle.NEWFALSE, pickle.BININT, pickle.BININT1, pickle.BININT2, pickle.FLOAT, pickle.BINFLOAT,
     pickle.STRING, pickle.BINSTRING, pickle.SHORT_BINSTRING, pickle.BINBYTES, pickle.SHORT_BINBYTES,
     pickle.BINBYTES8, pickle.BYTEARRAY8, pickle.UNICODE, pickle.BINUNICODE, pickle.SHORT_BINUNICODE,
-    pickle.BINUNICODE8, pickle.EMPTY_TUPLE, pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3,
-    pickle.EMPTY_LIST, pickle.LIST, pickle.APPEND, pickle.APPENDS, pickle.EMPTY_DICT, pickle.GLOBAL,
-    pickle.STACK_GLOBAL, pickle.REDUCE, pickle.GET, pickle.BINGET, pickle.LONG_BINGET, pickle.PUT, pickle.BINPUT,
-    pickle.LONG_BINPUT, pickle.MEMOIZE)})
+    pickle.BINUNICODE8, pickle.EMPTY_TUPLE, pickle.EMPTY_LIST, pickle.LIST, pickle.APPEND, pickle.APPENDS,
+    pickle.EMPTY_DICT, pickle.GLOBAL, pickle.STACK_GLOBAL, pickle.REDUCE, pickle.GET, pickle.BINGET,
+    pickle.LONG_BINGET, pickle.PUT, pickle.BINPUT, pickle.LONG_BINPUT, pickle.MEMOIZE)})
 _OPCODES.update({op[0]: _checked_ints(_BASE[op[0]]) for op in (pickle.INT, pickle.LONG, pickle.LONG1, pickle.LONG4)})
 _OPCODES.update({op[0]: _checked_keys(_BASE[op[0]]) for op in (pickle.SETITEM, pickle.SETITEMS, pickle.DICT)})
+_OPCODES.update({op[0]: _checked_tuple(_BASE[op[0]]) for op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2,
+                                                                  pickle.TUPLE3)})
+_OPCODES[pickle.MARK[0]] = _mark
 _OPCODES[pickle.BUILD[0]] = _build
+_OPCODES = _Opcodes({op: _counted(load) for op, load in _OPCODES.items()})
 
 
 class _CifarUnpickler(pickle._Unpickler):
-    """Admits only what a CIFAR batch holds: dicts, lists, tuples, strings, bytes, small ints, floats and plain
+    """Admits only what a CIFAR batch holds: dicts, lists, short tuples, strings, bytes, small ints, floats and plain
     number arrays, in time and memory bounded by the file's size.
 
     A pickle can name any importable callable and have it called on load; refusing every global except the few
     that rebuild an ndarray (each replaced by a checked stand-in) makes loading a hostile file fail instead of
     executing it. The opcode table is Python's own pickle implementation's, cut down to the opcodes a CIFAR batch
-    uses: no sets, no objects built by their class, no extension codes or persistent ids.
+    uses (no sets, no objects built by their class, no extension codes or persistent ids), each counted. The
+    stand-ins copy bytes (latin1 strings into bytes, bytes into arrays): what they copy in all is bounded by twice the
+    file's size, so that a memo reference used over and over cannot multiply it.
     """
 
     dispatch = _OPCODES
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy.core.numeric", "_frombuffer"): _frombuffer,
-        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-        ("numpy", "ndarray"): _NDARRAY,
-        ("numpy", "dtype"): _Dtype,
-        # Python 3 writes bytes into a protocol-2 pickle as _codecs.encode(str, "latin1"): a pure conversion
-        ("_codecs", "encode"): _latin1,
-    }
+    def __init__(self, raw: bytes):
+        self.file = io.BytesIO(raw)
+        super().__init__(self.file, encoding="latin1")
+        self.opcodes = 0
+        self.copy_budget = 2 * len(raw) + 2**16  # bytes the stand-ins may still copy
+        self.allowed = {
+            ("numpy.core.multiarray", "_reconstruct"): self.reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): self.reconstruct,
+            ("numpy.core.numeric", "_frombuffer"): self.frombuffer,
+            ("numpy._core.numeric", "_frombuffer"): self.frombuffer,
+            ("numpy", "ndarray"): _NDARRAY,
+            ("numpy", "dtype"): _Dtype,
+            # Python 3 writes bytes into a protocol-2 pickle as _codecs.encode(str, "latin1"): a pure conversion
+            ("_codecs", "encode"): self.latin1,
+        }
 
     def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
+        if not (_short(module) and _short(name)):
+            _refuse("a global with a name longer than any module's")
+        if (module, name) not in self.allowed:
             _refuse(f"refused to load global '{module}.{name}': not part of a CIFAR batch")
-        return self._ALLOWED[(module, name)]
+        return self.allowed[(module, name)]
+
+    def copying(self, size: int) -> None:
+        self.copy_budget -= size
+        if self.copy_budget < 0:
+            _refuse("it copies its bytes over and over, to more than twice the file's size")
+
+    def latin1(self, text, encoding):
+        """_codecs.encode as protocol-2 pickles use it (bytes written as a latin1 str); any other codec is refused
+        (hex and friends grow their input: chained, they would fill the memory)."""
+        if not (type(text) is str and _short(encoding, 16) and encoding in ("latin1", "latin-1")):
+            what = repr(encoding) if _short(encoding, 16) else "another codec"
+            _refuse(f"_codecs.encode with {type(text).__name__} and {what} is not part of a CIFAR batch")
+        self.copying(len(text))
+        return text.encode("latin1")
+
+    def reconstruct(self, subtype, shape, dtype):
+        if subtype is not _NDARRAY:
+            _refuse("_reconstruct of something other than numpy.ndarray")
+        return _Array(self)
+
+    def frombuffer(self, buf, dtype, shape, order):
+        """numpy.core.numeric._frombuffer, as protocol 5 pickles an array."""
+        out = _Array(self)
+        out.array = self.array(buf, dtype, shape, order)
+        return out
+
+    def array(self, raw, dtype, shape, order: str) -> np.ndarray:
+        """The ndarray a pickle describes, built only once its shape and dtype are checked against the bytes the
+        file really holds (so a claimed shape allocates nothing beyond the file's own size)."""
+        if type(raw) is str:
+            self.copying(len(raw))
+            raw = raw.encode("latin1")  # Python 2's pickles (the official files) hold the bytes as a str
+        if not (type(raw) in (bytes, bytearray) and type(dtype) is _Dtype and type(shape) is tuple
+                and len(shape) <= 4 and all(type(n) is int and n >= 0 for n in shape) and _short(order, 1)
+                and order in ("C", "F")):
+            _refuse("an array that is not a plain number array")
+        if math.prod(shape) * dtype.dtype.itemsize != len(raw):
+            _refuse(f"an array of shape {shape} whose {len(raw):,} bytes do not fill it")
+        self.copying(len(raw))
+        return np.frombuffer(raw, dtype.dtype).reshape(shape, order=order).copy()
 
 
 def _refusal(source: str, problem: str) -> DataError:
@@ -201,42 +273,52 @@ def _unpickle(raw: bytes, source: str) -> dict:
     file's size (which is bounded before it is read)."""
     if len(raw) > MAX_MEMBER_BYTES:
         raise _refusal(source, f"{len(raw):,} bytes, more than any CIFAR-10 file ({MAX_MEMBER_BYTES:,})")
+    unpickler = _CifarUnpickler(raw)
     try:
-        obj = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
-    except Exception as err:  # truncated, corrupt or hostile: all mean "not a usable CIFAR file"
-        raise _refusal(source, f"not a valid CIFAR-10 pickle ({type(err).__name__}: {str(err)[:200]})") from None
-    if not isinstance(obj, dict):
+        obj = unpickler.load()
+    except Exception as err:  # torn, hostile or corrupt: Python's own messages may quote the file, so not shown
+        if unpickler.file.tell() >= len(raw):  # it ran out of bytes before the end of the pickle
+            problem = "it ends early: truncated, a download or copy that never finished"
+        else:
+            problem = str(err) if type(err) is _Refused else \
+                f"malformed: {type(err).__name__} at byte {unpickler.file.tell():,}"
+        raise _refusal(source, f"not a valid CIFAR-10 pickle ({problem})") from None
+    finally:  # what it built so far, freed now (the array stand-ins refer back to the unpickler)
+        unpickler.memo, unpickler.stack, unpickler.metastack = {}, [], []
+    if type(obj) is not dict:
         raise _refusal(source, f"expected a dict, found {type(obj).__name__}")
     out = {}
     for key, value in obj.items():
-        if isinstance(value, _Array):
+        if type(value) is _Array:
             if value.array is None:
-                raise _refusal(source, f"its {str(key)[:40]!r} is an array without contents")
+                raise _refusal(source, f"its {key!r} is an array without contents")  # (keys are short: checked)
             value = value.array
-        out[key.decode("latin1") if isinstance(key, bytes) else key] = value
+        out[key.decode("latin1") if type(key) is bytes else key] = value
     return out
 
 
 def _describe(value) -> str:
     """A value in a few words, never its contents: a hostile value can be huge, or nested so that printing it
     never ends."""
-    if isinstance(value, np.ndarray):
+    if type(value) is np.ndarray:
         return f"a {value.dtype} array of shape {value.shape}"
-    return f"a {type(value).__name__}" + (f" of length {len(value)}" if isinstance(value, (list, tuple, dict)) else "")
+    return f"a {type(value).__name__}" + (f" of length {len(value):,}" if type(value) in (list, tuple, dict) else "")
 
 
 def _labels(labels, count: int, source: str) -> np.ndarray:
     """'labels' as int64, after checking, element by element and never recursing, that it is a flat list (or 1-D
     integer array) of count integers in 0..9: a nested list is refused before numpy could unroll it."""
-    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+    if type(labels) is np.ndarray and labels.ndim == 1 and labels.dtype.kind in "iu":
+        if len(labels) != count:
+            raise _refusal(source, f"{len(labels):,} labels for {count:,} images")
         labels = labels.tolist()
-    if not isinstance(labels, list):
+    if type(labels) is not list:
         raise _refusal(source, f"'labels' must be a flat list of integers 0..9, found {_describe(labels)}")
     if len(labels) != count:
-        raise _refusal(source, f"{len(labels)} labels for {count} images")
+        raise _refusal(source, f"{len(labels):,} labels for {count:,} images")
     for i, label in enumerate(labels):
         if type(label) is not int or not 0 <= label <= 9:
-            found = label if type(label) is int else _describe(label)
+            found = label if type(label) is int else _describe(label)  # (an int pushed is at most 64 bits)
             raise _refusal(source, f"labels must lie in 0..9 (a flat list of integers), found {found} at position {i}")
     return np.array(labels, dtype=np.int64)
 
@@ -244,12 +326,12 @@ def _labels(labels, count: int, source: str) -> np.ndarray:
 def parse_batch(raw: bytes, source: str, expected_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR batch file's bytes -> images (N, 3, 32, 32) uint8 and labels (N,) int64, structure checked."""
     batch = _unpickle(raw, source)
-    missing = {"data", "labels"} - batch.keys()
+    missing = [k for k in ("data", "labels") if k not in batch]
     if missing:
-        found = sorted(str(k)[:40] for k in batch)[:10]
-        raise _refusal(source, f"missing key(s) {sorted(missing)}; found {found}")
+        found = [repr(k) for k, _ in zip(batch, range(10), strict=False)]  # (keys are short: checked)
+        raise _refusal(source, f"missing key(s) {missing}; found {len(batch)}: {', '.join(found) or 'none'}")
     data = batch["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+    if type(data) is not np.ndarray or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise _refusal(source, f"'data' must be a uint8 array of shape (N, 3072), found {_describe(data)}")
     labels = _labels(batch["labels"], len(data), source)
     if expected_count is not None and len(data) != expected_count:

@@ -7,7 +7,6 @@ takes only the sub-configs it needs. To see what `optimizer=adam` turns into, st
 """
 
 import logging
-from pathlib import Path
 
 import torch
 from hydra.utils import get_class, instantiate
@@ -15,29 +14,12 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from runner.config.regularizers import decays_decoupled
-from runner.data import checkpoint
+from runner.config.schema import RUNNER_KEYS  # keys runner reads itself, marked once in the schema
 from runner.engine.speed import use_fused
 from runner.nets import layers, transfer
 from runner.nets.init import initialize
 from runner.optimization import optimizers as optim
 from runner.optimization import schedules
-
-# Keys of a group's option that are runner's own, not arguments of its `_target_`, and where they act.
-RUNNER_KEYS = {
-    "name": "the option's name, as its file is named (config checks, logs)",
-    "impl": "optimizer: torch's class or the lecture's rule (make_optimizer)",
-    "auto_lr": "optimizer: the peak lr of optimizer.lr=auto, with batch norm and without (config.lr)",
-    "lr_auto": "optimizer: which auto_lr entry optimizer.lr=auto chose (config.lr; the start-up log)",
-    "bias_correction": "optimizer: an argument of the lecture's Adam and AdamW only (make_optimizer)",
-    "warmup_epochs": "schedule: a linear warmup in front of any schedule (schedule_factor)",
-    "snapshot_ensemble": "schedule: a snapshot at every cycle end (the loop)",
-    "pretrained": "model: the weights to start from (build_pretrained)",
-    "lr_mult": "transfer: the lr factor of the reused layers (build_optimizer)",
-    "whiten_images": "init: the images a whitened first layer is fitted on (init_inputs)",
-    "first_layer_bias_epochs": "init: the epochs a whitened first layer's bias trains (the loop)",
-    "reestimate_batches": "norm: batch norm statistics recomputed after training (components.BatchNormReestimate)",
-    "layer": "transfer: the layer a linear probe reads its features from (cut_for_probe)",
-}
 
 
 def option(node, *runtime_args, **runtime_kwargs):
@@ -66,16 +48,17 @@ def build_model(cfg, num_classes: int, inputs=None) -> nn.Module:
     return model
 
 
-def build_pretrained(cfg, model: nn.Module, run_dir=None) -> set[str]:
+def build_pretrained(cfg, model: nn.Module, records: dict | None = None) -> set[str]:
     """Load the weights of `model.pretrained=` into `model` (matched by name and shape, the output layer replaced),
-    and report what was loaded, skipped and newly initialized (log; run_dir/pretrained.json). Returns the names of
-    the reused parameters (for transfer.lr_mult); empty without model.pretrained."""
+    and report what was loaded, skipped and newly initialized (log; records["pretrained.json"], which the run writes
+    once it is accepted). Returns the names of the reused parameters (for transfer.lr_mult); empty without
+    model.pretrained."""
     if cfg.model.pretrained is None:
         return set()
     report = transfer.load_pretrained(model, str(cfg.model.pretrained))
     logging.getLogger("runner").info(report.summary())
-    if run_dir is not None:
-        checkpoint.write_json(report.as_dict(), Path(run_dir) / "pretrained.json")
+    if records is not None:
+        records["pretrained.json"] = report.as_dict()
     return {n for n, _ in model.named_parameters() if n in set(report.loaded)}
 
 

@@ -74,6 +74,9 @@ METRICS = {
     "test_checkpoint": "the checkpoint a sweep tested once all its trials had run (its best trials' last.pt)",
     "history": "one entry per epoch: train/val loss (and acc), lr, epoch_s, img_per_s, images, *_ema, val_s (seconds "
                "of the validation pass)",
+    "resumes": "one entry per resume: the epoch and step it continued from, the checkpoint, the changes of the "
+               "config (trainer.epochs, trainer.resume_allow's) and the optimizer's state: kept, or fresh (another "
+               "optimizer starts afresh)",
     "images_seen": "training images over all epochs",
     "world_size": "processes of a data-parallel run",
     "precision": "fp32, bf16 or fp16",

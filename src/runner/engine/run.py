@@ -4,6 +4,7 @@ that must survive a kill (model, optimizer, schedule, RNG, every component's sta
 every objective. A checkpoint records the config it was made from: resuming it under a config that differs in
 anything that matters is refused with one line listing the keys and the ways out."""
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -183,19 +184,33 @@ def _flat(node: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_differences(saved: dict, cfg) -> list[str]:
+def config_differences(saved: dict, cfg, allowed: bool = False) -> list[str]:
     """The keys (dotted) whose values differ between a checkpoint's config and `cfg`, each as `key: saved -> now`,
-    except those of MAY_CHANGE and trainer.resume_allow (a key or any key below it)."""
+    except those of MAY_CHANGE and trainer.resume_allow (a key or any key below it). allowed=True: those that
+    trainer.resume_allow lets differ, and trainer.epochs (what a run's records list of a resume)."""
     now = _flat(OmegaConf.to_container(cfg, resolve=True))
     before = _flat(saved)
-    allowed = (*MAY_CHANGE, "trainer.resume_allow", *cfg.trainer.resume_allow)
 
-    def may_change(key: str) -> bool:
-        return any(key == a or key.startswith(a + ".") for a in allowed)
+    def under(key: str, names) -> bool:
+        return any(key == a or key.startswith(a + ".") for a in names)
+
+    def wanted(key: str) -> bool:
+        if under(key, (*MAY_CHANGE, "trainer.resume_allow")):
+            return allowed and key == "trainer.epochs"
+        return under(key, cfg.trainer.resume_allow) == allowed
 
     keys = sorted(k for k in before.keys() | now.keys()
-                  if before.get(k, "<absent>") != now.get(k, "<absent>") and not may_change(k))
+                  if before.get(k, "<absent>") != now.get(k, "<absent>") and wanted(k))
     return [f"{k}: {before.get(k, '<absent>')} -> {now.get(k, '<absent>')}" for k in keys]
+
+
+def _file_state(path: Path) -> tuple[bytes, int, int] | None:
+    """A file's bytes and its access and modification times (ns); None when there is none."""
+    try:
+        info = path.stat()
+        return path.read_bytes(), info.st_atime_ns, info.st_mtime_ns
+    except OSError:
+        return None
 
 
 class Run:
@@ -213,30 +228,30 @@ class Run:
         self.device = device
         self.resume_from = resume_path(cfg, self.run_dir)
         self.stop_signal: list[int] = []  # the SIGINT/SIGTERM received (runner.engine.train sets the handlers)
+        # Nothing is written into the run directory before `accept`: a run refused at start-up (another config,
+        # a checkpoint that does not fit, data that cannot load, Ctrl-C) leaves it as it was, its lock file too.
+        self.accepted, self.on_accept, self.pending = False, None, {}
+        self._lock_before = _file_state(self.run_dir / LOCK)
         self._lock = lock_run_dir(self.run_dir) if self.world.main else None
         try:
+            self._resume_state = self._read_checkpoint() if self.resume_from is not None else None
             self._start_here(cfg, extra_components)
         except BaseException:
             self.release()
             raise
 
     def _start_here(self, cfg, extra_components) -> None:
-        own = self.resume_from is not None and self.resume_from.resolve().is_relative_to(self.run_dir.resolve())
         if self.world.main:
             log.info("run directory %s (%s); watch it with `tensorboard --logdir %s` (Custom Scalars tab)", self.run_dir,
-                     "resuming its checkpoint" if own else
+                     "resuming its checkpoint" if self._resumes_own() else
                      f"continuing {self.resume_from}" if self.resume_from else "a new run", self.run_dir)
-        if self.world.main and not own:
-            moved = keep_previous_apart(self.run_dir)
-            if moved is not None:
-                log.warning("starting afresh in %s, where a run had already written: its files (checkpoints, "
-                            "metrics, TensorBoard events) are now in %s", self.run_dir, moved)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.seed)
         self.wall_start = time.perf_counter()
         self.step, self.epoch, self.history, self.elapsed = 0, 0, [], 0.0
         self.best = {"acc": -1.0, "epoch": -1}
+        self.resumes: list[dict] = []  # one entry per resume: where it continued, what changed (metrics.json)
         self.first_step_at = None  # time.time() of this process's first finished training step
         self.stop_before_next_epoch = False
         self._build(extra_components)
@@ -270,7 +285,7 @@ class Run:
             self.model, self.net = distributed.wrap(self.model, world, device, cfg.trainer.sync_batch_norm)
         self.net = speed.compiled(self.net, self.speed)
         encoder = self.model.encoder if isinstance(self.model, objectives.AutoEncoder) else self.model
-        reused = build.build_pretrained(cfg, encoder, self.run_dir if world.main else None)
+        reused = build.build_pretrained(cfg, encoder, self.pending if world.main else None)
         build.build_probe(cfg, encoder, len(splits.classes))  # transfer.layer: cut at an inner layer
         # before freezing: gradual unfreezing needs every parameter in the optimizer
         self.optimizer = build.build_optimizer(cfg, self.model, reused)
@@ -325,12 +340,14 @@ class Run:
             "step": self.step, "best": self.best, "history": self.history,
             "elapsed": self.elapsed + time.perf_counter() - self.wall_start,
             "components": {c.name: c.state_dict() for c in self.components if c.name},
+            "resumes": self.resumes,
         }
         if self.speed.scaler is not None:
             state["scaler"] = self.speed.scaler.state_dict()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, optimizer: bool = True) -> None:
+        """optimizer=False: the optimizer keeps the state it has (fresh), as after another optimizer's checkpoint."""
         model = self.model.module if hasattr(self.model, "module") else self.model
         if isinstance(model, objectives.AutoEncoder):
             model.encoder.load_state_dict(state["model"])
@@ -338,7 +355,8 @@ class Run:
         else:
             self.model.load_state_dict(state["model"])
         self.preprocess.load_state_dict(state["preprocess"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
         schedules.load_state_dict(self.scheduler, state["scheduler"])
         set_rng_states(state["rng"], self.generator)
         if self.speed.scaler is not None and "scaler" in state:
@@ -351,6 +369,7 @@ class Run:
                 c.ema.load_state_dict(self.model.state_dict())
         self.epoch, self.step = state["epoch"], state["step"]
         self.best, self.history, self.elapsed = state["best"], state["history"], state["elapsed"]
+        self.resumes = list(state.get("resumes", []))
 
     def save_last(self) -> None:
         if self.world.main:
@@ -378,15 +397,52 @@ class Run:
                 if last.is_file() else "")
 
     def release(self) -> None:
-        """Give up the run directory's lock (the kernel does it too when the process ends)."""
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        """Give up the run directory's lock (the kernel does it too when the process ends). A run never accepted
+        puts the lock file back as it found it (gone, or with the earlier owner's pid and time)."""
+        if self._lock is None:
+            return
+        if not self.accepted:
+            path = self.run_dir / LOCK
+            with contextlib.suppress(OSError):
+                if self._lock_before is None:
+                    path.unlink()
+                else:
+                    content, atime, mtime = self._lock_before
+                    os.ftruncate(self._lock, 0)
+                    os.pwrite(self._lock, content, 0)
+                    os.utime(path, ns=(atime, mtime))
+        os.close(self._lock)
+        self._lock = None
 
-    def resume(self) -> None:
-        """Continue from trainer.resume's checkpoint, after checking it was made by this config. A run with more
-        epochs than its checkpoint planned continues on the schedule re-planned over the new length, from the step
-        it stands at."""
+    def _resumes_own(self) -> bool:
+        return self.resume_from is not None and self.resume_from.resolve().is_relative_to(self.run_dir.resolve())
+
+    def accept(self) -> None:
+        """The run passed every check and begins to write into its directory: the job's record (on_accept: Hydra's
+        .hydra/ and runner.log), the records build left pending (pretrained.json), and, for a run that starts
+        afresh where another one wrote, that run's files moved apart first."""
+        if self.accepted:
+            return
+        self.accepted = True
+        if not self.world.main:
+            return
+        if self.on_accept is not None:
+            self.on_accept()
+        if not self._resumes_own():
+            moved = keep_previous_apart(self.run_dir)
+            if moved is not None:
+                log.warning("starting afresh in %s, where a run had already written: its files (checkpoints, "
+                            "metrics, TensorBoard events) are now in %s", self.run_dir, moved)
+        for name, record in self.pending.items():
+            try:
+                checkpoint.write_json(record, self.run_dir / name)
+            except OSError as err:
+                raise output_error(err, self.run_dir / name) from None
+        self.pending = {}
+
+    def _read_checkpoint(self) -> dict:
+        """trainer.resume's checkpoint, loaded and checked to have been made by this config (before any data loads:
+        a refusal comes at once)."""
         path = self.resume_from
         # A checkpoint that cannot continue this run (damaged, hostile, weights only, another model) is one line
         # with the ways out: a damaged auto-resumed last.pt would otherwise stop every re-run of this directory.
@@ -397,25 +453,65 @@ class Run:
         if best.is_file():
             remedy += (f". {best} holds weights only (no optimizer, schedule or step): it cannot continue training, "
                        f"but model.pretrained={best} starts a new run from its weights (the output layer excepted)")
+        self._remedy = remedy
         state = checkpoint.load(path, map_location=self.device, needs=("model", "optimizer", "step"), remedy=remedy)
-        checkpoint.check_fits(path, state, self.state_dict(), remedy)
         saved = state.get("config")
         if saved is None:
             log.warning("%s records no config (made by an older runner): resuming without checking that it was made "
                         "by this config", path)
-        else:
-            differences = config_differences(saved, self.cfg)
-            if differences:
-                groups = sorted({d.split(":")[0].split(".")[0] for d in differences})
-                raise ConfigError(
-                    f"trainer.resume: {path} was made with another config ({'; '.join(differences)}). Resuming it "
-                    f"would mix two experiments: train in a new run directory (hydra.run.dir=<new dir>), start "
-                    f"afresh here with trainer.resume=never, set those keys back, or allow the change with "
-                    f"trainer.resume_allow=[{','.join(groups)}].")
-        self.load_state_dict(state)
+            return state
+        differences = config_differences(saved, self.cfg)
+        if differences:
+            groups = sorted({d.split(":")[0].split(".")[0] for d in differences})
+            raise ConfigError(
+                f"trainer.resume: {path} was made with another config ({'; '.join(differences)}). Resuming it "
+                f"would mix two experiments: train in a new run directory (hydra.run.dir=<new dir>), start "
+                f"afresh here with trainer.resume=never, set those keys back, or allow the change with "
+                f"trainer.resume_allow=[{','.join(groups)}].")
+        return state
+
+    def _another_optimizer(self, state: dict, changes: list[str]) -> str | None:
+        """Why the checkpoint's optimizer state cannot be loaded into this run's optimizer, under a change that
+        trainer.resume_allow allows (another class or implementation, other parameter groups); None when it can."""
+        saved = (state.get("config") or {}).get("optimizer")
+        if saved is None or not changes:
+            return None
+        for key in ("_target_", "impl"):
+            if saved.get(key) != self.cfg.optimizer.get(key):
+                return f"optimizer.{key}: {saved.get(key)} -> {self.cfg.optimizer.get(key)}"
+        theirs = [len(g.get("params", ())) for g in state["optimizer"].get("param_groups", [])]
+        mine = [len(g["params"]) for g in self.optimizer.param_groups]
+        return None if theirs == mine else f"parameter groups of {theirs} tensors -> {mine}"
+
+    def resume(self) -> None:
+        """Continue from trainer.resume's checkpoint (read and checked by _read_checkpoint). A run with more epochs
+        than its checkpoint planned continues on the schedule re-planned over the new length, from the step it
+        stands at. Under trainer.resume_allow the config's optimizer and schedule values are the ones used (not the
+        checkpoint's); another optimizer starts with a fresh state."""
+        path, state, self._resume_state = self.resume_from, self._resume_state, None
+        saved = state.get("config")
+        changes = config_differences(saved, self.cfg, allowed=True) if saved else []
+        another = self._another_optimizer(state, changes)
+        own = self.state_dict()
+        if another:
+            del own["optimizer"]
+        checkpoint.check_fits(path, state, own, self._remedy)
+        # the values this run's config gives each parameter group and the schedule (what resume_allow may change)
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        base_lrs = list(self.scheduler.base_lrs)
+        self.load_state_dict(state, optimizer=not another)
+        for group, values in zip(self.optimizer.param_groups, groups, strict=True):
+            group.update(values)
+        self.scheduler.base_lrs = base_lrs
         planned = saved["trainer"]["epochs"] if saved else self.cfg.trainer.epochs
         schedules.replan(self.scheduler)  # the saved lr is the old plan's; the plan may be longer now
+        self.resumes.append({"epoch": self.epoch, "step": self.step, "checkpoint": str(path), "changes": changes,
+                             "optimizer": "fresh" if another else "kept"})
         log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
+        if another:
+            log.warning("trainer.resume_allow: another optimizer (%s): its state (momentum, moment estimates, step "
+                        "counts) is not carried over, the optimizer starts afresh at step %d; the weights, schedule "
+                        "position and history continue", another, self.step)
         if planned != self.cfg.trainer.epochs and self.epoch < self.cfg.trainer.epochs:
             log.info("trainer.epochs=%d (the checkpoint planned %d): the schedule is re-planned over %d epochs and "
                      "continues from step %d at lr %.3g, the new plan's value there", self.cfg.trainer.epochs,

@@ -37,7 +37,7 @@ log = logging.getLogger("runner")
 
 
 def fit(cfg, run_dir: Path, choices: dict[str, str], extra_components=(), command: str | None = None,
-        started_at: float | None = None, sweep_trial: bool = False, test: bool = True) -> dict:
+        started_at: float | None = None, sweep_trial: bool = False, test: bool = True, on_accept=None) -> dict:
     """Train, validate every epoch, checkpoint every epoch, test at the end. Returns the final metrics, also
     written to run_dir/metrics.json, whose status says how the run ended: completed, diverged, interrupted (SIGINT
     or SIGTERM: the run stops after the step it is taking), pruned, or failed (an unexpected error: recorded, then
@@ -45,13 +45,15 @@ def fit(cfg, run_dir: Path, choices: dict[str, str], extra_components=(), comman
     resumes this run, for the messages (the job knows it; None: "the same command"). started_at: time.time() when
     the job started, the origin of startup_s (None: now). sweep_trial: a trial of a sweep, whose HPARAMS columns
     the sweep writes for all its trials together. test=False: no test pass (a sweep tests its best trials at its
-    end, runner.sweeps.testing); metrics.json says test_deferred."""
+    end, runner.sweeps.testing); metrics.json says test_deferred. on_accept: called once the run has passed its
+    checks, before it writes its first file (the job writes Hydra's record then): a run refused at start-up writes
+    nothing. A failure never writes over the metrics.json of an earlier run that this one has not gone beyond."""
     started_at = time.time() if started_at is None else started_at
     again = _diverged_already(cfg, Path(run_dir))
     if again is not None:
         return again
     run = Run(cfg, run_dir, choices, extra_components)  # owns the run directory from here on
-    run.started_at, run.sweep_trial, run.test = started_at, sweep_trial, test
+    run.started_at, run.sweep_trial, run.test, run.on_accept = started_at, sweep_trial, test, on_accept
     try:
         with _stop_signals() as stop:
             run.stop_signal = stop
@@ -174,12 +176,28 @@ def _interrupted(run: Run, command: str | None) -> End:
 
 def _record_failure(run: Run, message: str) -> None:
     """metrics.json with status failed and the one-line message, where it can still be written; the checkpoints
-    already saved are left as they are."""
+    already saved are left as they are. The metrics.json of an earlier run in the directory (completed,
+    interrupted, ...) stays as it is unless this run has trained beyond it: a failed resume loses nothing."""
     log.error(message)
-    with contextlib.suppress(Exception):
-        finish(run, "failed", message)
+    earlier = earlier_metrics(run.run_dir)
+    done = earlier.get("epochs_completed") if earlier is not None else None
+    if earlier is not None and len(run.history) <= (done if isinstance(done, int) else 0):
+        log.error("metrics.json of the earlier run in %s is kept as it was (this attempt trained no further)",
+                  run.run_dir)
+    else:
+        with contextlib.suppress(Exception):
+            run.accept()  # not a refusal: the failure is recorded where the run was to be
+            finish(run, "failed", message)
     with contextlib.suppress(Exception):
         run.tracker.close()
+
+
+def earlier_metrics(run_dir: Path) -> dict | None:
+    """The metrics.json a run directory holds (a process before this one wrote it), or None."""
+    with contextlib.suppress(OSError, ValueError):
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+        return metrics if isinstance(metrics, dict) else None
+    return None
 
 
 def _diverged_already(cfg, run_dir: Path) -> dict | None:
@@ -341,6 +359,7 @@ def _already_completed(run: Run) -> dict | None:
 def _start(run: Run) -> None:
     """Record the run (config.yaml, environment.json), open TensorBoard, and at a fresh start draw what the run
     will do (model summary, planned lr, augmented and preprocessed images)."""
+    run.accept()
     if run.world.main:
         record_run(run.cfg, run.run_dir, run.device, world_size=run.world.size)
     run.open_tracker()
@@ -455,6 +474,8 @@ def finish(run: Run, status: str, message: str | None = None, test: dict | None 
     for c in run.components:
         if hasattr(c, "summary"):
             metrics[c.name] = c.summary()
+    if run.resumes:
+        metrics["resumes"] = run.resumes
     if message:
         metrics["message"] = message
     if status == "interrupted" and run.stop_signal:

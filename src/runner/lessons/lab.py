@@ -1,18 +1,46 @@
 """The lessons' laboratory: real runner runs (the same config composition, checks and engine as `python -m runner`),
 each in its own run directory under the lesson's directory, so `tensorboard --logdir <lesson dir>` shows every run
 of the comparison side by side; plus the small things lessons share (a model built from a config, a batch of its
-data, a bar chart with error bars)."""
+data, a bar chart with error bars).
 
+A lesson run again into its directory goes on where it stopped: a run that ended there is kept with its recorded
+metrics and measures, an unfinished one resumes from its last checkpoint (Lab._fit)."""
+
+import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config import ConfigError
 from runner.lessons.verdict import Stat
 
 log = logging.getLogger("runner")
+
+# In a run directory: what the lesson measured on the run (at_end's value and its components' `value`s), written once
+# the run has ended, so that the lesson run again keeps the run instead of training it again.
+MEASURED = "measured.pt"
+ENDED = ("completed", "diverged")  # the statuses of a run that is kept as it is when the lesson runs again
+
+
+class RunInterrupted(Exception):
+    """A run of the lesson stopped by SIGINT or SIGTERM; its last checkpoint is kept, to be resumed."""
+
+    def __init__(self, run: str, message: str):
+        found = re.search(r"\bSIG[A-Z]+", message)
+        self.signal = found[0] if found else "SIGINT"
+        self.run, self.detail = run, message.split(". To resume")[0]
+        super().__init__(f"run {run} {self.detail}")
+
+
+class _NotTwice(logging.Filter):
+    """Drops the engine's line on a run stopped by a signal: the lesson says it once, with its own resume command."""
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith("interrupted by SIG")
 
 
 @dataclass
@@ -32,6 +60,7 @@ class Lab:
     config_dir: Path | None = None  # the configs to compose from (None: runner's own); a test's other defaults
     # arm -> {"lr": the tuned lr, "base": the arm's own, "trials": [{lr, status, val_acc}]} (the lesson's `tune`)
     tuning: dict = field(default_factory=dict)
+    resume_command: str | None = None  # the command that resumes the lesson, for a run's message when it is stopped
 
     def overrides(self, arm: str | None = None, seed: int | None = None, extra=()) -> list[str]:
         """The runner overrides of one run: the lesson's recipe (the optimizer, lr, schedule and batch size it is
@@ -46,18 +75,24 @@ class Lab:
 
     def config(self, arm: str | None = None, seed: int | None = None, extra=()) -> tuple[DictConfig, dict]:
         """The composed, checked runner config of one run and its group choices (nothing runs)."""
-        import hydra
+        from runner.config import validate
+        from runner.config.command_line import composed
 
-        from runner.config import CONFIG_DIR, register_resolvers, validate
-
-        register_resolvers()
-        overrides = self.overrides(arm, seed, extra)
-        with hydra.initialize_config_dir(config_dir=str(self.config_dir or CONFIG_DIR), version_base="1.3"):
-            cfg = hydra.compose("config", overrides=overrides, return_hydra_config=True)
+        cfg = composed(self.compose, self.overrides(arm, seed, extra))  # Hydra's refusal: runner's one line
         choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         validate(cfg)
         return cfg, choices
+
+    def compose(self, overrides: list[str]) -> DictConfig:
+        """Hydra's composition of runner's config with these overrides, its own node included."""
+        import hydra
+
+        from runner.config import CONFIG_DIR, register_resolvers
+
+        register_resolvers()
+        with hydra.initialize_config_dir(config_dir=str(self.config_dir or CONFIG_DIR), version_base="1.3"):
+            return hydra.compose("config", overrides=overrides, return_hydra_config=True)
 
     def run(self, arm: str | None, seed: int, extra=(), components=(), name: str | None = None,
             at_end=None) -> dict:
@@ -72,7 +107,7 @@ class Lab:
         cfg, choices = self.config(arm, seed, extra)
         run_dir = self.out / f"{name or arm or 'run'}_seed{seed}"
         started = time.perf_counter()
-        metrics = self._fit(cfg, choices, run_dir, components)
+        metrics, kept = self._fit(cfg, choices, run_dir, components)
         self.runs_done += 1
         self.records.append({"run": run_dir.name, "arm": name or arm, "seed": seed, "status": metrics.get("status"),
                              "test_acc": metrics.get("test_acc"), "lr": float(cfg.optimizer.lr),
@@ -80,8 +115,8 @@ class Lab:
                              "chance": 1.0 / int(cfg.data.num_classes) if cfg.objective.name == "classify" else None})
         scores = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("test_acc", "best_val_acc", "final_train_loss")
                            if isinstance(metrics.get(k), float))
-        print(f"  run {run_dir.name}: {metrics['status']}, {scores} ({time.perf_counter() - started:.0f} s)",
-              flush=True)
+        took = "kept from an earlier run" if kept else f"{time.perf_counter() - started:.0f} s"
+        print(f"  run {run_dir.name}: {metrics['status']}, {scores} ({took})", flush=True)
         found = {"at_end": components[-1].value} if at_end is not None else {}
         return {**metrics, **found, "run_dir": str(run_dir), "lesson_wall_s": time.perf_counter() - started}
 
@@ -97,7 +132,7 @@ class Lab:
             for factor in spec.factors:
                 lr = base * float(factor)
                 cfg, choices = self.config(arm, int(spec.seed), [f"optimizer.lr={lr:.6g}"])
-                metrics = self._fit(cfg, choices, self.out / f"tune_{arm}_lr{lr:.3g}", test=False)
+                metrics, _ = self._fit(cfg, choices, self.out / f"tune_{arm}_lr{lr:.3g}", test=False)
                 trials.append({"lr": lr, "status": metrics.get("status"), "val_acc": metrics.get("best_val_acc")})
             done = [t for t in trials if t["status"] == "completed" and t["val_acc"] is not None]
             best = max(done, key=lambda t: t["val_acc"])["lr"] if done else base
@@ -107,18 +142,45 @@ class Lab:
             print(f"  tuned {arm}: lr {best:.3g} (validation accuracy by lr: {told})", flush=True)
         return self.tuning[arm]["lr"]
 
-    def _fit(self, cfg, choices, run_dir: Path, components=(), test: bool = True) -> dict:
-        """One run of a composed config in run_dir, quietly unless verbose: its metrics."""
-        from runner.engine.train import fit
+    def _fit(self, cfg, choices, run_dir: Path, components=(), test: bool = True) -> tuple[dict, bool]:
+        """One run of a composed config in run_dir, quietly unless verbose: (its metrics, whether they were kept from
+        an earlier run of the lesson). What run_dir already holds, from an earlier run of the lesson into the same
+        directory: a run that ended (completed or diverged) is kept, with what the lesson measured on it, when that
+        was kept too (MEASURED), else trained again; an unfinished run resumes from its last checkpoint, unless a
+        component of the lesson measures during training (its value is not in the checkpoint): then it starts
+        afresh. A run stopped by SIGINT or SIGTERM raises RunInterrupted."""
+        from runner.engine import train
 
+        earlier = _read_metrics(run_dir)
+        _check_same_config(cfg, run_dir)
+        ended = earlier.get("status") in ENDED
+        if ended:
+            values = _measured(run_dir, components)
+            if values is not None:
+                for component, value in zip(components, values, strict=True):
+                    component.value = value
+                return earlier, True
+            print(f"  run {run_dir.name}: {earlier['status']} before, but what the lesson measured on it was not kept: "
+                  "training it again", flush=True)
+        resumable = all(getattr(c, "name", "") or isinstance(c, _AtEnd) for c in components)
+        if ended or not resumable:
+            cfg.trainer.resume = "never"  # the engine moves what the directory held to previous/
         run_dir.mkdir(parents=True, exist_ok=True)
-        level = log.level
+        (run_dir / MEASURED).unlink(missing_ok=True)
+        level, once = log.level, _NotTwice()
         if not self.verbose:
             log.setLevel(logging.WARNING)
+        log.addFilter(once)
         try:
-            return fit(cfg, run_dir, choices, list(components), test=test)
+            metrics = train.fit(cfg, run_dir, choices, list(components), test=test, command=self.resume_command)
         finally:
             log.setLevel(level)
+            log.removeFilter(once)
+        if metrics.get("status") == "interrupted":
+            raise RunInterrupted(run_dir.name, str(metrics.get("message") or "interrupted"))
+        if metrics.get("status") in ENDED:
+            _keep_measured(run_dir, components)
+        return metrics, False
 
     def tuning_notes(self) -> list[str]:
         """One line per tuned arm: the lr it runs at and what each tried lr reached on the validation split."""
@@ -235,6 +297,79 @@ def runs_figure(path: Path, records: list[dict], title: str) -> str | None:
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{title}\nevery run: a dot per seed; X: diverged or failed; hollow: stayed at chance", fontsize=9)
     return save_figure(fig, path)
+
+
+def _read_metrics(run_dir: Path) -> dict:
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _check_same_config(cfg, run_dir: Path) -> None:
+    """A run directory of the lesson's that holds a run of another config (the lesson run again with other
+    overrides into the same --out) is refused in one line, before anything there is touched."""
+    from runner.engine.run import config_differences
+
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    except Exception:  # noqa: BLE001 - none, or unreadable: the run's checkpoint still records its config
+        return
+    if not isinstance(saved, dict) or not isinstance(saved.get("trainer"), dict):
+        return
+    differences = config_differences(saved, cfg)
+    epochs = saved["trainer"].get("epochs")
+    if epochs != cfg.trainer.epochs:
+        differences.append(f"trainer.epochs: {epochs} -> {cfg.trainer.epochs}")
+    if differences:
+        raise ConfigError(f"{run_dir} holds a run of another config ({'; '.join(differences[:3])}): run the lesson "
+                          "into a new directory (--out <new dir>), or with the overrides it was started with.")
+
+
+def _measured(run_dir: Path, components) -> list | None:
+    """The values the components measured on the run (MEASURED), to be given back to them; None when not kept."""
+    from runner.config import CheckpointError
+    from runner.data import checkpoint
+
+    if not all(hasattr(c, "value") for c in components):
+        return None  # a component whose effect the lesson reads some other way: only a new run gives it
+    if not components:
+        return []
+    try:
+        values = checkpoint.load(run_dir / MEASURED)
+    except CheckpointError:
+        return None
+    return values if isinstance(values, list) and len(values) == len(components) else None
+
+
+def _keep_measured(run_dir: Path, components) -> None:
+    """Keep the components' values (MEASURED) when they are plain data that a checkpoint load gives back (tensors,
+    numbers, strings, and lists, tuples and dicts of them); a network kept whole, say, is measured again."""
+    from runner.data import checkpoint
+    from runner.engine.run import output_error
+
+    values = [getattr(c, "value", None) for c in components]
+    if not components or not all(hasattr(c, "value") for c in components) or not _plain(values):
+        return
+    try:
+        checkpoint.save(values, run_dir / MEASURED)
+    except OSError as err:
+        raise output_error(err, run_dir / MEASURED) from None
+
+
+def _plain(value) -> bool:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.device.type == "cpu"  # a checkpoint load gives tensors back on the CPU
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _plain(v) for k, v in value.items())
+    return False
 
 
 class _AtEnd:

@@ -6,11 +6,14 @@ ch. 11: zero the small weights, then the file compresses). The training-time com
 
 import gzip
 import io
+import math
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
+
+from runner.config import CheckpointError
 
 SPARSE_FORMAT = "runner-sparse-1"
 
@@ -75,14 +78,40 @@ def encode(state: dict[str, torch.Tensor], pruned: list[str]) -> dict:
     return {"format": SPARSE_FORMAT, "dense": dense, "sparse": sparse}
 
 
-def decode(encoded: dict) -> dict[str, torch.Tensor]:
-    """The dense state dict of an encode()d one (the order of the original keys is not kept)."""
-    state = dict(encoded["dense"])
-    for key, s in encoded["sparse"].items():
-        n = int(np.prod(s["shape"]))
-        mask = torch.from_numpy(np.unpackbits(s["bits"].numpy(), count=n).astype(bool)).view(s["shape"])
-        t = torch.zeros(s["shape"], dtype=s["values"].dtype)
-        t[mask] = s["values"]
+def decode(encoded: dict, source: str = "the sparse file") -> dict[str, torch.Tensor]:
+    """The dense state dict of an encode()d one (the order of the original keys is not kept). Each size the encoding
+    claims is checked against the data it carries before anything is allocated (a shape against the mask's bits, the
+    mask's kept weights against the values): a file that claims more is one CheckpointError naming `source`."""
+
+    def fail(key, problem: str):
+        name = repr(key) if type(key) is str and len(key) <= 200 else "a tensor"
+        raise CheckpointError(f"{source} is not a sparse encoding runner wrote: {name} {problem}; take the weights "
+                              "from the run's checkpoints/last.pt instead.")
+
+    if type(encoded) is not dict or not (type(encoded.get("format")) is str and encoded["format"] == SPARSE_FORMAT):
+        fail("format", f"is not {SPARSE_FORMAT!r}")
+    dense, sparse = encoded.get("dense"), encoded.get("sparse")
+    if type(dense) is not dict or not all(isinstance(t, torch.Tensor) for t in dense.values()):
+        fail("dense", "is not a dict of tensors")
+    if type(sparse) is not dict:
+        fail("sparse", "is not a dict")
+    state = dict(dense)
+    for key, s in sparse.items():
+        shape, bits, values = (s.get(k) for k in ("shape", "bits", "values")) if type(s) is dict else (None,) * 3
+        if not (type(shape) is list and len(shape) <= 8 and all(type(n) is int and 0 <= n < 2**63 for n in shape)):
+            fail(key, "has no shape (a list of at most 8 sizes)")
+        if not (isinstance(bits, torch.Tensor) and bits.dtype == torch.uint8 and bits.dim() == 1
+                and isinstance(values, torch.Tensor) and values.dim() == 1):
+            fail(key, "lacks its mask bits or its values")
+        n = math.prod(shape)
+        if bits.numel() != (n + 7) // 8:  # the mask is a bit per weight: what the file carries bounds the shape
+            fail(key, f"claims {n:,} weights, but its mask has bits for {8 * bits.numel():,}")
+        mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool)).view(shape)
+        kept = int(mask.sum())
+        if kept != values.numel():
+            fail(key, f"keeps {kept:,} weights, but holds {values.numel():,} values")
+        t = torch.zeros(shape, dtype=values.dtype)
+        t[mask] = values
         state[key] = t
     return state
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from runner.config import ConfigError
+from runner.config import CheckpointError, ConfigError
 from runner.data import checkpoint
 
 log = logging.getLogger("runner")
@@ -129,7 +129,11 @@ def _strip_wrappers(key: str) -> str:
 
 def torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
     """The weights `torchvision:<name>` names (e.g. ResNet18_Weights.IMAGENET1K_V1): from torch's hub cache
-    (~/.cache/torch/hub/checkpoints) when there, downloaded (hash checked) when not, loaded with weights_only."""
+    (~/.cache/torch/hub/checkpoints) when there, downloaded (hash checked) when not, loaded with weights_only.
+
+    A file already in the cache is never handed to torch.hub, which would load it unchecked (its hash is checked on
+    download only, and its loader has no bound on time): runner checks its hash, then reads it through
+    runner.data.checkpoint.load, bounded in time and memory."""
     from torchvision.models import get_weight
 
     try:
@@ -139,16 +143,37 @@ def torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
                           "e.g. torchvision:ResNet18_Weights.IMAGENET1K_V1") from None
     file = weights.url.rsplit("/", 1)[-1]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file
+    if cached.is_file():
+        return _cached_state_dict(cached)
     try:
         return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True,
                                                   weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as err:  # no network (URLError is an OSError), a corrupt
-        if cached.is_file():  # download, or a damaged or hostile cached file: the one safe path names what it is
-            checkpoint.load(cached, remedy=f"delete {cached} to download it again")
+    except (OSError, RuntimeError, pickle.UnpicklingError) as err:  # no network (URLError is an OSError), a bad hash
         raise ConfigError(
             f"model.pretrained={TORCHVISION_PREFIX}{name}: cannot download {weights.url} ({err}). Offline, copy "
             f"{file} into {Path(torch.hub.get_dir()) / 'checkpoints'} or give its path: model.pretrained=/path/{file}"
         ) from None
+
+
+def _cached_state_dict(cached: Path) -> dict[str, torch.Tensor]:
+    """A state dict from torch's hub cache, refused in one line unless its SHA-256 starts with the prefix its name
+    carries (torchvision's files are named <model>-<8 hex digits>.pth) and it holds name -> tensor only."""
+    import hashlib
+
+    remedy = f"delete {cached} to download it again"
+    prefix = torch.hub.HASH_REGEX.search(cached.name)
+    if prefix:
+        digest = hashlib.sha256()
+        with open(cached, "rb") as f:
+            for block in iter(lambda: f.read(2**20), b""):
+                digest.update(block)
+        if not digest.hexdigest().startswith(prefix.group(1)):
+            raise CheckpointError(f"{cached} is not the file torchvision publishes (its SHA-256 does not start with "
+                                  f"{prefix.group(1)}, as its name says): damaged or replaced; {remedy}.")
+    state = checkpoint.load(cached, map_location="cpu", remedy=remedy)
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise CheckpointError(f"{cached} is not a state dict (name -> tensor), as torchvision's weights are; {remedy}.")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------------

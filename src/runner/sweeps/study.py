@@ -1,7 +1,7 @@
-"""What a sweep needs around its trials: the study's metric and storage, a trial's per-epoch report to the study
-(and its pruning), a trial's watch on the sweep process (a killed sweep leaves no worker behind), the trial statuses,
-the sweep's table (trials.csv, ranked by the metric) and summary, its HPARAMS columns in TensorBoard, and the
-spreading of parallel jobs over several GPUs.
+"""What a sweep needs around its trials: the study's metric and storage (a journal torn by a kill is repaired on
+open), a trial's per-epoch report to the study (and its pruning), a trial's watch on the sweep process (a killed
+sweep leaves no worker behind), the trial statuses, the sweep's table (trials.csv, ranked by the metric) and summary,
+its HPARAMS columns in TensorBoard, and the spreading of parallel jobs over several GPUs.
 
 The sweeper itself is the Hydra plugin in src/hydra_plugins/runner_optuna_sweeper. Optuna is imported inside the
 functions that need it, so a run that is not a trial never imports it.
@@ -9,9 +9,11 @@ functions that need it, so a run that is not a trial never imports it.
 
 import csv
 import io
+import itertools
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -27,7 +29,11 @@ log = logging.getLogger(__name__)
 JOURNAL = "optuna.journal"
 TABLE = "trials.csv"
 SPACE = "search_space.json"  # each searched parameter's range or choices, for runner.report
-TESTED = "tested"  # the study's attribute holding the test scores of the trials the sweep tested at its end
+# The study's attributes holding the test scores of the trials the sweep tested at its end: `tested:<trial number>`,
+# one per trial, so that two sweep processes testing together never write over each other's (a study started by an
+# older runner holds them all in one `tested` dict).
+TESTED = "tested"
+TORN = ".torn"  # <journal>.torn: the bytes of records torn by a kill or a full disk, cut from the journal on open
 
 # What metrics.json says at the end of a trial (train.py), or what the sweeper writes there when the job failed.
 # `interrupted` is not final: the trial stays running in the study, and the next run of the sweep resumes it.
@@ -65,6 +71,19 @@ def check_settings(metric, direction, test_trials, test_best) -> None:
                          "with `hydra.sweeper.test_best=<n>`.")
 
 
+def direction_warning(metric: str, direction: str) -> str | None:
+    """One line when the study looks for the worst trials: a loss or a time maximized, an accuracy minimized (the
+    sampler and the pruner then favour them, and trials.csv ranks them first); None otherwise. A warning, not a
+    refusal: looking for where training breaks down is a question a sweep may ask."""
+    better = "minimize" if "loss" in metric or metric.endswith("_s") else "maximize" if "acc" in metric else None
+    if better is None or direction == better:
+        return None
+    most = "highest" if direction == "maximize" else "lowest"
+    return (f"hydra.sweeper.metric={metric} with hydra.sweeper.direction={direction}: this sweep looks for the {most} "
+            f"{metric}, the worst trials (its sampler and pruner favour them, trials.csv ranks them first); to look "
+            f"for the best, add `hydra.sweeper.direction={better}`")
+
+
 def epoch_key(metric: str) -> str | None:
     """The history entry's key whose value after each epoch the pruner compares, for the study's metric; None for
     a metric that has no value until the trial ends (wall_time_s)."""
@@ -86,7 +105,77 @@ def open_storage(spec: str):
     from optuna.storages.journal import JournalFileBackend
 
     Path(spec).parent.mkdir(parents=True, exist_ok=True)
+    repair_journal(Path(spec))
     return optuna.storages.JournalStorage(JournalFileBackend(str(spec)))
+
+
+# The start of a journal record (Optuna writes one JSON object per line, op_code first), and how many such starts a
+# damaged line is tried at (a record's own values rarely hold one; a hostile line full of them is not parsed forever).
+_RECORD = re.compile(rb'\{\s*"op_code"\s*:')
+_MAX_STARTS = 100
+
+
+def repair_journal(path: Path) -> None:
+    """Cut the records torn by a kill or a full disk out of a journal, keeping every complete one. Optuna skips a
+    torn last line when it reads, but the next record is written onto it, and from then on every read of the study
+    fails ("Expecting ',' delimiter"): so the torn tail is cut back to the last complete record, and a record that
+    a run of an older runner wrote onto a torn one is separated from it. The torn bytes go to <journal>.torn; one
+    line is logged. Any other damage (a line before the last that is no record) is refused with one line naming the
+    file and the ways out (ValueError): cutting there would drop complete records."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(path))  # the journal's own lock: no process writes a record meanwhile
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        pieces = data.split(b"\n")
+        lines = [p + b"\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+        kept, torn = [], []
+        for number, line in enumerate(lines, 1):
+            if line.endswith(b"\n") and _is_record(line):
+                kept.append(line)
+                continue
+            starts = itertools.islice(_RECORD.finditer(line, 1), _MAX_STARTS)
+            at = next((m.start() for m in starts if line.endswith(b"\n") and _is_record(line[m.start():])), None)
+            if at is None:
+                if number == len(lines):  # the tail: cut short, or never ended
+                    torn.append(line)
+                    continue
+                raise ValueError(
+                    f"the sweep journal {path} is damaged at line {number} of {len(lines)} (not a whole record, "
+                    f"and records follow it): the study cannot be read. To keep the {number - 1} records before "
+                    f"it (the trials recorded after them are lost, their job directories stay): `head -n "
+                    f"{number - 1} {path} > {path}.kept && mv {path}.kept {path}`; or start a new sweep with "
+                    "`hydra.sweep.dir=<new dir>`.")
+            torn.append(line[:at])
+            kept.append(line[at:])
+        if not torn:
+            return
+        cut = b"\n".join(torn)
+        try:
+            with open(f"{path}{TORN}", "ab") as f:  # added to what earlier repairs cut, if any
+                f.write((b"\n" if f.tell() else b"") + cut)
+            if kept == lines[:-1]:
+                os.truncate(path, len(data) - len(lines[-1]))  # the complete records stay where they are
+            else:
+                checkpoint.atomic_write(path, lambda f: f.write(b"".join(kept)))
+        except OSError as err:
+            raise ValueError(f"the sweep journal {path} ends in a record torn by a kill or a full disk, which cannot "
+                             f"be cut: {err.strerror or err}. Free space there or make it writable, then run the "
+                             "same command again.") from None
+    finally:
+        lock.release()
+    log.warning("the sweep journal %s held %d record(s) torn by a kill or a full disk (%d bytes): cut out, every "
+                "complete record kept; the torn bytes are in %s%s", path, len(torn), len(cut), path, TORN)
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes, no record either
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,7 +414,7 @@ def table_rows(study, param_keys: list[str], metric: str = "best_val_acc") -> li
     metrics, the job directory (relative to the sweep directory) and a message."""
     trials = study.get_trials(deepcopy=False)
     rank = {t.number: i + 1 for i, t in enumerate(best_trials(study, len(trials)))}
-    tested = study.user_attrs.get(TESTED, {})
+    tested = test_scores(study)
     rows = []
     for trial in trials:
         attrs = {**trial.user_attrs, **tested.get(str(trial.number), {})}
@@ -338,6 +427,19 @@ def table_rows(study, param_keys: list[str], metric: str = "best_val_acc") -> li
         row["message"] = attrs.get("message") or ""
         rows.append(row)
     return rows
+
+
+def test_scores(study) -> dict[str, dict]:
+    """The test scores the sweep recorded at its end, by trial number (a string)."""
+    attrs = study.user_attrs
+    return {**attrs.get(TESTED, {}),
+            **{k.partition(":")[2]: v for k, v in attrs.items() if k.startswith(f"{TESTED}:")}}
+
+
+def record_test(study, number: int, metrics: dict) -> None:
+    """Record a trial's test scores in the study: a finished trial's attributes are frozen in Optuna, so they go to
+    the study's, under the trial's own key."""
+    study.set_user_attr(f"{TESTED}:{number}", {k: metrics[k] for k in METRICS if k.startswith("test_") and k in metrics})
 
 
 def best_trials(study, k: int) -> list:

@@ -1,18 +1,26 @@
 """A sweep's deferred test pass (hydra.sweeper.test_trials=best): its trials skip the test split, and once they have
 all run, the best ones are tested once each, from their last checkpoint, exactly as their own run would have tested
-at its end. Imported by the sweeper only, after its trials (torch is imported here)."""
+at its end. Two sweep processes on one study test the same best trials: the one that finds a trial's run directory
+held waits for the other to let go, then takes its scores. Imported by the sweeper only, after its trials (torch is
+imported here)."""
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from runner.data import checkpoint
 from runner.engine import records, train
-from runner.engine.run import LAST, Run
+from runner.engine.run import LAST, LOCK, Run, RunDirBusy
 
 log = logging.getLogger("runner")
+
+# How long a sweep waits for another process to let go of a trial's run directory (another sweep process on the same
+# study, testing the same trial: a test pass takes seconds to a few minutes), and how often it looks.
+BUSY_WAIT_S = 600
+BUSY_POLL_S = 0.5
 
 
 def needs_test(job_dir: Path) -> bool:
@@ -57,3 +65,31 @@ def test_trial(job_dir: Path) -> dict:
         run.tracker.close()
         run.release()
     return metrics
+
+
+def holder(job_dir: Path) -> str:
+    """The pid of the process holding the run directory's lock, as it wrote it there ("?" when unreadable)."""
+    try:
+        return (Path(job_dir) / LOCK).read_text()[:32].strip() or "?"
+    except OSError:
+        return "?"
+
+
+def test_when_free(job_dir: Path, on_busy=None) -> tuple[dict, bool]:
+    """test_trial, unless another process holds the trial's run directory: then wait for it to let go (up to
+    BUSY_WAIT_S, calling on_busy() once when the wait begins) and test the trial only if it is still untested.
+    Returns (its metrics with the test scores, whether this process ran the test). Raises RunDirBusy when the
+    directory is still held after the wait."""
+    deadline, told = time.monotonic() + BUSY_WAIT_S, False
+    while True:
+        if told and not needs_test(job_dir):  # the other process tested it
+            return json.loads((Path(job_dir) / "metrics.json").read_text()), False
+        try:
+            return test_trial(job_dir), True
+        except RunDirBusy:
+            if time.monotonic() > deadline:
+                raise
+            if not told and on_busy is not None:
+                on_busy()
+            told = True
+            time.sleep(BUSY_POLL_S)
