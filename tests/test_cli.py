@@ -1,6 +1,7 @@
 """The installed CLI as a user runs it: a whole run and its directory, config errors, and instant --cfg."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -183,3 +184,18 @@ def test_a_config_mistake_is_one_line_and_exit_2_and_writes_nothing(tmp_path, ar
     assert (proc.returncode, proc.stderr.count("\n")) == (2, 1), proc.stderr
     assert proc.stderr.startswith(f"error: {message}"), proc.stderr
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize("sizes, message", [
+    (["model.widths=[1000000000]"], r"the model has [\d,]+ parameters \(at most 200,000,000\)"),
+    (["model=mlp", "model.width=300000"], r"the model has [\d,]+ parameters \(at most 200,000,000\)"),
+    (["data.train_examples=2000000"], r"data.train_examples \+ data.test_examples is [\d,]+ images"),
+], ids=["cnn widths", "mlp width", "synthetic images"])
+def test_sizes_no_memory_holds_are_one_line_before_anything_is_allocated(tmp_path, sizes, message):
+    """A typo of a few zeros ended in a MemoryError traceback: the sizes are measured on torch's meta device first."""
+    run_dir = tmp_path / "run"
+    proc = run_cli([*TINY, *sizes, f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]) and "lower the sizes" in lines[0], proc.stderr
+    assert not any(run_dir.rglob("*.pt"))

@@ -14,7 +14,7 @@ import pytest
 from conftest import choices_of, compose_config
 from runner import ensemble
 from runner.config import ConfigError
-from runner.engine import train
+from runner.engine import recorded, train
 
 FAST = ["model.widths=[8,16]", "data.train_examples=700", "data.test_examples=100", "trainer.epochs=1",
         "diagnostics.every_steps=0"]
@@ -105,11 +105,11 @@ def test_nothing_in_a_members_config_is_instantiated(multirun, tmp_path, capsys,
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace("  widths:\n  - 8\n", "  widths:\n  - 1000000000\n"),
-     r"its model has [\d,]+ parameters \(at most 200,000,000\)"),
+     r"the model has [\d,]+ parameters \(at most 200,000,000\)"),
     (lambda t: t.replace("  widths:\n  - 8\n", "  widths:\n  - 1000000\n"),
-     r"a layer of its model outputs 1,024,000,000 values per image \(at most 16,777,216\)"),
+     r"a layer of the model outputs 1,024,000,000 values per image \(at most 16,777,216\)"),
     (lambda t: t.replace("convs_per_stage: 1", "convs_per_stage: 1000000"),
-     r"its model's sizes ask for about 3,000,000 layers \(at most 10,000\)"),
+     r"the model's sizes ask for about 3,000,000 layers \(at most 10,000\)"),
     (lambda t: t.replace("test_examples: 100", "test_examples: 1000000000000"),
      r"data.train_examples \+ data.test_examples is 1,000,000,000,700 images \(at most 1,000,000\)"),
     (lambda t: t.replace("num_classes: 10", "num_classes: 1000000000"), r"data.num_classes is 1,000,000,000 \(at most 1,000\)"),
@@ -168,6 +168,6 @@ def test_a_members_config_is_rebuilt_exactly_from_the_option_files(tmp_path, ove
 
     cfg = compose_config(overrides)
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    rebuilt, largest = ensemble.member_config(tmp_path)
+    rebuilt, largest = recorded.rebuilt_config(tmp_path, "leave it out.")
     assert OmegaConf.to_container(rebuilt, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
-    assert 0 < largest <= ensemble.MAX_LAYER_OUTPUT
+    assert 0 < largest <= recorded.MAX_LAYER_OUTPUT

@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from conftest import choices_of, compose_config, run_cli
+from runner.config import ConfigError
 from runner.data import loading as data
 from runner.engine import records, train
 from runner.sweeps import study as glue
@@ -162,6 +163,24 @@ def test_a_deferred_test_from_last_pt_scores_what_the_trial_would_have_scored_at
         assert later[key] == pytest.approx(tested[key], abs=1e-6), key
     assert json.loads((tmp_path / "deferred" / "metrics.json").read_text())["test_acc"] == later["test_acc"]
     assert not testing.needs_test(tmp_path / "deferred")  # tested once
+
+
+def test_a_deferred_test_builds_nothing_a_trials_config_names(tmp_path):
+    """A sweep directory may come from someone else: the test pass rebuilds a trial's config from runner's option
+    files, so an edited `_target_` is refused in one line and never called."""
+    overrides = ["trainer.epochs=1", "data.train_examples=500", "data.test_examples=100", "diagnostics.every_steps=0"]
+    job = tmp_path / "trial"
+    train.fit(compose_config(overrides), job, choices_of(overrides), test=False)
+    marker = tmp_path / "written-by-the-config"
+    text = (job / "config.yaml").read_text()
+    edited = text.replace("  _target_: torch.nn.ReLU\n  _partial_: true\n",
+                          f"  _target_: runner.data.checkpoint.write_text\n  text: pwned\n  path: {marker}\n")
+    assert edited != text
+    (job / "config.yaml").write_text(edited)
+    with pytest.raises(ConfigError, match="activation._target_=runner.data.checkpoint.write_text is none of the "
+                                          "options of configs/activation/"):
+        testing.test_trial(job)
+    assert not marker.exists() and testing.needs_test(job)
 
 
 def test_the_same_data_is_loaded_once_per_process_and_read_only(monkeypatch):

@@ -222,7 +222,13 @@ def test_torchvision_weights_from_a_local_file(tmp_path, imagenet_state):
     assert model.conv1.stride == (1, 1) and model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
 
 
-def test_torchvision_weights_by_name_download_weights_only(monkeypatch, imagenet_state):
+@pytest.fixture
+def empty_hub(monkeypatch, tmp_path):
+    """torch's hub cache, empty: the machine's own may hold the real weights, which runner would read instead."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+
+def test_torchvision_weights_by_name_download_weights_only(monkeypatch, imagenet_state, empty_hub):
     calls = []
 
     def fake_download(url, **kwargs):
@@ -237,7 +243,7 @@ def test_torchvision_weights_by_name_download_weights_only(monkeypatch, imagenet
     assert calls[0][1]["weights_only"] is True and calls[0][1]["check_hash"] is True
 
 
-def test_no_network_gives_the_offline_instructions(monkeypatch):
+def test_no_network_gives_the_offline_instructions(monkeypatch, empty_hub):
     def offline(url, **kwargs):
         raise OSError("Name or service not known")
 

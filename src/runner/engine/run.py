@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from runner.config import ConfigError, UserError
 from runner.data import checkpoint
 from runner.data import loading as data
-from runner.engine import build, components, distributed, objectives, speed
+from runner.engine import build, components, distributed, objectives, recorded, speed
 from runner.engine.tracking import Progress, Tracker, in_multirun, phase, progress_mode
 from runner.nets.diagnostics import Probe
 from runner.nets.init import consistency_warnings
@@ -262,6 +262,7 @@ class Run:
     def _build(self, extra_components) -> None:
         cfg, device, world = self.cfg, self.device, self.world
         consistency_warnings(cfg.activation, cfg.init, cfg.norm, cfg.regularization)
+        recorded.check_sizes(cfg, self._too_large, strict=False)  # before a MemoryError (model.widths=[1e9])
         self.data_began_at = time.time()  # wall clock, as the job's start and first_step_at
         with phase(f"loading data={cfg.data.name}"):
             self.splits = splits = data.load_splits(cfg.data, device)
@@ -312,6 +313,11 @@ class Run:
         # metrics.json's `startup` (its setup_s and first_step_s are added at the end)
         self.built_at = time.time()
         self.startup = {"data_s": loaded - self.data_began_at, "build_s": self.built_at - loaded}
+
+    @staticmethod
+    def _too_large(problem: str):
+        raise ConfigError(f"{problem}: more than any run on CIFAR-10 needs (a ResNet-18 has 11,000,000 parameters); "
+                          "lower the sizes on the command line.")
 
     def hooks(self, name: str) -> list:
         """The bound `name` hooks of the components that define it, in order."""

@@ -9,10 +9,10 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
 
 from runner.data import checkpoint
-from runner.engine import records, train
+from runner.engine import recorded, records, train
 from runner.engine.run import LAST, LOCK, Run, RunDirBusy
 
 log = logging.getLogger("runner")
@@ -33,12 +33,20 @@ def needs_test(job_dir: Path) -> bool:
 
 
 def _choices(job_dir: Path) -> dict[str, str]:
-    """The group options the trial's job ran with (Hydra's record of it), for its HPARAMS values."""
+    """The group options the trial's job ran with (Hydra's record of it), for its HPARAMS values: read as plain,
+    bounded data (the file may come from someone else), short names only; {} where it cannot be read so."""
+    path = job_dir / ".hydra" / "hydra.yaml"
     try:
-        choices = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
-    except (OSError, AttributeError, ValueError):
+        text = path.read_text(encoding="utf-8") if path.stat().st_size <= recorded.MAX_RECORD_BYTES else ""
+        if any(isinstance(t, (yaml.AnchorToken, yaml.AliasToken, yaml.TagToken)) for t in yaml.scan(text)):
+            return {}
+        choices = yaml.safe_load(text)["hydra"]["runtime"]["choices"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, RecursionError):
         return {}
-    return {k: str(v) for k, v in choices.items() if not k.startswith("hydra")}
+    if type(choices) is not dict:
+        return {}
+    return {k: v for k, v in choices.items() if type(k) is str and type(v) is str and recorded.NAME.fullmatch(k)
+            and len(v) <= 100 and not k.startswith("hydra")}
 
 
 def test_trial(job_dir: Path) -> dict:
@@ -48,11 +56,14 @@ def test_trial(job_dir: Path) -> dict:
     run (test/ scalars, at its last step). Returns the updated metrics."""
     job_dir = Path(job_dir)
     metrics = json.loads((job_dir / "metrics.json").read_text())
-    cfg = OmegaConf.load(job_dir / "config.yaml")  # resolved and completed by the trial itself
+    # A sweep directory may come from someone else: its trials' configs are rebuilt from runner's option files.
+    cfg, _ = recorded.rebuilt_config(job_dir, f"or test the trial again with a new run in another directory than "
+                                              f"{job_dir}.")
     cfg.trainer.resume, cfg.trainer.progress = str(job_dir / LAST), False
     run = Run(cfg, job_dir, _choices(job_dir))
     try:
         run.resume()
+        run.accept()
         run.open_tracker()
         test, extra = train.test_scores(run)
         metrics.update({f"test_{k}": v for k, v in test.items()})
