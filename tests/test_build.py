@@ -93,3 +93,24 @@ def test_the_autoencoder_trains_at_its_lr_factor_times_the_optimizers_lr():
     assert all_equal(lrs(["objective=autoencoder", "objective.lr_factor=0.5"]), 0.2)
     assert all_equal(lrs(["objective=autoencoder", "optimizer=adam", "optimizer.lr=0.003"]), 0.003)
     assert all_equal(lrs([]), 0.4)
+
+
+@pytest.mark.parametrize("objective", ["classify", "autoencoder"])
+def test_the_objective_says_what_the_weights_are_and_which_module_is_the_classifier(objective):
+    """A model checkpoint holds the classifier's parameters under "model" (an autoencoder's encoder, under the
+    classifier's own names, so that a later run transfers it; its decoder under "decoder"); loading it back gives
+    the same network. The run asks the objective, never tests the network's type."""
+    cfg = compose_config([f"objective={objective}", "model=cnn", "model.widths=[4,8]", "objective.decoder_width=8"]
+                         if objective == "autoencoder" else ["model=cnn", "model.widths=[4,8]"])
+    made = build.build_objective(cfg)
+    model = build.build_model(cfg, 10)
+    net = made.network(model)
+    assert made.encoder(net) is model
+    weights = made.weights(net)
+    assert set(weights) == ({"model", "decoder"} if objective == "autoencoder" else {"model"})
+    assert weights["model"].keys() == model.state_dict().keys()
+    fresh = made.network(build.build_model(cfg, 10))
+    made.load_weights(fresh, weights)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), fresh.state_dict().values(), strict=True))
+    pictures = made.pictures(net, torch.nn.Identity(), torch.rand(2, 3, 32, 32))
+    assert list(pictures) == (["ae/original_then_reconstructed"] if objective == "autoencoder" else [])

@@ -22,8 +22,7 @@ class FakeTracker:
 
     def __init__(self):
         self.values, self.histograms, self.figures = {}, {}, {}
-        self.writer = SimpleNamespace(add_histogram_raw=self._histogram,
-                                      add_figure=lambda tag, figure, step: self.figures.__setitem__(tag, figure))
+        self.writer = SimpleNamespace(add_histogram_raw=self._histogram)
 
     def scalars(self, values, step):
         for tag, value in values.items():
@@ -31,6 +30,9 @@ class FakeTracker:
 
     def scalar(self, tag, value, step):
         self.values.setdefault(tag, {})[step] = value
+
+    def figure(self, tag, figure, step):
+        self.figures[tag] = figure
 
     def _histogram(self, tag, **kw):
         self.histograms.setdefault(tag, {})[kw["global_step"]] = kw

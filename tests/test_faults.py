@@ -18,7 +18,7 @@ import torch
 from conftest import TINY, choices_of, compose_config, run_cli
 from runner.data import checkpoint
 from runner.engine import run as run_module
-from runner.engine import train
+from runner.engine import rundir, train
 from runner.engine.components import Component
 
 FAST = ["model.widths=[8,16]", "diagnostics.every_steps=0"]
@@ -125,7 +125,7 @@ def test_sigint_exits_130_and_the_printed_command_resumes_the_run(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # One process per run directory
 
-_HOLD_LOCK = "import sys, time; from pathlib import Path; from runner.engine.run import lock_run_dir; " \
+_HOLD_LOCK = "import sys, time; from pathlib import Path; from runner.engine.rundir import lock_run_dir; " \
              "lock_run_dir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)"
 
 
@@ -153,11 +153,11 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_the_owner(tmp_pat
 
 def test_a_killed_owner_never_blocks_the_run_directory(tmp_path):
     owner = _hold_lock(tmp_path)
-    with pytest.raises(run_module.RunDirBusy, match=f"pid {owner.pid}"):
-        run_module.lock_run_dir(tmp_path)
+    with pytest.raises(rundir.RunDirBusy, match=f"pid {owner.pid}"):
+        rundir.lock_run_dir(tmp_path)
     owner.send_signal(signal.SIGKILL)
     owner.wait()
-    fd = run_module.lock_run_dir(tmp_path)  # the kernel released the dead owner's lock
+    fd = rundir.lock_run_dir(tmp_path)  # the kernel released the dead owner's lock
     os.close(fd)
 
 
@@ -240,7 +240,7 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_checkpoint_stays_intact
         return real(path, write)
 
     monkeypatch.setattr(checkpoint, "atomic_write", full_after_epoch_1)
-    with pytest.raises(run_module.OutputError) as err:
+    with pytest.raises(rundir.OutputError) as err:
         _fit(tmp_path, ["trainer.epochs=3"])
     message = str(err.value)
     assert "\n" not in message and str(tmp_path / "checkpoints") in message
@@ -252,7 +252,7 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_checkpoint_stays_intact
 
 def test_a_file_where_the_run_directory_should_be_is_one_line(tmp_path):
     (tmp_path / "file").write_text("not a directory")
-    with pytest.raises(run_module.OutputError, match=r"cannot write .*file.*hydra\.run\.dir="):
+    with pytest.raises(rundir.OutputError, match=r"cannot write .*file.*hydra\.run\.dir="):
         _fit(tmp_path / "file" / "run")
 
 
@@ -314,9 +314,9 @@ class _FailAt(Component):
     """Raises in its `hook` (an unexpected error of the resumed process)."""
 
     def __init__(self, hook):
-        setattr(self, hook, self.fail)
+        setattr(self, hook, self._fail)
 
-    def fail(self, *args):
+    def _fail(self, *args):
         raise RuntimeError("boom")
 
 
@@ -329,7 +329,7 @@ def test_a_failed_resume_never_writes_over_the_earlier_runs_metrics(tmp_path, mo
     earlier = (tmp_path / "metrics.json").read_bytes()
     extra = []
     if where == "loading the checkpoint":
-        monkeypatch.setattr(run_module.Run, "load_state_dict", lambda *args, **kwargs: _FailAt("x").fail())
+        monkeypatch.setattr(run_module.Run, "load_state_dict", lambda *args, **kwargs: _FailAt("x")._fail())
     else:
         extra = [_FailAt(where)]
     with pytest.raises(RuntimeError, match="boom"):

@@ -1,17 +1,24 @@
 """The loop's regularizers: gradient clipping against torch's, the sparsity measure, label smoothing's loss, early
-stopping (unit, and end to end: it stops, restores the best weights, and a re-run trains no further)."""
+stopping (unit, and end to end: it stops, restores the best weights, and a re-run trains no further), each loop
+regularizer's component named in the regularizer table."""
 
+import inspect
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from conftest import choices_of, compose_config
 from runner.config import ConfigError, validate
+from runner.config.regularizers import LOOP, REGULARIZERS, in_loop
 from runner.data import checkpoint
 from runner.engine import train
 from runner.engine.build import build_objective, build_optimizer
+from runner.engine.components import EarlyStopping
+from runner.engine.hooks import Component, End
 from runner.optimization import regularizers as regularize
 
 MINE = ["l1", "elastic_net", "label_smoothing", "grad_clip", "early_stopping", "l2", "weight_decay"]
@@ -77,16 +84,29 @@ def test_label_smoothing_loss_is_cross_entropy_against_the_smoothed_target():
 
 def test_early_stopping_counts_patience_and_keeps_the_best_weights():
     model = torch.nn.Linear(2, 1)
-    stopper = regularize.EarlyStopping("val_loss", patience_epochs=2, min_delta=0.01)
-    decisions = []
-    for epoch, loss in enumerate([1.0, 0.8, 0.795, 0.9], 1):  # 0.795 is not better by more than min_delta
+    run = SimpleNamespace(model=model, world=SimpleNamespace(main=True), save_last=lambda: None)
+    stopper = EarlyStopping("val_loss", patience_epochs=2, min_delta=0.01)
+    ends = []
+    for epoch, loss in enumerate([1.0, 0.8, 0.795, 0.9]):  # 0.795 is not better by more than min_delta
         with torch.no_grad():
-            model.weight.fill_(epoch)
-        decisions.append(stopper.observe({"val_loss": loss}, epoch, model))
-    assert decisions == [False, False, False, True]
-    assert (stopper.best, stopper.best_epoch) == (0.8, 2)
-    stopper.restore(model)
+            model.weight.fill_(epoch + 1)
+        ends.append(stopper.epoch_end(run, epoch, {"loss": loss, "acc": 0.5}))
+    assert ends[:3] == [None, None, None] and ends[3] == End("completed", "")
+    assert (stopper.best, stopper.best_epoch, stopper.stopped) == (0.8, 2, True)
+    stopper.finish(run)
     assert torch.all(model.weight == 2)
+
+
+def test_the_loop_regularizers_are_built_from_their_table_entry_with_their_keys():
+    """A regularizer acting in the loop names its component in REGULARIZERS; the component takes exactly its keys."""
+    for name, regularizer in REGULARIZERS.items():
+        assert bool(regularizer.component) == (LOOP in regularizer.acts), name
+        if regularizer.component:
+            cls = get_class(regularizer.component)
+            assert issubclass(cls, Component)
+            assert set(inspect.signature(cls).parameters) == set(regularizer.keys), name
+    cfg = compose_config(["regularization=[early_stopping,l2,grad_clip]"])
+    assert [name for name, _ in in_loop(cfg.regularization)] == ["grad_clip", "early_stopping"]  # the table's order
 
 
 def _scripted_val(monkeypatch, accs):

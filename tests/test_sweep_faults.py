@@ -281,7 +281,7 @@ def _hold_then(job_dir: Path, then, after_s: float = 0.6):
     `then` and let go."""
     import threading
 
-    from runner.engine.run import lock_run_dir
+    from runner.engine.rundir import lock_run_dir
 
     fd = lock_run_dir(job_dir)
 
@@ -298,7 +298,7 @@ def _hold_then(job_dir: Path, then, after_s: float = 0.6):
 def _test_pass(monkeypatch) -> list:
     """The trial's test pass replaced by one that, as the real one, takes the run directory's lock first, then
     scores 0.7; returns the list of directories it tested."""
-    from runner.engine.run import lock_run_dir
+    from runner.engine.rundir import lock_run_dir
     from runner.sweeps import testing
 
     ran = []

@@ -315,7 +315,7 @@ def test_autoencoder_reconstructs_and_its_encoder_transfers(tmp_path):
 @pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
 def test_autoencoder_run_resumes_where_a_crash_left_it(tmp_path, monkeypatch):
     """A crash after epoch 1's checkpoint, then the same command again: the same history as an uninterrupted run."""
-    from runner.engine import run
+    from runner.engine import rundir
 
     overrides = ["model.widths=[4,8]", "objective=autoencoder", "data.train_examples=200", "data.val_size=40",
                  "trainer.epochs=2", "trainer.batch_size=40", "schedule=constant", "objective.decoder_width=8"]
@@ -326,7 +326,7 @@ def test_autoencoder_run_resumes_where_a_crash_left_it(tmp_path, monkeypatch):
         save(state, path)
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(run.checkpoint, "save", crash_after_first_save)
+    monkeypatch.setattr(rundir.checkpoint, "save", crash_after_first_save)
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain(compose_config(overrides), tmp_path / "crashed", {})
     saved_epochs = []
@@ -335,7 +335,7 @@ def test_autoencoder_run_resumes_where_a_crash_left_it(tmp_path, monkeypatch):
         saved_epochs.append(state["epoch"])
         save(state, path)
 
-    monkeypatch.setattr(run.checkpoint, "save", record)
+    monkeypatch.setattr(rundir.checkpoint, "save", record)
     resumed = pretrain(compose_config(overrides), tmp_path / "crashed", {})
     assert saved_epochs == [2]  # epoch 1 was not trained again
     untimed = [[{k: v for k, v in h.items() if k not in ("epoch_s", "img_per_s", "val_s")} for h in m["history"]]

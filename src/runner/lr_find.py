@@ -94,41 +94,23 @@ def suggest(lrs: list[float], curve: list[float], suggest_divisor: float, onecyc
 # ---------------------------------------------------------------------------------------------------------------
 # The test
 
-def run_test(cfg: DictConfig, settings: DictConfig) -> list[dict]:
-    """Build the run of `cfg` as runner.engine.run.Run does and train it with the exponentially rising lr; one row
-    per step taken: step, lr, loss, smoothed_loss. Stops early when the smoothed loss passes stop_factor x its lowest
-    or is not finite."""
-    import torch
-
-    from runner.data import loading as data
-    from runner.engine import build, speed
-    from runner.engine.objectives import AutoEncoder
-    from runner.engine.run import pick_device, seed_everything
+def run_test(cfg: DictConfig, settings: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
+    """Build the run of `cfg` as runner.engine.run.Run does (runner.engine.run.build_parts) and train it with the
+    exponentially rising lr; one row per step taken: step, lr, loss, smoothed_loss. Stops early when the smoothed loss
+    passes stop_factor x its lowest or is not finite. choices: the options chosen, for the log lines."""
+    from runner.data import loading as data  # torch from here on: the checks before it stay quick
+    from runner.engine.run import build_parts, pick_device
     from runner.optimization import regularizers
 
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
-    splits = data.load_splits(cfg.data, device)
-    log.info("data=%s: %d training images on %s", cfg.data.name, len(splits.train_y), device)
-    preprocess = build.build_preprocess(cfg, splits.train_x).to(device)
-    augmentation = build.build_augmentation(cfg)
-    fast = speed.setup(cfg.trainer, device)
-    objective = build.build_objective(cfg)
-    model = build.build_model(cfg, len(splits.classes), build.init_inputs(cfg, preprocess, splits.train_x))
-    model = speed.prepare(objective.network(model.to(device)), fast)
-    encoder = model.encoder if isinstance(model, AutoEncoder) else model
-    reused = build.build_pretrained(cfg, encoder)
-    build.build_probe(cfg, encoder, len(splits.classes))
-    optimizer = build.build_optimizer(cfg, model, reused)
-    freezer = build.build_freezer(cfg, model)
-    if freezer is not None:
-        freezer.set_epoch(0)  # what trains in the first epoch of the run
+    parts = build_parts(cfg, pick_device(cfg.device), choices or {})
+    splits, preprocess, augmentation, fast = parts.splits, parts.preprocess, parts.augmentation, parts.speed
+    objective, model, optimizer, generator = parts.objective, parts.model, parts.optimizer, parts.generator
+    if parts.freezer is not None:
+        parts.freezer.set_epoch(0)  # what trains in the first epoch of the run
     # every parameter group keeps its ratio to the first (reused layers' lr_mult, the norm biases' lr factor)
     ratios = [g["lr"] / optimizer.param_groups[0]["lr"] for g in optimizer.param_groups]
     clip = cfg.regularization.get("grad_clip")
 
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed)
     batches, epoch, rows, best, avg = iter(()), 0, [], math.inf, 0.0
     beta = settings.smoothing
     model.train()
@@ -237,7 +219,7 @@ def main_job(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict
     check(settings)
     run_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("lr_find", "hydra")])
     validate(run_cfg)
-    rows = run_test(run_cfg, settings)
+    rows = run_test(run_cfg, settings, choices)
     finite = [r for r in rows if math.isfinite(r["smoothed_loss"])]
     found = suggest([r["lr"] for r in finite], [r["smoothed_loss"] for r in finite], settings.suggest_divisor,
                     settings.onecycle_divisor)

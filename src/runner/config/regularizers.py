@@ -11,7 +11,7 @@ from runner.config.keys import VAL_METRICS, Key, boolean, integer, number, one_o
 NETWORK = "the network's layers"  # runner.nets.layers, placed by the model builders
 OPTIMIZER = "the optimizer's parameter groups and step"  # runner.optimization.optimizers, runner.engine.build
 LOSS = "the loss"  # runner.engine.build.build_objective
-LOOP = "the training loop"  # runner.engine.train
+LOOP = "the training loop"  # a component of runner.engine.components, named in the table
 END = "the end of training"
 
 GRAD_CLIP_BY = {"norm": "the global L2 norm of all gradients", "value": "each entry"}
@@ -23,6 +23,7 @@ class Regularizer:
     acts: tuple[str, ...]
     kind: str  # penalty, decay, constraint, dropout (on units; one kind per network), dropconnect, depth, ...
     keys: dict[str, Key]
+    component: str = ""  # acting in the LOOP: the runner.engine.hooks.Component class built with its keys
 
 
 _PENALTY_KEYS = dict(value=number("[0, inf)"), decay_norm_and_bias=boolean())
@@ -64,11 +65,13 @@ REGULARIZERS = {
     "label_smoothing": Regularizer("targets (1 - value) * one-hot + value / classes (Szegedy et al. 2016)",
                                    (LOSS,), "target", required(value=number("[0, 1)"))),
     "grad_clip": Regularizer("the gradients clipped by their global norm or by value before each step",
-                             (LOOP,), "clipping", required(by=one_of(GRAD_CLIP_BY), threshold=number("(0, inf)"))),
+                             (LOOP,), "clipping", required(by=one_of(GRAD_CLIP_BY), threshold=number("(0, inf)")),
+                             "runner.engine.components.GradientClipping"),
     "early_stopping": Regularizer("training ends after patience_epochs epochs without a better val metric; the "
                                   "best epoch's weights are put back", (LOOP, END), "stopping",
                                   required(metric=one_of(VAL_METRICS), patience_epochs=integer("[1, inf)"),
-                                           min_delta=number("[0, inf)"))),
+                                           min_delta=number("[0, inf)")),
+                                  "runner.engine.components.EarlyStopping"),
 }
 
 # Random in training and deterministic in eval: what MC dropout samples (runner.nets.layers.DROPOUT_TYPES).
@@ -81,6 +84,12 @@ DROPOUTS = tuple(name for name, r in REGULARIZERS.items() if r.kind == "dropout"
 def chosen(regularization, *kinds: str) -> list[str]:
     """The regularizers in `regularization` (the config node) whose kind is one of `kinds`."""
     return [name for name, r in REGULARIZERS.items() if r.kind in kinds and name in regularization]
+
+
+def in_loop(regularization) -> list[tuple[str, Regularizer]]:
+    """The regularizers in `regularization` that act in the training loop, each with its table entry, in the
+    table's order (the order of their components' hooks)."""
+    return [(name, r) for name, r in REGULARIZERS.items() if LOOP in r.acts and name in regularization]
 
 
 def decays_decoupled(optimizer) -> bool:

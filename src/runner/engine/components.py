@@ -1,54 +1,23 @@
 """The techniques that keep state across steps, each one object with the hooks it needs (as Keras callbacks and
-Lightning's Callback do). The loop (runner.engine.train) calls every component's hooks in the order of
-`Run.components`; a component defines only the hooks it uses:
-
-  start(run)                          once, after building and resuming, before the first epoch
-  epoch_start(run, epoch)             before each epoch's first step (epoch counts from 0)
-  before_step(run) -> bool            before the forward pass; True: this step wants the uncompiled network
-  after_backward(run)                 between backward and the optimizer step
-  after_step(run, x, outputs, y)      after the optimizer step (x: the network's input batch)
-  after_log(run, window) -> End|None  every trainer.log_every_steps steps, with the window's mean loss (and acc)
-  epoch_end(run, epoch, val) -> End|None   after validation, before the best and last checkpoints; a diverged
-                                      End ends the run at once (later hooks and the checkpoints skip the epoch)
-  finish(run)                         after the last epoch, before the test
-  test_scores(run) -> dict            further test scores, keyed by TensorBoard tag
-  state_dict() / load_state_dict(s)   what survives a kill, saved under the component's `name` in the checkpoint
-
-A hook that returns an End stops the run with that status and message. A new technique is a new component added
-in `build_components`; the loop does not change.
+Lightning's Callback do; the hooks are declared in runner.engine.hooks). A new technique is a new component added in
+`build_components`; a regularizer acting in the loop names its component in the regularizer table
+(runner.config.regularizers). The loop does not change.
 """
 
 import logging
 import math
-from dataclasses import dataclass
 
 import torch
+from hydra.utils import get_class
 
+from runner.config.regularizers import in_loop
 from runner.data import checkpoint
 from runner.engine import build
+from runner.engine.hooks import Component, End, bound  # noqa: F401 (bound: Run.hooks)
 from runner.nets.init import first_conv
 from runner.optimization import optimizers, regularizers, schedules
 
 log = logging.getLogger("runner")
-
-
-@dataclass
-class End:
-    """Why a run ends before its last epoch: status (diverged, pruned, interrupted, or completed for early stopping)
-    and a message for the user."""
-
-    status: str
-    message: str
-
-
-class Component:
-    name = ""  # its key in the checkpoint; "" for a component without state
-
-    def state_dict(self) -> dict | None:
-        return None
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 class Averaging(Component):
@@ -78,43 +47,53 @@ class Averaging(Component):
 
 
 class EarlyStopping(Component):
-    """regularization=early_stopping: ends the run once the validation metric has not improved for
-    patience_epochs epochs; at the end the best epoch's weights are put back (and into checkpoints/last.pt)."""
+    """regularization=early_stopping: patience on a validation metric (val_acc: higher is better; val_loss: lower is
+    better). The run ends once patience_epochs epochs in a row brought no improvement above min_delta; a copy of the
+    best epoch's weights (and buffers) is kept, and put back at the end (and into checkpoints/last.pt)."""
 
     name = "early_stopping"
 
-    def __init__(self, stopper: regularizers.EarlyStopping):
-        self.stopper = stopper
+    def __init__(self, metric: str, patience_epochs: int, min_delta: float):
+        self.metric, self.patience_epochs, self.min_delta = metric, patience_epochs, min_delta
+        self.best, self.best_epoch, self.bad_epochs, self.stopped = None, 0, 0, False
+        self.best_weights: dict[str, torch.Tensor] | None = None
 
     def start(self, run) -> None:
-        if self.stopper.stopped:
+        if self.stopped:
             run.stop_before_next_epoch = True  # resumed from a run that had already stopped early
 
     def epoch_end(self, run, epoch, val) -> End | None:
-        self.stopper.observe({f"val_{k}": v for k, v in val.items()}, epoch + 1, run.model)
-        if not self.stopper.stopped:
+        value = {f"val_{k}": v for k, v in val.items()}[self.metric]
+        sign = 1.0 if self.metric.endswith("acc") else -1.0
+        if self.best is None or sign * (value - self.best) > self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch + 1, 0
+            self.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        self.stopped = self.bad_epochs >= self.patience_epochs
+        if not self.stopped:
             return None
-        s = self.stopper
         log.info("early stopping after epoch %d: %s has not improved for %d epochs (best %.4f at epoch %d)",
-                 epoch + 1, s.metric, s.bad_epochs, s.best, s.best_epoch)
+                 epoch + 1, self.metric, self.bad_epochs, self.best, self.best_epoch)
         return End("completed", "")
 
     def finish(self, run) -> None:
-        if self.stopper.best_weights is None or not run.world.main:
+        if self.best_weights is None or not run.world.main:
             return
-        self.stopper.restore(run.model)
+        run.model.load_state_dict(self.best_weights)
         run.save_last()
-        log.info("restored the weights of epoch %d (%s %.4f)", self.stopper.best_epoch, self.stopper.metric,
-                 self.stopper.best)
+        log.info("restored the weights of epoch %d (%s %.4f)", self.best_epoch, self.metric, self.best)
 
     def state_dict(self) -> dict:
-        return self.stopper.state_dict()
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "stopped": self.stopped, "best_weights": self.best_weights}
 
     def load_state_dict(self, state: dict) -> None:
-        self.stopper.load_state_dict(state)
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+        self.stopped, self.best_weights = state["stopped"], state["best_weights"]
 
     def summary(self) -> dict:
-        return {k: v for k, v in self.stopper.state_dict().items() if k != "best_weights"}
+        return {k: v for k, v in self.state_dict().items() if k != "best_weights"}
 
 
 class Snapshots(Component):
@@ -132,7 +111,7 @@ class Snapshots(Component):
             if run.step - run.steps_per_epoch < end <= run.step:  # the k-th cycle ended in this epoch
                 run.save_weights(run.run_dir / f"checkpoints/snapshot_{k}.pt", epoch + 1)
 
-    def states(self, run) -> list[dict]:
+    def snapshots(self, run) -> list[dict]:
         paths = [run.run_dir / f"checkpoints/snapshot_{k}.pt" for k in range(1, len(self.ends) + 1)]
         return [checkpoint.load(p, map_location=run.device)["model"] for p in paths if p.is_file()]
 
@@ -185,7 +164,7 @@ class BatchNormReestimate(Component):
             log.warning("norm.reestimate_batches=%d: the training split holds %d batches of %d; using those",
                         self.batches, n, size)
         idx = [order[i * size:(i + 1) * size].to(splits.train_x.device) for i in range(n)]
-        models = [("", run.model.module if hasattr(run.model, "module") else run.model)]
+        models = [("", run.model)]
         if run.ema is not None:
             models.append(("_ema", run.ema.model))
         self.result = {"batches": n, "images": sum(len(i) for i in idx)}
@@ -346,18 +325,17 @@ def build_components(cfg, run, ema, freezer, probe, extra=()) -> list[Component]
         components.append(Freezing(freezer))
     if cfg.init.first_layer == "whiten" and cfg.init.first_layer_bias_epochs is not None:
         components.append(StemBiasHold(first_conv(run.model).bias, cfg.init.first_layer_bias_epochs))
-    model = run.model.module if hasattr(run.model, "module") else run.model
-    pruning = build.build_pruning(cfg, model, cfg.trainer.epochs, run.steps_per_epoch)
+    pruning = build.build_pruning(cfg, run.model, cfg.trainer.epochs, run.steps_per_epoch)
     if pruning is not None:  # before averaging: the average sees the masked weights
         components.append(pruning)
     if ema is not None:
         components.append(Averaging(ema))
     if probe is not None:
         components.append(Diagnostics(probe))
-    if "grad_clip" in cfg.regularization:  # after the diagnostics: they measure the gradients before clipping
-        components.append(GradientClipping(cfg.regularization.grad_clip.by, cfg.regularization.grad_clip.threshold))
-    if "early_stopping" in cfg.regularization:
-        components.append(EarlyStopping(regularizers.EarlyStopping(**cfg.regularization.early_stopping)))
+    # the regularizers acting in the loop, each its table's component built with its keys (in the table's order:
+    # gradient clipping after the diagnostics, which measure the gradients before clipping)
+    for name, regularizer in in_loop(cfg.regularization):
+        components.append(get_class(regularizer.component)(**cfg.regularization[name]))
     if cfg.schedule.snapshot_ensemble:
         total = run.steps_per_epoch * cfg.trainer.epochs
         components.append(Snapshots(schedules.cycle_ends(run.scheduler, total), cfg.trainer.epochs))
@@ -373,4 +351,7 @@ def build_components(cfg, run, ema, freezer, probe, extra=()) -> list[Component]
         from runner.engine.inference import Export
 
         components.append(Export(cfg.export.latency_batch_sizes, cfg.export.latency_repeats))
+    refused = [type(c).__name__ for c in extra if not isinstance(c, Component)]
+    if refused:  # its hooks would not be checked against the declared ones
+        raise TypeError(f"extra components must subclass runner.engine.hooks.Component: {', '.join(refused)}")
     return [*components, *extra]

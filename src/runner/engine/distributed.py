@@ -60,7 +60,9 @@ def agree_on_run_dir(argv: list[str]) -> list[str]:
     dist.broadcast_object_list(message, src=0)
     extra = [] if given else [f"hydra.run.dir={message[0]}"]
     if not w.main:
-        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+        # (config.yaml's `delay` for the log file would otherwise leave the disabled logging a handler without a
+        # class)
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "~hydra.job_logging.handlers"]
     return [*argv, *extra]
 
 

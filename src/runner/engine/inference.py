@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from runner.data import checkpoint
-from runner.engine.components import Component
+from runner.engine.hooks import Component
 from runner.nets.fold import fold_batch_norm, max_abs_difference
 
 log = logging.getLogger("runner")
@@ -73,7 +73,7 @@ class Export(Component):
         self.record: dict = {}
 
     def test_scores(self, run) -> dict:
-        model = run.model.module if hasattr(run.model, "module") else run.model
+        model = run.model
         was_training = model.training
         model.eval()
         try:

@@ -1,5 +1,6 @@
 """What a run learns (`objective=`): the network the loop trains around the model, its loss, what it counts per
-batch, and how it is evaluated. The loop (runner.engine.train) is the same for every objective.
+batch, how it is evaluated, and what "the weights" of a checkpoint are. The loop (runner.engine.train) and the
+run's state (runner.engine.run) are the same for every objective: they ask the objective, never test its type.
 
   classify     the model's logits against the labels: cross-entropy (with label smoothing when regularization=
                has it), accuracy; the test adds NLL, calibration and the evaluations of `evaluation=`
@@ -31,6 +32,20 @@ class Classify:
 
     def network(self, model: nn.Module) -> nn.Module:
         return model
+
+    @staticmethod
+    def encoder(net: nn.Module) -> nn.Module:
+        """The classifier inside the network the loop trains (what model.pretrained and transfer.layer act on)."""
+        return net
+
+    @staticmethod
+    def weights(net: nn.Module) -> dict:
+        """What a model checkpoint holds of the network: the classifier's parameters under "model"."""
+        return {"model": net.state_dict()}
+
+    @staticmethod
+    def load_weights(net: nn.Module, state: dict) -> None:
+        net.load_state_dict(state["model"])
 
     def loss(self, outputs: torch.Tensor, inputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(outputs, y)
@@ -66,6 +81,11 @@ class Classify:
         extra = evaluation.final_scores(net, preprocess, splits.test_x, splits.test_y, evaluation_cfg, batch_size,
                                         seed, ema, snapshots, probs)
         return {"acc": test["acc"], "loss": test["loss"]}, extra
+
+    @staticmethod
+    def pictures(net: nn.Module, preprocess: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The images the test shows in TensorBoard, by tag: none for a classifier."""
+        return {}
 
 
 class Decoder(nn.Module):
@@ -124,6 +144,21 @@ class Reconstruct:
     def network(self, model: nn.Module) -> nn.Module:
         return AutoEncoder(model, self.decoder_width).to(next(model.parameters()).device)
 
+    @staticmethod
+    def encoder(net: AutoEncoder) -> nn.Module:
+        return net.encoder
+
+    @staticmethod
+    def weights(net: AutoEncoder) -> dict:
+        """The encoder under the classifier's own parameter names ("model"), so that a later run transfers it; the
+        decoder under "decoder"."""
+        return {"model": net.encoder.state_dict(), "decoder": net.decoder.state_dict()}
+
+    @staticmethod
+    def load_weights(net: AutoEncoder, state: dict) -> None:
+        net.encoder.load_state_dict(state["model"])
+        net.decoder.load_state_dict(state["decoder"])
+
     def loss(self, outputs: torch.Tensor, inputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(outputs, inputs)
 
@@ -143,6 +178,10 @@ class Reconstruct:
     def test(self, net, preprocess, splits, evaluation_cfg, batch_size: int, seed: int, ema=None,
              snapshots=()) -> tuple[dict, dict]:
         return self.evaluate(net, preprocess, splits.test_x, splits.test_y, batch_size), {}
+
+    def pictures(self, net: AutoEncoder, preprocess: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The images the test shows in TensorBoard, by tag: originals above their reconstructions."""
+        return {"ae/original_then_reconstructed": self.picture(net, preprocess, x)}
 
     @staticmethod
     @torch.no_grad()

@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from runner.engine.components import Component
+from runner.engine.hooks import Component
 from runner.nets import sparsity as sp
 
 log = logging.getLogger("runner")
@@ -44,14 +44,14 @@ class Pruning(Component):
     # -----------------------------------------------------------------------------------------------------------
     # Masks
 
-    def prune_to(self, target: float) -> None:
+    def _prune_to(self, target: float) -> None:
         """New masks at `target` from the weights' magnitudes (pruned weights are 0, so they stay pruned), applied."""
         self.masks = sp.magnitude_masks(self.weights, target, self.scope)
         self.target = target
-        self.apply()
+        self._apply()
 
     @torch.no_grad()
-    def apply(self) -> None:
+    def _apply(self) -> None:
         for n, w in self.weights.items():
             w.mul_(self.masks[n])
 
@@ -81,9 +81,9 @@ class Pruning(Component):
         step = run.step + 1  # the step just taken (run.step counts it after the hooks)
         if self.when == "during" and self.start_step < step <= self.end_step and (
                 (step - self.start_step) % self.every_steps == 0 or step == self.end_step):
-            self.prune_to(sp.ramp(step, self.start_step, self.end_step, self.sparsity, self.ramp_kind))
+            self._prune_to(sp.ramp(step, self.start_step, self.end_step, self.sparsity, self.ramp_kind))
         elif self.masks:
-            self.apply()
+            self._apply()
 
     def epoch_end(self, run, epoch, val) -> None:
         overall, per_layer = sp.reached(self.weights)
@@ -104,8 +104,7 @@ class Pruning(Component):
                         "it; use prune.scope=layer or a lower prune.sparsity", ", ".join(emptied))
         if not run.world.main:
             return
-        model = run.model.module if hasattr(run.model, "module") else run.model
-        state = model.state_dict()
+        state = run.model.state_dict()
         pruned = [f"{n}.weight" for n in self.weights]
         run._save(sp.encode(state, pruned), run.run_dir / SPARSE_FILE)
         self.saved = {**sp.sizes(state, pruned), "sparse_file": SPARSE_FILE}
@@ -114,7 +113,7 @@ class Pruning(Component):
                  run.run_dir / SPARSE_FILE)
 
     def _one_shot(self, run, when: str) -> None:
-        self.prune_to(self.sparsity)
+        self._prune_to(self.sparsity)
         before = run.history[-1].get("val_acc") if run.history else None
         after = {}
         if len(run.splits.val_y):

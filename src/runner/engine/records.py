@@ -4,10 +4,6 @@ declared here and `finish` a metrics key, so this table stays the truth."""
 
 import re
 
-from runner.data.augment import augmented_grid
-from runner.data.preprocess import input_grid
-from runner.optimization import schedules
-
 TAGS = {
     "train/loss": "mean training loss over the last trainer.log_every_steps steps",
     "train/acc": "training accuracy over the same window (augmented images, the model in training mode)",
@@ -119,29 +115,3 @@ def check_metrics(metrics: dict) -> None:
     unknown = [k for k in metrics if not _METRIC.match(k)]
     if unknown:
         raise KeyError(f"metrics.json keys {unknown} are not declared in runner.engine.records.METRICS")
-
-
-def start_pictures(run) -> None:
-    """TensorBoard at step 0 of a fresh run: the model's size and layers, the planned lr curve, augmented training
-    images, and what the network sees after preprocessing."""
-    from runner.engine.tracking import labelled_grid  # tracking imports this module
-
-    cfg, tracker = run.cfg, run.tracker
-    tracker.scalars({"model/params": run.n_params, "model/flops_per_image": run.flops}, 0)
-    tracker.writer.add_text("model", f"{run.n_params:,} parameters, {run.flops / 1e6:.1f} MFLOPs per image\n\n"
-                            + "\n".join("    " + line for line in str(run.model).splitlines()), 0)
-    total = run.steps_per_epoch * cfg.trainer.epochs
-    lrs = schedules.planned_lrs(run.scheduler, total)
-    title = f"schedule={cfg.schedule.name}" + (" (drops follow val metric)" if cfg.schedule.name == "plateau" else "")
-    tracker.writer.add_figure("schedule/lr_plan", schedules.plan_figure(lrs, run.steps_per_epoch, title), 0)
-    sample, copies = run.splits.train_x[:16], 3
-    settings = ", ".join(f"{k}={v}" for k, v in cfg.augmentation.items() if not str(k).startswith("_") and k != "name")
-    tracker.writer.add_figure("augmentation/original_then_augmented", labelled_grid(
-        augmented_grid(sample, run.augmentation, cfg.seed, copies),
-        ["original", *(f"epoch {e + 1}" for e in range(copies))],
-        f"augmentation={cfg.augmentation.get('name', run.choices.get('augmentation', '?'))} ({settings or 'none'}): "
-        "16 training images, then one random draw of what each epoch trains on"), 0)
-    tracker.writer.add_figure("preprocess/original_then_input", labelled_grid(
-        input_grid(run.preprocess, sample), ["original", "network input"],
-        f"preprocess={run.choices.get('preprocess', '?')}: what the network sees (each image stretched to 0..1 to "
-        "be visible)"), 0)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from runner.engine.components import Component
+from runner.engine.hooks import Component
 
 log = logging.getLogger("runner")
 
@@ -86,7 +86,7 @@ class Sharpness(Component):
                                                                                  hessian_iters, seed)
 
     def test_scores(self, run) -> dict:
-        model = run.model.module if hasattr(run.model, "module") else run.model
+        model = run.model
         params = [p for p in model.parameters() if p.requires_grad]
         x, y = run.splits.train_x[:self.images], run.splits.train_y[:self.images]
         batch = run.cfg.trainer.eval_batch_size

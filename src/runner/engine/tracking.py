@@ -1,5 +1,6 @@
-"""What a run leaves for its user: TensorBoard scalars and the HPARAMS entry (in the run's own directory, beside the
-curves), the run's environment, and what a person watching the run sees between the epoch lines (Progress)."""
+"""What a run leaves for its user: TensorBoard scalars, the pictures of step 0 and the HPARAMS entry (in the run's own
+directory, beside the curves), the run's environment, and what a person watching the run sees between the epoch lines
+(Progress)."""
 
 import contextlib
 import functools
@@ -18,7 +19,10 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 import runner
 from runner.data import checkpoint
+from runner.data.augment import augmented_grid
+from runner.data.preprocess import input_grid
 from runner.engine.records import check_tag
+from runner.optimization import schedules
 
 log = logging.getLogger("runner")
 
@@ -65,6 +69,12 @@ class Tracker:
         if self.writer is not None:
             check_tag(tag)
             self.writer.add_scalar(tag, value, step)
+
+    def figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure under a declared tag."""
+        if self.writer is not None:
+            check_tag(tag)
+            self.writer.add_figure(tag, figure, step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is None:
@@ -309,6 +319,30 @@ def phase(what: str):
         log.info("%s: done in %.1f s", what, seconds)
 
 
+def start_pictures(run) -> None:
+    """TensorBoard at step 0 of a fresh run: the model's size and layers, the planned lr curve, augmented training
+    images, and what the network sees after preprocessing."""
+    cfg, tracker = run.cfg, run.tracker
+    tracker.scalars({"model/params": run.n_params, "model/flops_per_image": run.flops}, 0)
+    tracker.writer.add_text("model", f"{run.n_params:,} parameters, {run.flops / 1e6:.1f} MFLOPs per image\n\n"
+                            + "\n".join("    " + line for line in str(run.model).splitlines()), 0)
+    total = run.steps_per_epoch * cfg.trainer.epochs
+    lrs = schedules.planned_lrs(run.scheduler, total)
+    title = f"schedule={cfg.schedule.name}" + (" (drops follow val metric)" if cfg.schedule.name == "plateau" else "")
+    tracker.writer.add_figure("schedule/lr_plan", schedules.plan_figure(lrs, run.steps_per_epoch, title), 0)
+    sample, copies = run.splits.train_x[:16], 3
+    settings = ", ".join(f"{k}={v}" for k, v in cfg.augmentation.items() if not str(k).startswith("_") and k != "name")
+    tracker.writer.add_figure("augmentation/original_then_augmented", labelled_grid(
+        augmented_grid(sample, run.augmentation, cfg.seed, copies),
+        ["original", *(f"epoch {e + 1}" for e in range(copies))],
+        f"augmentation={cfg.augmentation.get('name', run.choices.get('augmentation', '?'))} ({settings or 'none'}): "
+        "16 training images, then one random draw of what each epoch trains on"), 0)
+    tracker.writer.add_figure("preprocess/original_then_input", labelled_grid(
+        input_grid(run.preprocess, sample), ["original", "network input"],
+        f"preprocess={run.choices.get('preprocess', '?')}: what the network sees (each image stretched to 0..1 to "
+        "be visible)"), 0)
+
+
 def labelled_grid(grid: torch.Tensor, row_labels: list[str], title: str):
     """A matplotlib figure of an image grid (3, H, W) (uint8, or floats in 0..1) made by torchvision's make_grid
     with one row per label: each row named at its left, the whole titled, for TensorBoard's add_figure."""
@@ -328,26 +362,6 @@ def labelled_grid(grid: torch.Tensor, row_labels: list[str], title: str):
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_title(title, fontsize=10, loc="left")
-    fig.tight_layout()
-    return fig
-
-
-def depth_figure(names: list[str], values: list[float], ylabel: str, title: str):
-    """A per-layer measure over depth (layer names on the x axis, input side first): what TensorBoard's scalar
-    charts cannot show without faking the layer index as a step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4), dpi=100)
-    ax.plot(range(1, len(values) + 1), values, "o-")
-    ax.set_xticks(range(1, len(values) + 1), [f"{i} {n}" for i, n in enumerate(names, start=1)], rotation=45,
-                  ha="right", fontsize=8)
-    if values and min(values) > 0 and max(values) / min(values) > 10:
-        ax.set_yscale("log")
-    ax.set(xlabel="activation layer (input side first)", ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

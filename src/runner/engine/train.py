@@ -18,19 +18,18 @@ from runner.data import checkpoint
 from runner.data import loading as data
 from runner.engine import distributed, records
 from runner.engine.components import End
-from runner.engine.run import (  # noqa: F401 (the engine's public names)
+from runner.engine.run import Run, pick_device  # noqa: F401 (the engine's public names)
+from runner.engine.rundir import (  # noqa: F401 (the engine's public names)
     BEST,
     LAST,
     LOCK,
     WRITE_ERRNOS,
     OutputError,
-    Run,
     output_error,
-    pick_device,
     resume_path,
 )
 from runner.engine.speed import EpochTimer
-from runner.engine.tracking import flat_hparams, record_run
+from runner.engine.tracking import flat_hparams, record_run, start_pictures
 from runner.optimization import optimizers, regularizers, schedules
 
 log = logging.getLogger("runner")
@@ -52,11 +51,11 @@ def fit(cfg, run_dir: Path, choices: dict[str, str], extra_components=(), comman
     again = _diverged_already(cfg, Path(run_dir))
     if again is not None:
         return again
-    run = Run(cfg, run_dir, choices, extra_components)  # owns the run directory from here on
-    run.started_at, run.sweep_trial, run.test, run.on_accept = started_at, sweep_trial, test, on_accept
+    # owns the run directory from here on
+    run = Run(cfg, run_dir, choices, extra_components, started_at=started_at, sweep_trial=sweep_trial, test=test,
+              on_accept=on_accept)
     try:
-        with _stop_signals() as stop:
-            run.stop_signal = stop
+        with _stop_signals(run.stop_signal):
             return _train(run, command)
     except UserError as err:
         if isinstance(err, OutputError):
@@ -137,12 +136,11 @@ def _epoch_end(run: Run, epoch: int, val: dict) -> End | None:
 # Stopping on a signal, and failing
 
 @contextlib.contextmanager
-def _stop_signals():
-    """SIGINT and SIGTERM only set a flag (the list yielded gets the signal's number), which the loop reads after
-    each step: the step in progress finishes, and checkpoints/last.pt stays the last complete epoch's. A second
-    SIGINT raises KeyboardInterrupt as usual. The previous handlers are put back at the end. Only the main thread
-    may set handlers (a sweep's job in a thread keeps the default ones)."""
-    received: list[int] = []
+def _stop_signals(received: list[int]):
+    """SIGINT and SIGTERM only set a flag (`received` gets the signal's number), which the loop reads after each
+    step: the step in progress finishes, and checkpoints/last.pt stays the last complete epoch's. A second SIGINT
+    raises KeyboardInterrupt as usual. The previous handlers are put back at the end. Only the main thread may set
+    handlers (a sweep's job in a thread keeps the default ones)."""
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
@@ -364,7 +362,7 @@ def _start(run: Run) -> None:
         record_run(run.cfg, run.run_dir, run.device, world_size=run.world.size)
     run.open_tracker()
     if run.resume_from is None and run.world.main:
-        records.start_pictures(run)
+        start_pictures(run)
     for hook in run.hooks("start"):
         hook(run)
 
@@ -422,7 +420,7 @@ def test_scores(run: Run) -> tuple[dict, dict]:
     as the objective gives them (acc, loss) and by TensorBoard tag (the others). Logged."""
     cfg = run.cfg
     run.progress.phase(f"testing ({len(run.splits.test_y):,} images)")
-    snapshots = next((c.states(run) for c in run.components if hasattr(c, "states")), [])
+    snapshots = [state for hook in run.hooks("snapshots") for state in hook(run)]
     with run.speed.autocast():
         test, extra = run.objective.test(run.model, run.preprocess, run.splits, cfg.evaluation,
                                          cfg.trainer.eval_batch_size, cfg.seed, run.ema, snapshots)
@@ -434,9 +432,9 @@ def test_scores(run: Run) -> tuple[dict, dict]:
     log.info("test %s%s", shown, best)
     if extra:
         log.info("test %s", "  ".join(f"{tag.removeprefix('test/')} {value:.4g}" for tag, value in extra.items()))
-    if run.objective.name == "autoencoder" and run.world.main:
-        pictures = run.objective.picture(run.model, run.preprocess, run.splits.val_x[:8])
-        run.tracker.writer.add_images("ae/original_then_reconstructed", pictures, run.step)
+    if run.world.main:
+        for tag, pictures in run.objective.pictures(run.model, run.preprocess, run.splits.val_x[:8]).items():
+            run.tracker.writer.add_images(tag, pictures, run.step)
     return test, extra
 
 
@@ -471,9 +469,8 @@ def finish(run: Run, status: str, message: str | None = None, test: dict | None 
     elif status == "completed" and not run.test:
         metrics["test_deferred"] = True
     metrics.update({tag.replace("/", "_"): v for tag, v in (extra or {}).items()})
-    for c in run.components:
-        if hasattr(c, "summary"):
-            metrics[c.name] = c.summary()
+    for hook in run.hooks("summary"):
+        metrics[hook.__self__.name] = hook()
     if run.resumes:
         metrics["resumes"] = run.resumes
     if message:

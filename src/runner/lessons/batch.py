@@ -223,7 +223,7 @@ def gradient_noise(lesson, lab: Lab) -> Result:
     def measure(run):
         import torch
 
-        model = run.model.module if hasattr(run.model, "module") else run.model
+        model = run.model
         x = run.speed.layout(run.preprocess(run.splits.train_x[:lesson.pool]))
         y = run.splits.train_y[:lesson.pool]
         generator = torch.Generator().manual_seed(int(run.cfg.seed))
@@ -473,7 +473,7 @@ def training_loss(run, images: int) -> float:
     """The mean cross-entropy of the trained model on its first `images` training images, in eval mode and without
     augmentation: the loss of the minimum the run ended in (not the running mean of the last epoch)."""
     x, y = run.splits.train_x[:images], run.splits.train_y[:images]
-    model = run.model.module if hasattr(run.model, "module") else run.model
+    model = run.model
     return float(run.objective.evaluate(model, run.preprocess, x, y, int(run.cfg.trainer.eval_batch_size))["loss"])
 
 

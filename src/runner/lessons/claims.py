@@ -6,6 +6,7 @@ Each runs real runner runs paired by seed (same initial weights and data order i
 
 import math
 
+from runner.engine.hooks import Component
 from runner.lessons.init import activation_outputs, never_positive
 from runner.lessons.lab import Lab, save_figure
 from runner.lessons.verdict import (
@@ -442,11 +443,9 @@ def augmentation_overfitting(lesson, lab: Lab) -> Result:
 # ---- L2 and weight decay: one update for SGD, two for Adam (Loshchilov & Hutter 2019) -----------------------------
 
 
-class WeightsAfter:
-    """A component (runner.engine.components protocol) that keeps a copy of the penalized weights (decayed_weights)
-    right after optimizer step number `steps` (counted from 1)."""
-
-    name = ""
+class WeightsAfter(Component):
+    """A component that keeps a copy of the penalized weights (decayed_weights) right after optimizer step number
+    `steps` (counted from 1)."""
 
     def __init__(self, steps: int):
         self.steps, self.value = steps, None
@@ -454,12 +453,6 @@ class WeightsAfter:
     def after_step(self, run, x, outputs, y) -> None:
         if run.step + 1 == self.steps:  # run.step counts the steps before this one
             self.value = decayed_weights(run.model)
-
-    def state_dict(self):
-        return None
-
-    def load_state_dict(self, state) -> None:
-        pass
 
 
 def l2_vs_weight_decay(lesson, lab: Lab) -> Result:

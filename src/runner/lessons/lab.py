@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config import ConfigError
+from runner.engine.hooks import Component
 from runner.lessons.verdict import Stat
 
 log = logging.getLogger("runner")
@@ -98,7 +99,7 @@ class Lab:
             at_end=None) -> dict:
         """Train one run of `arm` with `seed` (and `extra` overrides) in <lesson dir>/<name or arm>_seed<seed>;
         returns its metrics (metrics.json) with run_dir added. components: extra engine components (what a lesson
-        measures inside the run: runner.engine.components protocol). at_end(run) -> value: measured on the
+        measures inside the run: runner.engine.hooks.Component subclasses). at_end(run) -> value: measured on the
         trained run (run.model, run.splits, ...) before its test, returned as metrics["at_end"]."""
         if at_end is not None:
             components = [*components, _AtEnd(at_end)]
@@ -162,7 +163,7 @@ class Lab:
                 return earlier, True
             print(f"  run {run_dir.name}: {earlier['status']} before, but what the lesson measured on it was not kept: "
                   "training it again", flush=True)
-        resumable = all(getattr(c, "name", "") or isinstance(c, _AtEnd) for c in components)
+        resumable = all(c.name or isinstance(c, _AtEnd) for c in components)
         if ended or not resumable:
             cfg.trainer.resume = "never"  # the engine moves what the directory held to previous/
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -310,7 +311,7 @@ def _read_metrics(run_dir: Path) -> dict:
 def _check_same_config(cfg, run_dir: Path) -> None:
     """A run directory of the lesson's that holds a run of another config (the lesson run again with other
     overrides into the same --out) is refused in one line, before anything there is touched."""
-    from runner.engine.run import config_differences
+    from runner.engine.rundir import config_differences
 
     try:
         saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
@@ -347,7 +348,7 @@ def _keep_measured(run_dir: Path, components) -> None:
     """Keep the components' values (MEASURED) when they are plain data that a checkpoint load gives back (tensors,
     numbers, strings, and lists, tuples and dicts of them); a network kept whole, say, is measured again."""
     from runner.data import checkpoint
-    from runner.engine.run import output_error
+    from runner.engine.rundir import output_error
 
     values = [getattr(c, "value", None) for c in components]
     if not components or not all(hasattr(c, "value") for c in components) or not _plain(values):
@@ -372,22 +373,14 @@ def _plain(value) -> bool:
     return False
 
 
-class _AtEnd:
-    """A component (runner.engine.components protocol) that measures the trained run once, after its last epoch."""
-
-    name = ""
+class _AtEnd(Component):
+    """A component that measures the trained run once, after its last epoch."""
 
     def __init__(self, measure):
         self.measure, self.value = measure, None
 
     def finish(self, run) -> None:
         self.value = self.measure(run)
-
-    def state_dict(self):
-        return None
-
-    def load_state_dict(self, state) -> None:
-        pass
 
 
 def weight_zero_fraction(run) -> float:

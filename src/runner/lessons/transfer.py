@@ -6,6 +6,7 @@ import math
 from omegaconf import OmegaConf
 
 from runner.config import CONFIG_DIR
+from runner.engine.hooks import Component
 from runner.lessons.lab import Lab, save_figure
 from runner.lessons.regularization import logged_scalars
 from runner.lessons.verdict import Result, Stat, accuracy_noise, all_of, greater, holds
@@ -16,12 +17,10 @@ GRID_KEYS = ("pretrain_classes", "other_classes", "little_per_class", "much_per_
 INITIAL_LOSS_WARNING = "the initial loss"
 
 
-class HeadCosine:
-    """A component (runner.engine.components protocol) that, before the first step, measures the cosine between the
-    run's output layer and `trained` (the pretraining run's trained output layer): about 0 for a freshly drawn
-    head, large when the "new" head is a copy of what the pretraining started from."""
-
-    name = ""
+class HeadCosine(Component):
+    """A component that, before the first step, measures the cosine between the run's output layer and `trained`
+    (the pretraining run's trained output layer): about 0 for a freshly drawn head, large when the "new" head is a
+    copy of what the pretraining started from."""
 
     def __init__(self, trained):
         self.trained, self.value = trained, None
@@ -34,12 +33,6 @@ class HeadCosine:
         w = run.model.get_submodule(output_layer(run.model)).weight.detach().float().flatten().cpu()
         t = self.trained.float().flatten()
         self.value = F.cosine_similarity(w, t, dim=0).item() if w.shape == t.shape else math.nan
-
-    def state_dict(self):
-        return None
-
-    def load_state_dict(self, state) -> None:
-        pass
 
 
 class _Warnings(logging.Handler):

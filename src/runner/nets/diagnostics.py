@@ -228,11 +228,27 @@ class Probe:
                         "the initialization scale (init=) and the input preprocessing.", loss, classes, expected)
         layers = [(n, scalars[f"diag/act_std/{n}"]) for n, _ in self.activations if f"diag/act_std/{n}" in scalars]
         if layers and self.tracker.writer is not None:
-            from runner.engine.records import check_tag
-            from runner.engine.tracking import depth_figure
-
-            check_tag("diag/act_std_by_layer")
             figure = depth_figure([n for n, _ in layers], [v for _, v in layers], "std of the layer's output",
                                   "activation std by depth at step 0\n(falling with depth: vanishing signal; "
                                   "rising: exploding)")
-            self.tracker.writer.add_figure("diag/act_std_by_layer", figure, 0)
+            self.tracker.figure("diag/act_std_by_layer", figure, 0)
+
+
+def depth_figure(names: list[str], values: list[float], ylabel: str, title: str):
+    """A per-layer measure over depth (layer names on the x axis, input side first): what TensorBoard's scalar
+    charts cannot show without faking the layer index as a step."""
+    import matplotlib  # a heavy import, only for diagnostics at step 0
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4), dpi=100)
+    ax.plot(range(1, len(values) + 1), values, "o-")
+    ax.set_xticks(range(1, len(values) + 1), [f"{i} {n}" for i, n in enumerate(names, start=1)], rotation=45,
+                  ha="right", fontsize=8)
+    if values and min(values) > 0 and max(values) / min(values) > 10:
+        ax.set_yscale("log")
+    ax.set(xlabel="activation layer (input side first)", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -13,7 +13,8 @@ import yaml
 
 from runner.data import checkpoint
 from runner.engine import recorded, records, train
-from runner.engine.run import LAST, LOCK, Run, RunDirBusy
+from runner.engine.run import Run
+from runner.engine.rundir import LAST, LOCK, RunDirBusy
 
 log = logging.getLogger("runner")
 
