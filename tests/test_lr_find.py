@@ -126,3 +126,20 @@ def test_a_refused_test_creates_nothing(tmp_path, where):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: lr_find.steps=3 is invalid")
     assert sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+optimizer.momentum=0.9", "optimizer.momentum is not a key of optimizer=adam"),
+    ("trainer.epoch=3", "trainer.epoch is not a config key: did you mean trainer.epochs?"),
+    ("optimzer=sgd", "optimzer is not a config group or key: did you mean optimizer?"),
+    ("data.noise=-1", "data.noise=-1 is invalid"),
+], ids=["a key of another option", "a misspelled key", "a misspelled group", "a bad value"])
+def test_a_config_mistake_is_one_line_before_anything_is_written(tmp_path, override, message):
+    """The run's keys are checked as `python -m runner` checks them (per option, Hydra's errors in one line), not
+    left to Hydra's multi-line errors or to torch after the data has loaded."""
+    args = [*TINY, "optimizer=adam", override] if "momentum" in override else [*TINY, override]
+    proc = subprocess.run([sys.executable, "-m", "runner.lr_find", *args], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {message}"), proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -26,8 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import job
 from runner.config import CONFIG_DIR, ConfigError, UserError, register_resolvers, validate
+from runner.config.command_line import check_command_line
 from runner.config.keys import integer, number
-from runner.config.schema import check_choices, fail
+from runner.config.schema import fail
 
 register_resolvers()
 log = logging.getLogger("runner")
@@ -255,7 +256,7 @@ def cli() -> None:
     """The command line: a bad option or run directory is one line, before Hydra composes (and makes a run
     directory); a refused test leaves no directory behind."""
     try:
-        check_choices(sys.argv[1:])
+        check_command_line(sys.argv[1:], "lr_find", own=("lr_find",))
         job.check_run_dir(sys.argv[1:], "lr_find")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runner.config import CONFIG_DIR, ConfigError, option_keys, validate
@@ -34,8 +34,10 @@ _FAILED = [(re.compile(r"Could not override '([^'@]+)'\."), "set"),
 _WITH_VALUE, _ALONE = ("--cfg", "-c", "--package", "-p"), ("-m", "--multirun", "--resolve", "--run", "-r")
 
 
-def check_command_line(args: list[str]) -> None:
-    """Raises ConfigError for the first mistake of `python -m runner ARGS`, before Hydra makes a run directory."""
+def check_command_line(args: list[str], config: str = "config", own: tuple[str, ...] = ()) -> None:
+    """Raises ConfigError for the first mistake of `python -m runner ARGS`, before Hydra makes a run directory.
+    config: the primary config file of the command (lr_find for `python -m runner.lr_find`); own: its top-level
+    keys that are the command's own, checked by the command (the rest is a run's config, checked as one)."""
     check_choices(args)
     overrides, flags, words = [], set(), iter(args)
     for arg in words:
@@ -55,13 +57,13 @@ def check_command_line(args: list[str]) -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         hydra = GlobalHydra.instance().hydra
         # As Hydra does: a multirun's first config leaves the sweeps out (the sweeper checks each of their values).
-        cfg = composed(lambda o: hydra.compose_config("config", o, run_mode=RunMode.MULTIRUN,
+        cfg = composed(lambda o: hydra.compose_config(config, o, run_mode=RunMode.MULTIRUN,
                                                       validate_sweep_overrides=False), overrides)
         if multirun or cfg.hydra.mode == RunMode.MULTIRUN:
             return
-        cfg = composed(lambda o: hydra.compose_config("config", o, run_mode=RunMode.RUN), overrides)
+        cfg = composed(lambda o: hydra.compose_config(config, o, run_mode=RunMode.RUN), overrides)
     if not shown:
-        validate(cfg)
+        validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in own]) if own else cfg)
 
 
 def composed(compose: Callable[[list[str]], DictConfig], overrides: list[str]) -> DictConfig:
