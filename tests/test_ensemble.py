@@ -171,3 +171,14 @@ def test_a_members_config_is_rebuilt_exactly_from_the_option_files(tmp_path, ove
     rebuilt, largest = recorded.rebuilt_config(tmp_path, "leave it out.")
     assert OmegaConf.to_container(rebuilt, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
     assert 0 < largest <= recorded.MAX_LAYER_OUTPUT
+
+
+def test_a_members_recorded_download_never_makes_runner_write_elsewhere(tmp_path):
+    """A shared config.yaml may name a data root and download=true: the rebuilt config reads the data where it lies
+    and downloads nothing."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_config(["data=cifar10", f"data.root={tmp_path / 'elsewhere'}", "data.download=true"], tiny=False)
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    rebuilt, _ = recorded.rebuilt_config(tmp_path, "leave it out.")
+    assert rebuilt.data.download is False and rebuilt.data.root == str(tmp_path / "elsewhere")

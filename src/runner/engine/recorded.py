@@ -119,6 +119,8 @@ def rebuilt_config(run: Path, remedy: str) -> tuple[DictConfig, int]:
     _overlay(cfg, record, "", chosen, refuse)
     if cfg.model.pretrained is not None:  # the member's weights are its own last.pt, wherever it started from
         cfg.model.pretrained = str(run)
+    if "download" in cfg.data:  # the data is read where it lies; a shared file never makes runner write elsewhere
+        cfg.data.download = False
     try:
         validate(cfg)
     except ConfigError as err:
