@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from runner.config import CONFIG_DIR, ConfigError, validate
+from runner.config.rules import reference_rules
 from runner.engine.build import build_optimizer, make_optimizer
 from runner.optimization import optimizers as optim
 
@@ -23,8 +24,15 @@ def _quadratic_problem(seed=0):
     return a, b, lambda x: 0.5 * x @ a @ x - b @ x
 
 
-@pytest.mark.parametrize("impl", ["torch", "reference"])
-@pytest.mark.parametrize("name", OPTIMIZERS)
+def _has_reference(name: str) -> bool:
+    target = OmegaConf.load(CONFIG_DIR / "optimizer" / f"{name}.yaml")._target_
+    return target.rsplit(".", 1)[-1] in reference_rules()
+
+
+# An optimizer is one option file: its torch.optim class is tested here at once; a reference rule
+# (runner.optimization.reference) is optional, and without one optimizer.impl=reference is refused at start-up.
+@pytest.mark.parametrize("name, impl", [(n, i) for n in OPTIMIZERS for i in ("torch", "reference")
+                                        if i == "torch" or _has_reference(n)])
 def test_every_optimizer_option_composes_builds_and_lowers_a_quadratic(name, impl):
     cfg = compose_config([f"optimizer={name}", f"optimizer.impl={impl}", "regularization=[]"])
     validate(cfg)
@@ -182,3 +190,4 @@ def test_norm_bias_lr_factor_speeds_up_the_gradient_step_but_not_the_decay():
     opt.step()
     assert norm_bias[0].item() == pytest.approx(1.0 - lr * l2 - factor * lr * 0.5)
     assert plain_bias[0].item() == pytest.approx(1.0 - lr * l2 - lr * 0.5)
+
