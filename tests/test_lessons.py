@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 
@@ -222,6 +223,28 @@ def test_ctrl_c_between_runs_ends_the_lesson_in_one_line_with_its_resume_command
     assert err.count("\n") == 1 and "interrupted" in err
     assert _resume_command(err, out)[1:] == ["-m", "runner.lesson", "l1_sparsity", "seeds=[0]", "--size=test",
                                              "--out", str(out)]
+
+
+def test_sigterm_between_runs_ends_the_lesson_in_one_line_with_143_and_its_resume_command(capsys, tmp_path,
+                                                                                           monkeypatch):
+    """SIGTERM (a scheduler's stop) outside a run's own handler killed the lesson without a word."""
+    import os
+    import signal
+
+    from runner.lessons.lab import Lab
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+
+    monkeypatch.setattr(Lab, "_fit", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "lesson"
+    assert lesson_cli.main(["l1_sparsity", "seeds=[0]", "--size", "test", "--out", str(out)]) == 143
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stopped by SIGTERM" in err
+    assert _resume_command(err, out)[1:4] == ["-m", "runner.lesson", "l1_sparsity"]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_run_stopped_by_a_signal_ends_the_lesson_with_130_not_a_traceback(capsys, tmp_path, monkeypatch):

@@ -39,6 +39,20 @@ class Interrupted(Exception):
         self.code = code  # the shell's code for the signal: 128 + its number
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a lesson is between runs."""
+
+
+def _terminated(signum, frame):
+    raise Terminated
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def split_user(argv: list[str]) -> tuple[list[str], list[str]]:
     """(the command's own arguments, the runner overrides after `--`)."""
     if "--" not in argv:
@@ -124,15 +138,21 @@ def run_lesson(name: str, overrides: list[str] = (), size: str = "quick", user: 
           f"  size {size}, seeds {list(lesson.seeds)}; runs in {out}"
           + (" (the runs that ended there are kept, the unfinished ones resumed)" if again else ""), flush=True)
     started = time.perf_counter()
+    # SIGTERM between runs (a run's own handler stops it after its step) ends the lesson as Ctrl-C does
+    previous = signal.signal(signal.SIGTERM, _terminated) if _main_thread() else None
     try:
         result = get_method(lesson._target_)(lesson, lab)
         gated(result, lab, name)
     except RunInterrupted as err:
         raise Interrupted(f"lesson {name} stopped: {err}; its finished runs are kept in {out}. To resume: {resume}",
                           128 + getattr(signal, err.signal, signal.SIGINT)) from None
-    except KeyboardInterrupt:
-        raise Interrupted(f"lesson {name} stopped by Ctrl-C; its finished runs are kept in {out}. To resume: "
-                          f"{resume}") from None
+    except KeyboardInterrupt as err:
+        how, code = ("SIGTERM", 128 + signal.SIGTERM) if isinstance(err, Terminated) else ("Ctrl-C", 130)
+        raise Interrupted(f"lesson {name} stopped by {how}; its finished runs are kept in {out}. To resume: "
+                          f"{resume}", code) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - started
     command = command_line(name, overrides, size, user)
     text = report(name, lesson, result, size, wall, command, out, lab.runs_done)
