@@ -22,6 +22,7 @@ import logging
 import shlex
 import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -48,8 +49,6 @@ def _terminated(signum, frame):
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
