@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run lr-find transfer-grid sweep test test-all test-slow lint bench tensorboard report results clean
+.PHONY: help install run lr-find transfer-grid sweep test test-all test-slow lint bench tensorboard report results docs docs-serve screenshots clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -14,10 +14,10 @@ help:  ## List the targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
 	touch $@
 
-install: $(VENV)/.installed  ## Create .venv and install runner with its dev tools
+install: $(VENV)/.installed  ## Create .venv and install runner with its dev and docs tools
 
 run: install  ## Train the default experiment (CIFAR-10 under data/, or where RUNNER_DATA_DIR points); ARGS=overrides
 	$(PY) -m runner $(ARGS)
@@ -54,6 +54,16 @@ report: install  ## Ranked table and plots of a sweep: make report ARGS=outputs/
 
 results: install  ## The published numbers in docs/results and their status; ARGS=all regenerates what is missing or stale
 	$(PY) -m runner.results $(ARGS)
+
+docs: install  ## The documentation site into site/ (mkdocs build --strict: a broken link or page fails it)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: install  ## The documentation site on http://127.0.0.1:8000, rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
+
+screenshots: install  ## Retake the docs' pictures of TensorBoard and the terminal (docs/images/; needs chromium and tmux)
+	$(PY) -m pip install --quiet -e '.[screenshots]'
+	$(PY) docs/screenshots.py $(ARGS)
 
 clean:  ## Remove caches and build files of src/ and tests/ (keeps outputs/, data/ and .venv)
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import compose_config
-from runner import bench
+from runner.commands import bench
 from runner.engine.build import build_augmentation
 
 

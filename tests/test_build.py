@@ -113,4 +113,4 @@ def test_the_objective_says_what_the_weights_are_and_which_module_is_the_classif
     made.load_weights(fresh, weights)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), fresh.state_dict().values(), strict=True))
     pictures = made.pictures(net, torch.nn.Identity(), torch.rand(2, 3, 32, 32))
-    assert list(pictures) == (["ae/original_then_reconstructed"] if objective == "autoencoder" else [])
+    assert list(pictures) == (["reconstruction/original_then_reconstructed"] if objective == "autoencoder" else [])

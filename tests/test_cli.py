@@ -15,7 +15,7 @@ from conftest import TINY, run_cli
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("cli")
-    run_cli([*TINY, "optimizer=adam"], cwd=cwd)
+    run_cli([*TINY, "optimizer=adam", "diagnostics.every_steps=10"], cwd=cwd)  # diagnostics' histograms too
     (day,) = (cwd / "outputs").iterdir()
     (run,) = day.iterdir()
     return run
@@ -39,17 +39,51 @@ def test_tensorboard_reads_the_curves_and_hparams_from_the_run_itself(run_dir):
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    expected = {"train/loss", "train/acc", "val/loss", "val/acc", "lr/decay", "lr/no_decay", "perf/img_per_s", "perf/epoch_s",
-                "test/acc", "test/loss"}
+    expected = {"lr/decay", "lr/no_decay", "perf/img_per_s", "perf/epoch_s", "test/acc", "test/loss", "val/best_acc"}
     assert expected <= tags
     assert len(events.Scalars("lr/decay")) == 20  # every step: 2 epochs x 10 steps
-    assert len(events.Scalars("val/acc")) == 2
+    assert len(events.Scalars("perf/img_per_s")) == 20
     plugins = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= plugins.keys()
     start = plugins["_hparams_/session_start_info"]
     assert b"optimizer" in start and b"adam" in start and b"optimizer.lr" in start
     assert [p.name for p in run_dir.iterdir() if p.is_dir()] != [] and not any(
         p.is_dir() and p.name[0].isdigit() for p in run_dir.iterdir())  # no timestamped hparams sub-run
+
+
+def test_train_and_validation_are_two_runs_with_the_same_curve_tags(run_dir):
+    """Keras's convention: <run>/train and <run>/validation write curves/loss and curves/acc, so TensorBoard draws
+    train and validation in one chart, each run in its colour. Train has every step, validation every epoch."""
+    runs = {}
+    for name in ("train", "validation"):
+        events = EventAccumulator(str(run_dir / name), size_guidance={"scalars": 0})
+        events.Reload()
+        runs[name] = events
+        assert set(events.Tags()["scalars"]) == {"curves/loss", "curves/acc"}
+    assert [e.step for e in runs["train"].Scalars("curves/loss")] == list(range(1, 21))
+    assert [e.step for e in runs["validation"].Scalars("curves/acc")] == [10, 20]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    val = [e.value for e in runs["validation"].Scalars("curves/acc")]
+    assert val == pytest.approx([h["val_acc"] for h in metrics["history"]])
+    train = [e.value for e in runs["train"].Scalars("curves/loss")]  # 10 steps of 100 images an epoch
+    assert [sum(train[:10]) / 10, sum(train[10:]) / 10] == pytest.approx([h["train_loss"] for h in metrics["history"]])
+
+
+def test_the_curves_are_the_first_tag_group_tensorboard_shows(run_dir):
+    """Every tag the run wrote, of every kind (scalars, images, histograms), in every run of the directory: the
+    group TensorBoard shows first (and opens) is the curves'."""
+    from test_view import tensorboard_order
+
+    groups = set()
+    for folder in [run_dir, *(p for p in run_dir.iterdir() if p.is_dir())]:
+        events = EventAccumulator(str(folder), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
+        events.Reload()
+        for kind in ("scalars", "images", "histograms"):
+            groups |= {tag.split("/", 1)[0] for tag in events.Tags()[kind]}
+        if folder == run_dir:
+            assert any(tag.startswith("diag/activations/") for tag in events.Tags()["histograms"])
+    assert {"curves", "diag", "lr", "inputs"} <= groups
+    assert all(tensorboard_order("curves", g) < 0 for g in groups - {"curves"}), sorted(groups)
 
 
 def _fake_torch(tmp_path):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from runner import compare
+from runner.commands import compare
 
 TINY = ["--", "data=synthetic", "data.difficulty=0.6", "data.train_examples=600", "data.val_size=200",
         "data.test_examples=200", "model=mlp", "model.depth=1", "model.width=16", "trainer.epochs=1",

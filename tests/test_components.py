@@ -141,3 +141,30 @@ def test_every_component_a_run_builds_conforms(tmp_path):
         assert public <= allowed, (type(c).__name__, public - allowed)
         overridden = {h for h in ("state_dict", "summary") if getattr(type(c), h) is not getattr(Component, h)}
         assert c.name or not overridden, type(c).__name__
+
+
+def test_a_component_declares_the_tags_and_metrics_it_writes(monkeypatch):
+    """The tracker refuses an undeclared tag and finish an undeclared metrics.json key; a component from outside
+    runner's table declares its own in `declares`, when its class is defined."""
+    from runner.engine import records
+
+    # the declarations last this test only: the tables are copies, the patterns are put back after it
+    for table in ("TAGS", "METRICS", "_known_tags"):
+        monkeypatch.setattr(records, table, getattr(records, table).copy())
+    for pattern in ("_TAG", "_METRIC"):
+        monkeypatch.setattr(records, pattern, getattr(records, pattern))
+    with pytest.raises(KeyError):
+        records.check_tag("train/declared_noise")
+
+    class DeclaredNoise(Component):
+        name = "declared_noise"
+        declares = {"train/declared_noise": "the noise's std", "declared_noise": "steps given noise"}
+
+        def summary(self):
+            return {"steps": 1}
+
+    records.check_tag("train/declared_noise")
+    records.check_metrics({"declared_noise": {"steps": 1}, "status": "completed"})
+    with pytest.raises(KeyError):
+        records.check_metrics({"undeclared_noise": 1})
+    assert DeclaredNoise.declares["declared_noise"] == records.METRICS["declared_noise"]

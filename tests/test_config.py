@@ -48,6 +48,20 @@ def test_cifar10_keys_are_checked(overrides):
     assert _refused(overrides, tiny=False).startswith(overrides[1].split("=")[0])
 
 
+@pytest.mark.parametrize("folder", ["cifar-10-batches-py", "my_cifar_copy"])
+def test_a_data_root_pointing_at_the_cifar_folder_itself_names_its_parent(tmp_path, folder):
+    """On main data.root=<dir>/cifar-10-batches-py found no CIFAR-10 inside it and tried to download into it. The
+    folder is known by its name, or by the batches.meta file only it holds."""
+    root = tmp_path / folder
+    root.mkdir()
+    if folder != "cifar-10-batches-py":
+        (root / "batches.meta").write_bytes(b"")
+    message = _refused(["data=cifar10", f"data.root={root}"], tiny=False)
+    assert message.startswith(f"data.root='{root}' is invalid: that is the 'cifar-10-batches-py' folder itself")
+    assert f"data.root={tmp_path}" in message and "\n" not in message
+    assert compose_config(["data=cifar10", f"data.root={tmp_path}"], tiny=False).data.root == str(tmp_path)
+
+
 @pytest.mark.parametrize("overrides", [
     ["activation=elu", "activation.alpha=big"], ["activation=gelu", "activation.approximate=exact"],
     ["activation=prelu", "activation.num_parameters=0"], ["activation=leaky_relu", "activation.negative_slope=nan"],

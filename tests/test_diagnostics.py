@@ -102,7 +102,7 @@ def test_probe_measures_activations_gradients_and_update_ratios():
     assert tracker.histograms == {}
     _sgd_step(model, probe, step=1, lr=0.1)
     for layer in ("hidden.0.act", "hidden.1.act"):
-        hists = tracker.histograms[f"act/{layer}"]
+        hists = tracker.histograms[f"diag/activations/{layer}"]
         assert sorted(hists) == [1, 2]
         assert all(sum(h["bucket_counts"]) == h["num"] == 16 * 32 for h in hists.values())
 
@@ -195,7 +195,7 @@ def test_a_run_writes_diagnostics_and_model_size_to_tensorboard(tmp_path):
             "diag/dead_frac/features.0.act"} <= set(scalars)
     # measured at step 0 and every 4 (10 steps), logged after each at the count of steps done
     assert [e.step for e in events.Scalars("diag/update_ratio/head")] == [1, 5, 9]
-    assert [e.step for e in events.Histograms("act/features.0.act")] == [1, 5, 9]
+    assert [e.step for e in events.Histograms("diag/activations/features.0.act")] == [1, 5, 9]
     assert "diag/act_std_by_layer" in events.Tags()["images"]
     params = build_model(compose_config(overrides), 10)
     assert events.Scalars("model/params")[0].value == sum(p.numel() for p in params.parameters())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import choices_of, compose_config
-from runner import ensemble
+from runner.commands import ensemble
 from runner.config import ConfigError
 from runner.engine import recorded, train
 

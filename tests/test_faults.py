@@ -67,7 +67,7 @@ class _SignalAt(Component):
         self.signum = signum
 
     def after_step(self, run, x, outputs, y):
-        if run.step == run.steps_per_epoch + 3:
+        if run.state.step == run.steps_per_epoch + 3:
             os.kill(os.getpid(), self.signum)
 
 
@@ -87,6 +87,19 @@ def test_sigterm_finishes_the_step_keeps_last_checkpoint_and_restores_the_handle
     assert (tmp_path / train.LAST).read_bytes() == saved["last"]  # epoch 1's checkpoint, untouched
     assert f"hydra.run.dir={tmp_path}" in metrics["message"] and "To resume" in metrics["message"]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_an_interrupted_run_counts_the_images_it_trained_on(tmp_path):
+    """On main metrics.json said images_seen 0 after Ctrl-C in the first epoch: only finished epochs counted."""
+
+    class SigintInFirstEpoch(Component):
+        def after_step(self, run, x, outputs, y):
+            if run.state.step == 3:  # the fourth step, which finishes
+                os.kill(os.getpid(), signal.SIGINT)
+
+    metrics = _fit(tmp_path, ["trainer.epochs=2"], [SigintInFirstEpoch()])
+    assert (metrics["status"], metrics["signal"], metrics["epochs_completed"]) == ("interrupted", "SIGINT", 0)
+    assert metrics["steps"] == 4 and metrics["images_seen"] == 4 * 100  # TINY: batches of 100
 
 
 @pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
@@ -208,7 +221,7 @@ class _PoisonWeight(Component):
     """A weight becomes NaN in the last step of the first epoch (the loss of that step is still finite)."""
 
     def after_step(self, run, x, outputs, y):
-        if run.step + 1 == run.steps_per_epoch:
+        if run.state.step + 1 == run.steps_per_epoch:
             with torch.no_grad():
                 next(run.model.parameters())[0].fill_(float("nan"))
 
@@ -263,7 +276,7 @@ def test_an_unexpected_error_is_status_failed_one_line_and_exit_1(tmp_path):
     run_dir = tmp_path / "run"
     code = ("import sys; from runner.engine import train; real = train._validate\n"
             "def broken(run, result):\n"
-            "    if run.epoch == 1: raise RuntimeError('boom in validation')\n"
+            "    if run.state.epoch == 1: raise RuntimeError('boom in validation')\n"
             "    return real(run, result)\n"
             "train._validate = broken\n"
             "from runner.__main__ import cli; sys.argv = ['runner', *sys.argv[1:]]; cli()\n")

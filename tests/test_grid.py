@@ -4,7 +4,7 @@ the lectures consider trainable train; and optimizer.lr=auto (runner.config.lr) 
 import pytest
 
 from conftest import compose_config
-from runner import grid
+from runner.commands import grid
 from runner.config import ConfigError
 
 # What the defaults must train on a small synthetic task in 2 epochs: the two combinations that diverged under a

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import choices_of, compose_config
-from runner import ensemble
+from runner.commands import ensemble
 from runner.config import CheckpointError, ConfigError, DataError
 from runner.data import checkpoint
 from runner.data import loading as data

@@ -1,4 +1,4 @@
-"""The layers of runner's code, as the README's "How the code is laid out" states them: imports go one way, downward
+"""The layers of runner's code, as docs/architecture.md's "How the code is laid out" states them: imports go one way, downward
 (config < data < nets, optimization < engine < sweeps < the commands and lessons), nets and optimization do not
 import each other, and no module of runner imports itself back through others. Every import counts: at the top of a
 module and inside a function (one inside a function keeps torch out of start-up, yet it is a dependency all the
@@ -26,8 +26,11 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def imports(root: Path) -> dict[str, set[str]]:
-    """Each module of the package at `root` -> the modules of that package it imports, anywhere in its code."""
+    """Each module of the package at `root` -> the modules of that package it imports, anywhere in its code.
+    `from runner.config import schema` imports the module runner.config.schema; `from runner.config import
+    ConfigError` takes a name the package's __init__ defines or imports, so it imports runner.config itself."""
     modules = {module_name(p, root): p for p in root.rglob("*.py")}
+    packages = {name for name, p in modules.items() if p.name == "__init__.py"}
     found = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -40,7 +43,9 @@ def imports(root: Path) -> dict[str, set[str]]:
                 if node.level:
                     up = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join([*up, *([node.module] if node.module else [])])
-                names = [base, *(f"{base}.{a.name}" for a in node.names)]
+                inner = [f"{base}.{a.name}" for a in node.names]
+                from_init = base not in packages or any(n not in modules for n in inner)
+                names = [*([base] if from_init else []), *(n for n in inner if n in modules)]
             else:
                 continue
             for target in names:
@@ -75,9 +80,10 @@ def upward(graph: dict[str, set[str]]) -> list[str]:
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The import circles, each as the modules around it. A package's __init__ is loaded before any of its modules,
-    so a module that takes names from its own package adds no order of its own: that import is left out."""
-    edges = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in graph.items()}
+    """The import circles, each as the modules around it. A module that takes a name from its own package's __init__
+    closes a circle when that __init__ imports the module (runner.config -> runner.config.schema -> runner.config):
+    then which of the two finishes first depends on which a caller imports first."""
+    edges = graph
     found, state = [], {}
 
     def visit(module, path):
@@ -126,3 +132,20 @@ def test_a_function_level_import_counts(tmp_path):
     found = imports(package)
     assert upward(found) == ["runner.nets.diagnostics (nets) imports runner.engine.tracking (engine)"]
     assert cycles(found) == [["runner.engine.records", "runner.engine.tracking", "runner.engine.records"]]
+
+
+def test_a_circle_through_a_package_init_counts(tmp_path):
+    """A package's __init__ that imports its modules, one of which takes a name back from the __init__, is a circle;
+    the same modules taking the name from a leaf module are not, nor is a module imported by its package's name."""
+    package = tmp_path / "runner"
+    (package / "config").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "config" / "__init__.py").write_text("from runner.config.schema import walk\nclass ConfigError: pass\n")
+    (package / "config" / "schema.py").write_text("from runner.config import ConfigError\n")
+    assert cycles(imports(package)) == [["runner.config", "runner.config.schema", "runner.config"]]
+    (package / "config" / "errors.py").write_text("class ConfigError: pass\n")
+    (package / "config" / "__init__.py").write_text("from runner.config import schema\n"
+                                                     "from runner.config.errors import ConfigError\n")
+    (package / "config" / "schema.py").write_text("from runner.config.errors import ConfigError\n")
+    (package / "config" / "rules.py").write_text("from runner.config import errors, schema\n")
+    assert cycles(imports(package)) == []

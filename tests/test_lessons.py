@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from runner import lesson as lesson_cli
 from runner import lessons
+from runner.commands import lesson as lesson_cli
 from runner.config import ConfigError
 from runner.lessons.verdict import REPRODUCED, Result, Stat, accuracy_noise, all_of, greater, holds, less
 

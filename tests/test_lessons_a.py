@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from runner.lesson import run_lesson
+from runner.commands.lesson import run_lesson
 from runner.lessons import init as init_lessons
 from runner.lessons import optimization as opt_lessons
 

@@ -1,4 +1,4 @@
-"""Lessons of issue 13, part b (dropout, max-norm, early stopping, averaging, ensembles, search, transfer): fast tests
+"""Lessons, part b (dropout, max-norm, early stopping, averaging, ensembles, search, transfer): fast tests
 of each lesson's measuring function on constructed cases, and each lesson run at --size test with the verdict it
 computes asserted (slow where the lesson trains several networks)."""
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import compose_config
+from runner.commands.lesson import run_lesson
 from runner.engine.build import build_model
-from runner.lesson import run_lesson
 from runner.lessons import regularization as reg
 from runner.lessons import search
 from runner.nets.diagnostics import Probe

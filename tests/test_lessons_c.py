@@ -11,8 +11,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from runner.commands.lesson import run_lesson
 from runner.engine.objectives import Classify
-from runner.lesson import run_lesson
 from runner.lessons import batch
 
 

@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from runner.commands.lesson import run_lesson
 from runner.engine.objectives import Classify
-from runner.lesson import run_lesson
 from runner.lessons import claims
 from runner.lessons import init as init_lessons
 from runner.optimization import optimizers
@@ -135,10 +135,10 @@ def test_decayed_weights_are_the_conv_and_linear_weights_only():
 def test_weights_after_keeps_the_weights_of_the_asked_step():
     net = nn.Sequential(nn.Linear(2, 2))
     snapshot, kept = claims.WeightsAfter(3), []
-    for step in range(5):  # the loop calls after_step with run.step = the steps taken before this one
+    for step in range(5):  # the loop calls after_step with run.state.step = the steps taken before this one
         with torch.no_grad():
             net[0].weight.fill_(float(step + 1))  # the weights after step number step + 1
-        snapshot.after_step(SimpleNamespace(step=step, model=net), None, None, None)
+        snapshot.after_step(SimpleNamespace(state=SimpleNamespace(step=step), model=net), None, None, None)
         kept.append(snapshot.value)
     assert kept[:2] == [None, None] and torch.equal(snapshot.value, torch.full((4,), 3.0))
 

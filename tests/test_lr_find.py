@@ -4,7 +4,10 @@ test itself on a tiny run (a rising loss stops it; its files and the printed com
 
 import csv
 import json
+import logging
 import math
+import random
+import re
 import subprocess
 import sys
 
@@ -50,6 +53,43 @@ def test_suggestions_read_the_turning_point_and_the_steepest_descent():
     assert found["steepest_lr"] == pytest.approx(1e-2, rel=0.13)
     assert found["lr"] == pytest.approx(found["min_loss_lr"] / 10)
     assert found["onecycle_max_lr"] == pytest.approx(found["min_loss_lr"] / 3)
+
+
+def test_the_steepest_descent_ignores_the_noisy_start():
+    """On main a real test printed `steepest descent at lr 1.1e-06`: the slope of the moving average of its first
+    two noisy losses. fastai reads it past the first tenth of the steps, as runner does now."""
+    steps = 300
+    lrs = [lr_find.lr_at(i, steps, 1e-6, 10.0) for i in range(steps)]
+    rng = random.Random(0)
+    # flat at ln 10, falling fastest at lr 1e-2, lowest near 0.3, then diverging; each step's loss noisy
+    true = [2.3 - 0.8 * (1 + math.tanh(1.5 * (math.log10(lr) + 2))) + 3 * max(0.0, math.log10(lr) + 0.5) ** 2
+            for lr in lrs]
+    curve = lr_find.smoothed([t + rng.gauss(0, 0.15) for t in true], 0.95)
+    low = min(range(steps), key=curve.__getitem__)
+    lrs, curve = lrs[:low + 20], curve[:low + 20]  # the test stops once the loss has turned up
+    assert lr_find.suggest(lrs, curve, 10.0, 3.0)["steepest_lr"] < 2e-6  # read from the first steps: noise
+    found = lr_find.suggest(lrs, curve, 10.0, 3.0, lr_find.skipped_steps(steps))
+    assert 5e-3 < found["steepest_lr"] < 5e-2  # the descent (the moving average lags it a little)
+    assert found["min_loss_lr"] == pytest.approx(lrs[low])
+
+
+def test_no_steepest_descent_when_the_loss_is_lowest_within_the_skipped_start():
+    lrs = [10 ** (-3 + i / 10) for i in range(40)]
+    curve = [2.0 - 0.1 * i if i < 8 else 1.2 + (i - 8) for i in range(40)]
+    found = lr_find.suggest(lrs, curve, 10.0, 3.0, skip_start=10)
+    assert found["steepest_lr"] is None and found["min_loss_lr"] == pytest.approx(lrs[8])
+
+
+def test_the_test_shows_its_progress(caplog):
+    cfg = settings(steps=12, start_lr=1e-3, end_lr=1e-1)
+    cfg.trainer.progress, cfg.trainer.progress_every_s = "auto", 1e-9  # off a terminal: a line each time it is due
+    run_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "lr_find"])
+    validate(run_cfg)
+    with caplog.at_level(logging.INFO, logger="runner"):
+        rows = lr_find.run_test(run_cfg, cfg.lr_find)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lr range test  step ")]
+    assert len(lines) == len(rows) == 12
+    assert re.match(r"lr range test  step 12/12  lr 0\.1 smoothed loss \d\.\d{4}  elapsed \d\d:\d\d", lines[-1])
 
 
 def test_a_loss_that_rises_at_once_asks_for_a_lower_start():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from runner import pictures
+from runner.commands import pictures
 from runner.config import ConfigError
 
 CFG = pictures.defaults()

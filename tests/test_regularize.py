@@ -1,9 +1,11 @@
 """The loop's regularizers: gradient clipping against torch's, the sparsity measure, label smoothing's loss, early
 stopping (unit, and end to end: it stops, restores the best weights, and a re-run trains no further), each loop
-regularizer's component named in the regularizer table."""
+regularizer's component named in the regularizer table, and a new loop regularizer that is its option file and its
+component only."""
 
 import inspect
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from conftest import choices_of, compose_config
+from conftest import TINY, choices_of, compose_config, run_cli
 from runner.config import ConfigError, validate
 from runner.config.regularizers import LOOP, REGULARIZERS, in_loop
 from runner.data import checkpoint
@@ -162,3 +164,96 @@ def test_empty_regularization_list_is_a_valid_run_config():
     cfg = compose_config(["regularization=[]"])
     validate(cfg)
     assert OmegaConf.to_container(cfg.regularization) == {}
+
+
+# A regularizer that acts in the loop, added as a user would: its option file and its component (and this test),
+# nothing else of runner edited. Gradient noise (Neelakantan et al. 2015) stands for any such technique.
+NOISE_OPTION = """\
+# Gaussian noise of standard deviation std added to every gradient before the optimizer's step.
+gradient_noise:
+  _target_: runner.engine.gradient_noise.GradientNoise
+  std: 0.01
+"""
+NOISE_COMPONENT = '''\
+"""regularization=gradient_noise: Gaussian noise on every gradient between backward and the step."""
+
+import torch
+
+from runner.engine.hooks import Component
+
+
+class GradientNoise(Component):
+    name = "gradient_noise"
+    declares = {"gradient_noise": "the steps given noise and its std", "train/gradient_noise": "the noise's std"}
+
+    def __init__(self, std: float):
+        self.std, self.steps = std, 0
+
+    def after_backward(self, run) -> None:
+        for p in run.model.parameters():
+            if p.grad is not None:
+                p.grad.add_(torch.randn_like(p.grad), alpha=self.std)
+        self.steps += 1
+
+    def after_log(self, run, window) -> None:
+        run.tracker.scalar("train/gradient_noise", self.std, run.state.step)
+
+    def summary(self) -> dict:
+        return {"steps": self.steps, "std": self.std}
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+'''
+
+
+@pytest.fixture(scope="module")
+def runner_with_gradient_noise(tmp_path_factory):
+    """A copy of runner's sources and configs with the two files of regularization=gradient_noise added."""
+    import shutil
+
+    import runner
+    from runner.config import CONFIG_DIR
+
+    root = tmp_path_factory.mktemp("checkout")
+    shutil.copytree(Path(runner.__file__).parent, root / "src" / "runner", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(CONFIG_DIR, root / "configs")
+    (root / "configs" / "regularization" / "gradient_noise.yaml").write_text(NOISE_OPTION)
+    (root / "src" / "runner" / "engine" / "gradient_noise.py").write_text(NOISE_COMPONENT)
+    (root / "configs" / "regularization" / "idle.yaml").write_text("# A file without a component.\nidle:\n  p: 0.1\n")
+    return root
+
+
+def _noisy_cli(root: Path, args: list[str], check: bool = True, chosen: str = "[l2,gradient_noise]"):
+    return run_cli([*TINY, *FAST, "trainer.epochs=1", f"regularization={chosen}", *args], cwd=root,
+                   env={"PYTHONPATH": str(root / "src")}, check=check)
+
+
+@pytest.mark.slow  # a run of the copied checkout in a subprocess
+def test_a_loop_regularizer_is_its_option_file_and_its_component(runner_with_gradient_noise, tmp_path):
+    """The table takes the new file (its keys, its component), the loop calls its hook every step, its summary and
+    tag are recorded as it declares them (an undeclared tag would fail the run), its state goes into the checkpoint
+    and its keys into config.yaml."""
+    root = runner_with_gradient_noise
+    _noisy_cli(root, [f"hydra.run.dir={tmp_path}"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["gradient_noise"] == {"steps": metrics["steps"], "std": 0.01}
+    assert checkpoint.load(tmp_path / train.LAST)["components"]["gradient_noise"] == {"steps": metrics["steps"]}
+    recorded = OmegaConf.load(tmp_path / "config.yaml").regularization.gradient_noise
+    assert recorded == {"_target_": "runner.engine.gradient_noise.GradientNoise", "std": 0.01}
+
+
+def test_a_loop_regularizer_s_keys_are_checked_as_its_file_types_them(runner_with_gradient_noise):
+    """A misspelled key of the new regularizer, a value of the wrong type, and a regularizer whose file names no
+    component (it would act nowhere) are runner's one line, exit 2."""
+    root = runner_with_gradient_noise
+    proc = _noisy_cli(root, ["regularization.gradient_noise.stdd=0.1"], check=False)
+    assert proc.returncode == 2 and "did you mean regularization.gradient_noise.std?" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = _noisy_cli(root, ["regularization.gradient_noise.std=loud"], check=False)
+    assert proc.returncode == 2 and "regularization.gradient_noise.std='loud' is invalid: must be a number" in proc.stderr
+    proc = _noisy_cli(root, [], check=False, chosen="[l2,idle]")
+    assert proc.returncode == 2 and "regularization=idle acts nowhere" in proc.stderr

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from runner import report
+from runner.commands import report
 from runner.sweeps.study import METRICS, write_table
 
 
@@ -132,3 +132,63 @@ def test_table_columns_are_what_the_sweeper_writes(grid_sweep):
     with (grid_sweep / "trials.csv").open(newline="") as f:
         header = next(csv.reader(f))
     assert header == ["trial", "status", "rank", "optimizer", "seed", *METRICS, "job_dir", "message"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Equal trials drawn apart; a multi-objective sweep's Pareto front
+
+def test_trials_with_equal_values_are_drawn_side_by_side_not_one_on_another():
+    xs = report._dodge([0.1, 0.1, 0.1, 0.3], [0.5, 0.5, 0.6, 0.5])
+    assert xs[0] != xs[1] and xs[0] + xs[1] == pytest.approx(0.2)  # centred on their common x
+    assert xs[2:] == [0.1, 0.3]  # a point alone stays where it is
+    logged = report._dodge([1e3, 1e3], [0.5, 0.5], log=True)
+    assert logged[0] < 1e3 < logged[1] and logged[0] * logged[1] == pytest.approx(1e6)  # symmetric in log10
+
+
+def test_the_parameter_plot_shows_every_trial_of_a_repeated_configuration(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    trials = [("completed", {"optimizer": "sgd", "seed": s}, 0.5) for s in range(3)]  # three equal results
+    sweep = make_sweep(tmp_path / "s", trials, GRID)
+    drawn = []
+    real = matplotlib.axes.Axes.scatter
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter",
+                        lambda ax, x, y, *a, **k: drawn.append(list(zip(x, y, strict=True))) or real(ax, x, y, *a, **k))
+    rows, space, keys = report.load(sweep)
+    report.plot(sweep, rows, space, keys)
+    [points] = [d for d in drawn if len(d) == 3]
+    assert len(set(points)) == 3
+
+
+def make_multi_objective_sweep(path):
+    """A sweep of a study over best_val_acc (maximized) and model_params (minimized), as the sweeper leaves it."""
+    values = {0: (0.60, 9000), 1: (0.50, 3000), 2: (0.55, 9000), 3: (0.50, 3000), 4: (0.40, 2000)}
+    ranks = {0: 1, 1: 1, 2: 2, 3: 1, 4: 1}
+    trials = [("completed", {"model.widths": f"[{p // 1000}]"}, acc) for acc, p in values.values()]
+    make_sweep(path, trials, {})
+    with (path / "trials.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        acc, params = values[int(row["trial"])]
+        row.update(model_params=params, rank=ranks[int(row["trial"])], on_front=ranks[int(row["trial"])] == 1)
+    write_table(path / "trials.csv", rows, ["model.widths"], ["best_val_acc", "model_params"])
+    (path / "multirun.yaml").write_text("hydra:\n  sweeper:\n    metric: [best_val_acc, model_params]\n"
+                                        "    direction: [maximize, minimize]\n")
+    return path
+
+
+def test_a_multi_objective_report_lists_the_front_and_marks_its_trials(tmp_path, capsys):
+    sweep = make_multi_objective_sweep(tmp_path / "mo")
+    assert report.objectives(sweep) == [("best_val_acc", "maximize"), ("model_params", "minimize")]
+    report.main([str(sweep)])
+    out = capsys.readouterr().out
+    front = out.split("Pareto front (max best_val_acc, min model_params): 4 of 5 trials")[1].splitlines()
+    assert [line.split()[0] for line in front[3:7]] == ["0", "1", "3", "4"]  # by accuracy, best first
+    table = out.split("Trials, by non-domination rank")[1].splitlines()
+    marked = {line.split()[1] for line in table[3:8] if "*" in line.split()}
+    assert marked == {"0", "1", "3", "4"}
+    assert (sweep / "report" / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_objectives_of_a_sweep_without_multirun_yaml_are_the_default(tmp_path):
+    assert report.objectives(tmp_path) == [("best_val_acc", "maximize")]

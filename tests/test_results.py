@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import lessons, results
+from runner import lessons
+from runner.commands import results
 
 LESSON = "lesson/initial_loss"  # seconds at --size test on 2 CPU cores, and a figure
 PROVENANCE = ("part", "commit", "date", "machine", "command", "size", "wall_s")
@@ -56,7 +57,7 @@ def store(monkeypatch, into, part=LESSON, verdict="reproduced"):
 
 
 def test_the_listing_names_every_lesson_the_grid_and_each_bench_letter(tmp_path, capsys):
-    from runner import bench
+    from runner.commands import bench
 
     assert results.main(["--into", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -136,7 +137,7 @@ def git(repo, *args):
 def repo(tmp_path, monkeypatch):
     """A git checkout with runner's layout, as results.ROOT."""
     repo = tmp_path / "repo"
-    for name, text in [("src/runner/engine/train.py", "lr = 0.1\n"), ("src/runner/bench.py", "a = 1\n"),
+    for name, text in [("src/runner/engine/train.py", "lr = 0.1\n"), ("src/runner/commands/bench.py", "a = 1\n"),
                        ("configs/config.yaml", "seed: 0\n"), ("configs/lesson/initial_loss.yaml", "seeds: [0]\n"),
                        ("configs/lesson/l1_sparsity.yaml", "seeds: [0]\n"), ("README.md", "runner\n")]:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def test_a_part_is_stale_when_the_code_it_describes_changed_and_the_index_says_s
     into = tmp_path / "results"
     store(monkeypatch, into)
     assert results.status(LESSON, into)[0] == "present"
-    for unrelated in ("README.md", "configs/lesson/l1_sparsity.yaml", "src/runner/bench.py"):
+    for unrelated in ("README.md", "configs/lesson/l1_sparsity.yaml", "src/runner/commands/bench.py"):
         (repo / unrelated).write_text("changed\n")
     assert results.status(LESSON, into)[0] == "present"
     own = repo / "configs/lesson/initial_loss.yaml"

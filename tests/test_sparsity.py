@@ -115,7 +115,7 @@ def test_pruned_weights_stay_zero_through_optimizer_steps_and_the_masks_survive_
     model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
     pruning = Pruning(0.6, "global", "during", 0, 0, 2, "cubic", model=model, epochs=2, steps_per_epoch=5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    run = SimpleNamespace(step=0)
+    run = SimpleNamespace(state=SimpleNamespace(step=0))
     for _ in range(10):  # the ramp spans steps 0..10, masks renewed every 2 steps
         loss = model(torch.randn(8, 20)).square().mean()
         optimizer.zero_grad()
@@ -125,7 +125,7 @@ def test_pruned_weights_stay_zero_through_optimizer_steps_and_the_masks_survive_
             assert (w.grad[~pruning.masks[n]] == 0).all()  # no gradient reaches a pruned weight
         optimizer.step()
         pruning.after_step(run, None, None, None)
-        run.step += 1
+        run.state.step += 1
         zeros = sum((w == 0).sum().item() for w in pruning.weights.values())
         assert zeros >= round(pruning.target * 750)  # 20x30 + 30x5 weights; the mask holds after each step
     assert pruning.target == 0.6
@@ -182,7 +182,7 @@ def test_gradual_pruning_survives_a_kill_and_resumes_to_the_same_model(tmp_path,
     real = train.train_one_epoch
 
     def killed_in_epoch_2(run):
-        if run.epoch == 1:  # mid-ramp: the masks of epoch 1 must come back from the checkpoint
+        if run.state.epoch == 1:  # mid-ramp: the masks of epoch 1 must come back from the checkpoint
             raise KeyboardInterrupt
         return real(run)
 
@@ -202,7 +202,7 @@ def test_gradual_pruning_survives_a_kill_and_resumes_to_the_same_model(tmp_path,
 
 
 def test_the_report_plots_test_accuracy_against_the_sparsity_reached(tmp_path):
-    from runner import report
+    from runner.commands import report
 
     rows = []
     for trial, (reached, acc) in enumerate([(0.0, 0.80), (0.5, 0.79), (0.9, 0.70)]):

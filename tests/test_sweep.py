@@ -55,7 +55,10 @@ def test_search_space_grammar_gives_the_right_distributions():
     bs = space.params["trainer.batch_size"].distribution
     assert (type(bs).__name__, bs.low, bs.high) == ("IntDistribution", 32, 512)
     assert space.params["optimizer"].distribution.choices == ("sgd", "adam")
-    assert space.params["seed"].distribution.choices == (0, 1, 2)
+    # range(0,3): 0, 1, 2 as Hydra's grammar lists them (the stop excluded), a stepped integer distribution
+    seed = space.params["seed"].distribution
+    assert (type(seed).__name__, seed.low, seed.high, seed.step) == ("IntDistribution", 0, 2, 1)
+    assert space.params["seed"].values == [0, 1, 2]
     assert space.params["optimizer.lr"].override(0.00123) == "optimizer.lr=0.00123"
     assert space.params["seed"].override(2) == "seed=2"
 
@@ -315,6 +318,7 @@ def test_pruned_diverged_and_crashed_trials_are_recorded_and_the_sweep_goes_on(t
                     # a threshold no trial reaches: every trial that finishes an epoch is pruned after it
                     "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.1",
                     "hydra.sweeper.pruner.n_warmup_steps=0", f"hydra.sweeper.storage={storage}",
+                    "hydra.sweeper.max_failure_rate=1.0",  # go on past the failed trials (the default stops)
                     f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
     assert "4 trials: 0 completed, 1 pruned, 1 diverged, 2 failed" in proc.stdout + proc.stderr
     rows = read_table(sweep_dir)

@@ -198,7 +198,7 @@ def test_the_same_data_is_loaded_once_per_process_and_read_only(monkeypatch):
 
 
 def test_report_ranks_by_the_sweeps_rank_column(tmp_path):
-    from runner import report
+    from runner.commands import report
 
     columns = glue.table_columns(["optimizer.lr"], "final_val_loss")
     rows = [{"trial": 0, "status": "completed", "rank": 2, "optimizer.lr": 0.1, "final_val_loss": 0.9,
@@ -231,7 +231,7 @@ def _fake_cifar(root: Path, per_batch: int = 8) -> None:
 
 
 def test_the_reference_scripts_copy_puts_runners_training_images_where_the_script_takes_its_own(tmp_path):
-    from runner import bench
+    from runner.commands import bench
 
     _fake_cifar(tmp_path / "cifar")
     arrays = data.read_cifar10(tmp_path / "cifar")

@@ -1,4 +1,4 @@
-"""Issue 14, part B: fractional max-pooling (model.pool), Uout and the dropout placement, batch-norm re-estimation
+"""Techniques, part B: fractional max-pooling (model.pool), Uout and the dropout placement, batch-norm re-estimation
 after training (norm.reestimate_batches), the linear probe on an inner layer (transfer.layer), and the architecture
 search with its Pareto report."""
 
@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import choices_of, compose_config
-from runner import report
+from runner.commands import report
 from runner.config import CONFIG_DIR, ConfigError
 from runner.config.rules import pooled_sides
 from runner.engine.build import build_model, build_optimizer

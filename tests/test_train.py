@@ -1,18 +1,27 @@
 """The engine: it learns, it is deterministic, it resumes exactly after a kill, it stops cleanly on divergence."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import choices_of, compose_config, run_cli
-from runner.config import ConfigError
+from runner.config import ConfigError, validate
 from runner.data import checkpoint
-from runner.engine import train
+from runner.engine import records, train
+from test_golden import comparable, differences
+
+# A run killed after epoch 2 of 3 (averaging=ema, regularization=[l2,grad_clip,early_stopping], a CNN of widths
+# [4,8] on 200 synthetic training images), its checkpoint as runner wrote it before the run's position moved into
+# RunState (runner.engine.state), and the metrics of the same run uninterrupted, on the machine that wrote both.
+OLD_CHECKPOINT = Path(__file__).parent / "golden" / "resume"
 
 
 def _fit(tmp_path, overrides=()):
@@ -77,6 +86,24 @@ def test_resume_from_other_run_directory(tmp_path):
     assert metrics["epochs_completed"] == 2 and metrics["steps"] == 20
 
 
+def test_a_checkpoint_of_an_earlier_runner_resumes_to_the_uninterrupted_run(tmp_path):
+    """The checkpoint's layout (its top-level step, best, history, elapsed, resumes; the components' states) is read
+    as it was written: resumed now, the run ends where the uninterrupted one did, within the golden tolerance."""
+    saved = checkpoint.load(OLD_CHECKPOINT / "last.pt")
+    assert saved["format"] == 2 and saved["step"] == 8 and len(saved["history"]) == 2
+    cfg = OmegaConf.create(saved["config"])  # the run's own config, as it recorded it
+    validate(cfg)
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(OLD_CHECKPOINT / "last.pt", tmp_path / train.LAST)
+    metrics = train.fit(cfg, tmp_path, {})
+    assert metrics["status"] == "completed"
+    assert [(r["epoch"], r["step"]) for r in metrics["resumes"]] == [(2, 8)]
+    assert metrics["history"][:2] == saved["history"]  # the checkpoint's epochs, as they were
+    uninterrupted = json.loads((OLD_CHECKPOINT / "uninterrupted.json").read_text())
+    assert {"early_stopping", "test_acc_ema"} <= uninterrupted.keys()  # the components' states were read back
+    assert differences(uninterrupted, comparable(metrics)) == []
+
+
 def test_resume_path_without_checkpoint_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="trainer.resume"):
         _fit(tmp_path, [f"trainer.resume={tmp_path / 'nowhere'}"])
@@ -127,11 +154,7 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted_run(tmp_path):
 # One run state: what a checkpoint was made from, and continuing it
 
 def _scalars(run_dir, tag):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
+    return records.read_scalars(run_dir, tag)
 
 
 @pytest.mark.slow  # over 2 s on 2 idle cores: `make test-all` and CI run it
@@ -176,6 +199,7 @@ def test_tensorboard_holds_every_epochs_scalars_once_after_a_resume(tmp_path):
     assert [step for step, _ in _scalars(tmp_path, "val/acc")] == [10, 20]
     steps = [step for step, _ in _scalars(tmp_path, "lr/decay")]
     assert steps == list(range(1, 21))
+    assert [step for step, _ in _scalars(tmp_path, "train/loss")] == list(range(1, 21))  # train/ purges too
 
 
 def test_the_autoencoder_trains_on_the_same_loop_with_its_options(tmp_path):

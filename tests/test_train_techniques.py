@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import choices_of, compose_config
 from runner.data import checkpoint
-from runner.engine import train
+from runner.engine import records, train
 
 FAST = ["model.widths=[8,16]", "data.train_examples=700", "data.test_examples=100", "diagnostics.every_steps=0"]
 STATEFUL = [*FAST, "trainer.epochs=3", "averaging=ema", "averaging.decay=0.8", "schedule=plateau",
@@ -27,9 +27,13 @@ def test_techniques_show_up_in_tensorboard_and_metrics(tmp_path):
     metrics = _fit(tmp_path, STATEFUL)
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0}).Reload()
     scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
-    assert {"lr/decay", "lr/no_decay", "train/grad_norm", "weights/zero_fraction", "weights/near_zero_fraction", "val/acc_ema",
-            "val/loss_ema", "test/acc_ema", "test/ece"} <= scalars
-    assert {"schedule/lr_plan", "augmentation/original_then_augmented", "preprocess/original_then_input"} <= images
+    assert {"lr/decay", "lr/no_decay", "train/grad_norm", "weights/zero_fraction", "weights/near_zero_fraction",
+            "test/acc_ema", "test/ece"} <= scalars
+    # the weight average's validation is a run of its own beside train and validation, under the same tags
+    assert [step for step, _ in records.read_scalars(tmp_path, "val/acc_ema")] == [
+        step for step, _ in records.read_scalars(tmp_path, "val/acc")] != []
+    assert records.where("val/loss_ema") == ("validation_ema", "curves/loss")
+    assert {"schedule/lr_plan", "inputs/augmentation", "inputs/preprocess"} <= images
     assert len(events.Scalars("lr/decay")) == metrics["steps"]  # the lr of every step
     assert events.Scalars("weights/zero_fraction")[-1].value > 0  # L1's proximal step made exact zeros
     assert {"test_acc_ema", "test_ece", "early_stopping"} <= metrics.keys()
@@ -43,7 +47,7 @@ def test_resume_with_every_stateful_technique_equals_an_uninterrupted_run(tmp_pa
     real = train.train_one_epoch
 
     def killed_in_epoch_3(run):
-        if run.epoch == 2:  # interrupted before the third epoch's first step
+        if run.state.epoch == 2:  # interrupted before the third epoch's first step
             raise KeyboardInterrupt
         return real(run)
 

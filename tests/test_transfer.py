@@ -372,7 +372,7 @@ def test_cli_linear_probe_reports_and_logs_trainable_parameters(tmp_path, source
 # The 2x2 grid (runner.transfer_grid)
 
 def test_grid_plan_pretrains_once_then_every_setting_in_every_cell(tmp_path):
-    from runner.transfer_grid import plan
+    from runner.commands.transfer_grid import plan
 
     grid = OmegaConf.load(CONFIG_DIR / "transfer_grid.yaml")
     runs = plan(grid, tmp_path / "pretrain")
@@ -389,7 +389,7 @@ def test_grid_plan_pretrains_once_then_every_setting_in_every_cell(tmp_path):
 
 def test_grid_transfer_runs_never_reuse_the_pretraining_seed(tmp_path):
     """A transfer run with the pretraining run's seed would start from the pretraining run's initial head."""
-    from runner.transfer_grid import plan
+    from runner.commands.transfer_grid import plan
 
     grid = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "transfer_grid.yaml"), {"seed": 7})
     runs = plan(grid, tmp_path / "pretrain")

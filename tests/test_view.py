@@ -7,6 +7,7 @@ import logging
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -52,6 +53,83 @@ def test_the_bar_shows_the_epoch_figures_eta_and_phases(monkeypatch):
     assert "epoch 1/2 validating (500 images)" in text
 
 
+def _screen(text: str) -> list[str]:
+    """The lines a terminal shows for `text`: a carriage return goes back to the line's start, what follows
+    overwrites it."""
+    lines = []
+    for raw in text.split("\n"):
+        row: list[str] = []
+        for part in raw.split("\r"):
+            row[:len(part)] = part
+        if "".join(row).strip():
+            lines.append("".join(row).rstrip())
+    return lines
+
+
+def test_the_bar_is_cleared_when_the_run_ends(monkeypatch):
+    """On main the bar's last state, `testing (400 images) 100%|...| 4/4 steps`, stayed on the terminal below the
+    test results, as if a line of them."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    progress = tracking.Progress("bar", steps_per_epoch=4, epochs=1)
+    progress.start_epoch(0, 0)
+    progress.end_epoch(step=4, images=400, loss=1.0, acc=0.5)
+    progress.phase("testing (400 images)")
+    assert "testing (400 images)" in _screen(out.getvalue())[-1]  # shown while the test runs
+    progress.close()
+    assert not any("testing" in line or "steps" in line for line in _screen(out.getvalue()))
+
+
+def test_a_new_epoch_does_not_show_the_last_epochs_figures(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    progress = tracking.Progress("bar", steps_per_epoch=4, epochs=2)
+    progress.start_epoch(0, 0)
+    progress.end_epoch(step=4, images=400, loss=1.2345, acc=0.5)
+    assert "loss 1.2345" in _screen(out.getvalue())[-1]
+    progress.start_epoch(1, 4)
+    assert "epoch 2/2" in _screen(out.getvalue())[-1] and "loss" not in _screen(out.getvalue())[-1]
+    progress.close()
+
+
+def test_a_terminal_of_zero_columns_still_shows_the_bar(monkeypatch):
+    """Some containers and `script` report a terminal 0 columns wide; tqdm then drew nothing at all."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 0, 0, 0))  # rows, columns (0), pixels
+    stream = os.fdopen(slave, "w")
+    try:
+        assert os.get_terminal_size(stream.fileno()).columns == 0
+        monkeypatch.setattr(sys, "stderr", stream)
+        progress = tracking.Progress("bar", steps_per_epoch=4, epochs=1)
+        progress.start_epoch(0, 0)
+        progress.show(step=2, step_in_epoch=2, images=200, loss=1.0, acc=0.5)
+        stream.flush()
+        shown = _screen(os.read(master, 65536).decode())
+        progress.close()
+    finally:
+        stream.close()
+        os.close(master)
+    assert shown and "epoch 1/1" in shown[-1] and "2/4 steps" in shown[-1] and "loss 1.0000" in shown[-1]
+    assert len(shown[-1]) <= tracking.FALLBACK_COLUMNS
+
+
+def test_the_screenshot_script_names_the_package_it_lacks_in_one_line(tmp_path):
+    """docs/screenshots.py (make screenshots) needs the system's Chromium: without it, one line and exit 2, before
+    any run is trained."""
+    script = Path(__file__).resolve().parents[1] / "docs" / "screenshots.py"
+    proc = subprocess.run([sys.executable, str(script), "--chromium", str(tmp_path / "chrome"), "--out",
+                           str(tmp_path / "images")], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"error: no Chromium at {tmp_path / 'chrome'}") and "apt-get install chromium" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_run_off_a_terminal_prints_timed_lines_and_writes_the_layout_metrics_first_and_labelled_pictures(
         tmp_path, caplog):
     from tensorboard.plugins.hparams import metadata
@@ -80,8 +158,8 @@ def test_a_run_off_a_terminal_prints_timed_lines_and_writes_the_layout_metrics_f
     experiment = metadata.parse_experiment_plugin_data(
         events.PluginTagToContent("hparams")[metadata.EXPERIMENT_TAG])
     assert [m.name.tag for m in experiment.metric_infos][:2] == ["val/best_acc", "test/acc"]
-    assert {"augmentation/original_then_augmented", "preprocess/original_then_input"} <= set(events.Tags()["images"])
-    gallery = events.Images("augmentation/original_then_augmented")[0]
+    assert {"inputs/augmentation", "inputs/preprocess"} <= set(events.Tags()["images"])
+    gallery = events.Images("inputs/augmentation")[0]
     assert gallery.width > 600  # a figure with its row labels, not the bare 16-image grid (546 px)
 
 
@@ -94,22 +172,108 @@ def test_running_figures_are_the_sums_so_far():
     assert loss == pytest.approx((2.0 * 4 + 1.0 * 4) / 8) and acc == pytest.approx(4 / 8)
 
 
+def test_a_log_window_gives_every_steps_values_and_their_mean():
+    """Each step's loss, accuracy and throughput go to TensorBoard (a short run's charts are lines, not two dots
+    that TensorBoard's outlier clipping leaves off its scale); the hooks get the window's mean, weighted by images."""
+    sums = train._Sums(torch.device("cpu"))
+    for loss, correct, n in [(2.0, 1, 4), (1.0, 3, 4), (0.5, 2, 2)]:
+        sums.add(torch.tensor(loss), torch.tensor(correct), n)
+    window, steps = sums.read(type("World", (), {"size": 1})(), accuracy=True)
+    assert steps["train/loss"] == pytest.approx([2.0, 1.0, 0.5])
+    assert steps["train/acc"] == pytest.approx([1 / 4, 3 / 4, 2 / 2])
+    assert len(steps["perf/img_per_s"]) == 3 and all(v > 0 for v in steps["perf/img_per_s"])
+    assert window == pytest.approx({"loss": (2.0 * 4 + 1.0 * 4 + 0.5 * 2) / 10, "acc": 6 / 10})
+    assert sums.epoch(accuracy=True) == pytest.approx((window["loss"], window["acc"]))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # TensorBoard
 
 def test_every_custom_scalars_chart_matches_declared_tags():
-    written = ["train/loss", "val/loss", "val/loss_ema", "train/acc", "val/acc", "lr/decay", "perf/img_per_s",
-               "diag/act_std/features.0.act", "diag/dead_frac/features.0.act", "diag/grad_norm/head",
-               "diag/update_ratio/head", "diag/loss_batch_stats", "diag/loss_running_stats", "train/grad_norm"]
-    for tag in written:
+    declared = ["train/loss", "val/loss", "val/loss_ema", "train/acc", "val/acc", "lr/decay", "perf/img_per_s",
+                "diag/act_std/features.0.act", "diag/dead_frac/features.0.act", "diag/grad_norm/head",
+                "diag/update_ratio/head", "diag/loss_batch_stats", "diag/loss_running_stats", "train/grad_norm"]
+    for tag in declared:
         records.check_tag(tag)  # raises for an undeclared tag
+    written = {records.where(tag) for tag in declared}  # (run, tag) as TensorBoard shows them
     for category in tracking.LAYOUT.values():
         for title, (kind, patterns) in category.items():
             assert kind == "Multiline"
-            assert all(any(re.search(p, tag) for tag in written) for p in patterns), title
+            assert all(any(re.search(p, tag) for _, tag in written) for p in patterns), title
     curves = tracking.LAYOUT["learning curves"]
     loss = next(patterns for title, (_, patterns) in curves.items() if title.startswith("loss"))
-    assert any(re.search(p, "train/loss") for p in loss) and any(re.search(p, "val/loss") for p in loss)
+    # one chart, two runs: train and validation write the same tag into runs of their own
+    shown = {run for run, tag in written if any(re.search(p, tag) for p in loss)}
+    assert shown == {"train", "validation", "validation_ema"}
+
+
+def test_a_windows_steps_are_written_one_step_at_a_time_then_all_at_close(tmp_path):
+    """The values a log window read are written between the next training steps (while the device works), one
+    step's at a time; closing the tracker writes what is left."""
+    tracker = tracking.Tracker(tmp_path)
+    tracker.series({"train/loss": [3.0, 2.0, 1.0], "perf/img_per_s": [10.0, 20.0, 30.0]}, first_step=5)
+    tracker.drain()
+    tracker.runs["train"].flush()
+    assert records.read_scalars(tmp_path, "train/loss") == [(5, 3.0)]
+    tracker.close()
+    assert records.read_scalars(tmp_path, "train/loss") == [(5, 3.0), (6, 2.0), (7, 1.0)]
+    assert [step for step, _ in records.read_scalars(tmp_path, "perf/img_per_s")] == [5, 6, 7]
+    assert (tmp_path / "train").is_dir() and not (tmp_path / "validation").exists()  # a run only where written
+
+
+def test_the_diagnostics_category_is_folded_and_the_curves_open(tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    tracker = tracking.Tracker(tmp_path)
+    tracker.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    content = events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    layout = layout_pb2.Layout.FromString(content)
+    assert [(c.title, c.closed) for c in layout.category] == [
+        ("learning curves", False), ("diagnostics (diagnostics.every_steps)", True)]
+
+
+def tensorboard_order(a: str, b: str) -> int:
+    """TensorBoard's comparison of two tag names (compareTagNames of its web app, which orders the tag groups of Time
+    Series and Scalars): digits and '/' before any other character, runs of digits by their value."""
+    i = j = 0
+    while True:
+        if i == len(a):
+            return 0 if j == len(b) else -1
+        if j == len(b):
+            return 1
+        if a[i].isdigit() and b[j].isdigit():
+            ni, nj = i, j
+            while ni < len(a) and a[ni].isdigit():
+                ni += 1
+            while nj < len(b) and b[nj].isdigit():
+                nj += 1
+            if int(a[i:ni]) != int(b[j:nj]):
+                return -1 if int(a[i:ni]) < int(b[j:nj]) else 1
+            i, j = ni, nj
+            continue
+        early_a, early_b = a[i] == "/" or a[i].isdigit(), b[j] == "/" or b[j].isdigit()
+        if early_a != early_b:
+            return -1 if early_a else 1
+        if a[i] != b[j]:
+            return -1 if a[i] < b[j] else 1
+        i, j = i + 1, j + 1
+
+
+def test_tensorboard_order_is_its_web_apps():
+    assert tensorboard_order("curves", "diag") < 0 and tensorboard_order("lr", "curves") > 0
+    assert tensorboard_order("a2", "a10") < 0  # runs of digits by value
+    assert tensorboard_order("a/b", "a_b") < 0 and tensorboard_order("a1", "ab") < 0  # '/' and digits first
+    assert tensorboard_order("ab", "ab") == 0 and tensorboard_order("a", "ab") < 0
+
+
+def test_the_curves_group_sorts_before_every_other_tag_group():
+    """Time Series and Scalars order their tag groups (a tag's part before its first '/') by TensorBoard's
+    comparison and open the first ones: the curves must come first, whatever a run writes."""
+    groups = {records.where(tag)[1].split("/", 1)[0] for tag in records.TAGS}
+    assert "curves" in groups and "diag" in groups
+    assert all(tensorboard_order("curves", g) < 0 for g in groups - {"curves"}), sorted(groups)
 
 
 def test_overridden_keys_come_first_in_hparams(cfg):
@@ -174,7 +338,7 @@ def test_help_lists_each_option_with_its_description_and_the_plus_groups_without
 def test_report_colours_numbers_on_a_scale_and_names_on_a_legend():
     import matplotlib.pyplot as plt
 
-    from runner import report
+    from runner.commands import report
 
     rows = [{"lr": 1e-3, "opt": "sgd"}, {"lr": 1e-1, "opt": "adam"}, {"lr": 1e-2, "opt": "sgd"}]
     fig, ax = plt.subplots()

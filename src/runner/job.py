@@ -22,8 +22,9 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, read_write
 
 from runner.config import CONFIG_DIR, ConfigError, UserError, validate
+from runner.engine.distributed import close
 
-# The exit code of each final status, for scripts and schedulers (README, "When things go wrong"); 2 is a bad config.
+# The exit code of each final status, for scripts and schedulers (docs/troubleshooting.md); 2 is a bad config.
 EXIT_CODES = {"completed": 0, "pruned": 0, "failed": 1, "diverged": 3, "SIGINT": 130, "SIGTERM": 143}
 
 
@@ -37,6 +38,7 @@ def run_job(cfg) -> float | None:
     record = Record(cfg)
     try:
         validate(cfg)
+        # torch from here on: a refused config (and --cfg job) never loads it
         from runner.engine.components import SweepReport
         from runner.engine.train import fit  # torch is imported from here on
         from runner.sweeps.study import trial_context
@@ -50,8 +52,6 @@ def run_job(cfg) -> float | None:
                           sweep_trial=trial is not None, test=trial is None or trial.test, on_accept=record.keep)
         finally:
             if "WORLD_SIZE" in os.environ:  # a torchrun rank: leave the process group cleanly
-                from runner.engine.distributed import close
-
                 close()
     except UserError as err:
         if multirun:  # a trial's directory is the sweep's: it keeps the trial's record and log

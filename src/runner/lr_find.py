@@ -41,7 +41,6 @@ KEYS = {
     "suggest_divisor": number("[1, inf)"), "onecycle_divisor": number("[1, inf)"),
 }
 MIN_POINTS = 5  # fewer steps before the loss turns up give no curve to read
-LOG_EVERY = 50  # steps between progress lines
 
 
 def check(node: DictConfig) -> None:
@@ -74,22 +73,33 @@ def smoothed(losses: list[float], beta: float) -> list[float]:
     return out
 
 
-def suggest(lrs: list[float], curve: list[float], suggest_divisor: float, onecycle_divisor: float) -> dict:
+def suggest(lrs: list[float], curve: list[float], suggest_divisor: float, onecycle_divisor: float,
+            skip_start: int = 0) -> dict:
     """What the curve says: the lr of the lowest smoothed loss (where the loss turns up), the lr where it falls
     fastest per decade before that (the steepest descent), the suggested optimizer.lr (lowest / suggest_divisor) and
-    the peak lr for schedule=onecycle (lowest / onecycle_divisor)."""
+    the peak lr for schedule=onecycle (lowest / onecycle_divisor). The steepest descent is read as fastai and
+    torch-lr-finder read it: on the smoothed curve, past its first `skip_start` steps (the moving average of a
+    handful of noisy losses: its slope there is noise, and the lr barely moves) and before the lowest point (past
+    it the loss diverges); None when nothing is left between the two."""
     if len(curve) < MIN_POINTS:
         raise UserError(f"the loss rose within the first {len(curve)} steps of the test, leaving no curve to read: "
                         f"lower lr_find.start_lr (it is {lrs[0]:.3g}).")
     low = min(range(len(curve)), key=curve.__getitem__)
     logs = [math.log10(lr) for lr in lrs]
-    # the slope of the smoothed loss per decade of lr, central differences, up to the lowest point
+    # the slope of the smoothed loss per decade of lr, central differences, from skip_start up to the lowest point
     slopes = {i: (curve[i + 1] - curve[i - 1]) / (logs[i + 1] - logs[i - 1])
-              for i in range(1, min(low, len(curve) - 2) + 1)}
-    steepest = min(slopes, key=slopes.__getitem__) if slopes else 0
+              for i in range(max(1, skip_start), min(low, len(curve) - 2) + 1)}
+    steepest = min(slopes, key=slopes.__getitem__) if slopes else None
     return {"min_loss_lr": lrs[low], "min_loss": curve[low], "min_loss_step": low,
-            "steepest_lr": lrs[steepest], "steepest_slope_per_decade": slopes.get(steepest),
+            "steepest_lr": None if steepest is None else lrs[steepest],
+            "steepest_slope_per_decade": slopes.get(steepest),
             "lr": lrs[low] / suggest_divisor, "onecycle_max_lr": lrs[low] / onecycle_divisor}
+
+
+def skipped_steps(steps: int) -> int:
+    """The steps at the start of a test of `steps` steps that the steepest descent ignores: a tenth, as fastai's
+    lr_find (`num_it // 10`)."""
+    return steps // 10
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,6 +125,7 @@ def run_test(cfg: DictConfig, settings: DictConfig, choices: dict[str, str] | No
     batches, epoch, rows, best, avg = iter(()), 0, [], math.inf, 0.0
     beta = settings.smoothing
     model.train()
+    progress = _progress(cfg, settings.steps)
     for step in range(settings.steps):
         lr = lr_at(step, settings.steps, settings.start_lr, settings.end_lr)
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
@@ -139,8 +150,8 @@ def run_test(cfg: DictConfig, settings: DictConfig, choices: dict[str, str] | No
         avg = beta * avg + (1 - beta) * value
         smooth = avg / (1 - beta ** (step + 1))
         rows.append({"step": step, "lr": lr, "loss": value, "smoothed_loss": smooth})
-        if (step + 1) % LOG_EVERY == 0:
-            log.info("step %d/%d: lr %.3g, smoothed loss %.4f", step + 1, settings.steps, lr, smooth)
+        if progress.due():
+            progress.update(step + 1, step + 1, f"lr {lr:.3g} smoothed loss {smooth:.4f}")
         if not math.isfinite(smooth):
             log.info("step %d, lr %.3g: the loss became %s; stopping", step, lr, value)
             break
@@ -149,7 +160,19 @@ def run_test(cfg: DictConfig, settings: DictConfig, choices: dict[str, str] | No
                      smooth, settings.stop_factor, best)
             break
         best = min(best, smooth)
+    progress.close()
     return rows
+
+
+def _progress(cfg: DictConfig, steps: int):
+    """The test's progress as a run shows its epochs' (trainer.progress, trainer.progress_every_s): a bar over its
+    steps on a terminal, with the lr and the smoothed loss; a log line every progress_every_s seconds elsewhere."""
+    from runner.engine.tracking import Progress, progress_mode
+
+    mode = progress_mode(cfg.trainer.progress, cfg.trainer.progress_every_s, True, sys.stderr.isatty())
+    progress = Progress(mode, steps, 1, cfg.trainer.progress_every_s, name="lr range test")
+    progress.start_epoch(0, 0)
+    return progress
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,7 +193,8 @@ def plot(rows: list[dict], found: dict, path: Path, title: str) -> None:
     marks = [("min_loss_lr", "tab:red", "lowest smoothed loss"), ("steepest_lr", "tab:purple", "steepest descent"),
              ("onecycle_max_lr", "tab:orange", "suggested onecycle peak"), ("lr", "tab:green", "suggested lr")]
     for key, color, what in marks:
-        ax.axvline(found[key], color=color, ls="--", lw=1.5, label=f"{what}: {found[key]:.3g}")
+        if found[key] is not None:
+            ax.axvline(found[key], color=color, ls="--", lw=1.5, label=f"{what}: {found[key]:.3g}")
     ax.set_xscale("log")
     low = min(min(r["smoothed_loss"], r["loss"]) for r in rows)
     top = max(rows[0]["smoothed_loss"], low) * 1.3  # the tail past the turning point would squash the curve
@@ -203,8 +227,10 @@ def train_command(overrides: list[str], lr: float) -> str:
 def report(found: dict, rows: list[dict], settings: DictConfig, schedule: str, overrides: list[str]) -> str:
     lines = [
         f"lr range test: {len(rows)} of {settings.steps} steps, lr {settings.start_lr:.3g} -> {rows[-1]['lr']:.3g}",
-        f"lowest smoothed loss {found['min_loss']:.4f} at lr {found['min_loss_lr']:.3g}; steepest descent at lr "
-        f"{found['steepest_lr']:.3g}",
+        f"lowest smoothed loss {found['min_loss']:.4f} at lr {found['min_loss_lr']:.3g}; " + (
+            f"steepest descent at lr {found['steepest_lr']:.3g}" if found["steepest_lr"] is not None else
+            f"no steepest descent read (the loss was lowest within the first {skipped_steps(settings.steps)} "
+            "steps, which are left out as noise)"),
         f"suggested optimizer.lr={found['lr']:.3g} (lowest / {settings.suggest_divisor:g}); with schedule=onecycle, "
         f"its peak optimizer.lr={found['onecycle_max_lr']:.3g} (lowest / {settings.onecycle_divisor:g})",
     ]
@@ -223,7 +249,7 @@ def main_job(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict
     rows = run_test(run_cfg, settings, choices)
     finite = [r for r in rows if math.isfinite(r["smoothed_loss"])]
     found = suggest([r["lr"] for r in finite], [r["smoothed_loss"] for r in finite], settings.suggest_divisor,
-                    settings.onecycle_divisor)
+                    settings.onecycle_divisor, skipped_steps(settings.steps))
     title = f"lr range test: model={choices.get('model', '?')} optimizer={choices.get('optimizer', '?')}"
     if on_accept is not None:
         on_accept()

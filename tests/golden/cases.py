@@ -69,7 +69,7 @@ def _as_recorded(overrides: list[str]) -> list[str]:
     """The cases were recorded when the default optimizer was momentum at lr 0.05 (momentum and Nesterov both), the
     fast preset's TTA averaged probabilities over equal views and the autoencoder trained at optimizer.lr: a case
     that relies on those defaults gets them spelled out, so that the record still checks the same computation
-    (issue 16 changed the defaults, not the engine)."""
+    (the defaults changed since, not the engine)."""
     chosen = next((o.split("=", 1)[1] for o in overrides if o.startswith("optimizer=")), None)
     fast = "+experiment=fast" in overrides
     own_lr = any(o.startswith("optimizer.lr=") for o in overrides)

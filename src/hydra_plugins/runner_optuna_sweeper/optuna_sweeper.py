@@ -1,180 +1,116 @@
 """The sweeper: each multirun job is a trial of an Optuna study kept in the sweep directory (a journal file, or an
 RDB for workers on several machines). The study maximizes or minimizes a number of each trial's metrics.json
-(hydra.sweeper.metric, direction; by default it maximizes best_val_acc); the pruner, trials.csv's rank and the
-summary follow it.
+(hydra.sweeper.metric, direction; by default it maximizes best_val_acc), or several at once (both lists: a
+multi-objective study, whose result is a Pareto front); the pruner, trials.csv's rank and the summary follow it.
 
-The search space is written in Hydra's override grammar, in `hydra.sweeper.params` (configs/sweep/*.yaml) and on
-the command line (which wins for the same key):
-    a,b,c   choice(a,b,c)   range(0,3)     categorical: the axes of a grid (sampler=grid), else sampled
-    interval(lo,hi)   int(interval(lo,hi)) uniform float / integer
-    tag(log, interval(lo,hi))              log-uniform: the lecture's 10 ** uniform(-6, 1) is
-                                           tag(log, interval(1e-6, 10))
-Any other override (`trainer.epochs=3`) is given to every trial as it is.
+The search space is written in Hydra's override grammar (runner.sweeps.space), in `hydra.sweeper.params`
+(configs/sweep/*.yaml) and on the command line (which wins for the same key), and may be extended in Python by
+`hydra.sweeper.custom_search_space` (a function `(cfg, trial) -> None` using Optuna's define-by-run API). Any other
+override (`trainer.epochs=3`) is given to every trial as it is.
 
 A trial's job reports the metric's value every epoch and stops itself when the pruner says so
 (runner.sweeps.study.trial_context). With hydra.sweeper.test_trials=best the trials skip the test split, and once
-they have run the test_best best ones are tested once each from their last checkpoint (runner.sweeps.testing). Whatever the job does -- complete, get pruned, diverge, crash, exit on a config
-error -- is recorded in the study and in trials.csv, and the sweep goes on.
+they have run the test_best best ones (the Pareto front, for several objectives) are tested once each from their
+last checkpoint (runner.sweeps.testing). Whatever the job does -- complete, get pruned, diverge, crash, exit on a
+config error -- is recorded in the study and in trials.csv; the sweep stops once the failed trials of a batch exceed
+hydra.sweeper.max_failure_rate.
 
-Parallel workers (a joblib launcher, or several sweep processes on one study) never draw the same point: each trial
-is drawn by a sampler seeded from (seed, trial number). A killed sweep leaves no worker behind (each worker watches
-the sweep process), and running its command again records what its jobs finished and resumes the trials they left
-unfinished, each in its own job directory from its last checkpoint.
+The sampler is built and seeded once per sweep process (runner.sweeps.sampling): the process that draws trial 0
+draws what a plain Optuna study with the same sampler and seed draws; another process on the same study (a parallel
+worker, a rerun) gets its own stream, so that they never draw the same point. A killed sweep leaves no worker behind
+(each worker watches the sweep process), and running its command again records what its jobs finished and resumes
+the trials they left unfinished, each in its own job directory from its last checkpoint.
 """
 
-import itertools
 import json
 import logging
 import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
+
+from runner.sweeps.space import (
+    Param,
+    SearchSpace,
+    grid_points,
+    param_of,
+    parse_space,
+    range_notices,
+    short_keys,
+    trial_dirname,
+)
+
+__all__ = ["OptunaSweeper", "Param", "SearchSpace", "grid_points", "parse_space", "short_keys", "trial_dirname"]
 
 log = logging.getLogger(__name__)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# The search space
-
-@dataclass
-class Param:
-    name: str  # the override's key as written (`optimizer.lr`, `optimizer`, `+foo`)
-    distribution: object  # an optuna.distributions distribution
-    texts: dict | None = None  # categorical: choice -> its text in an override
-
-    def override(self, value) -> str:
-        text = self.texts[value] if self.texts is not None else repr(value) if isinstance(value, float) else str(value)
-        return f"{self.name}={text}"
-
-    def describe(self) -> dict:
-        """The range or choices, for runner.report (search_space.json)."""
-        d = self.distribution
-        if self.texts is not None:
-            return {"kind": "categorical", "choices": list(self.texts.values())}
-        return {"kind": type(d).__name__.removesuffix("Distribution").lower(), "low": d.low, "high": d.high,
-                "log": d.log}
-
-    def label(self, value) -> str:
-        """Short, for a directory name: 3 significant digits of a sampled float."""
-        if self.texts is not None:
-            return self.texts[value]
-        return f"{value:.3g}" if isinstance(value, float) else str(value)
+HYDRA_SUBDIR = "${hydra.job.num}"  # Hydra's own hydra.sweep.subdir: replaced by the trial's named directory
+RESULTS = "optimization_results.yaml"  # what Hydra's Optuna sweeper plugin writes: best params and value, or front
 
 
-@dataclass
-class SearchSpace:
-    fixed: list[str]  # overrides every trial gets
-    params: dict[str, Param]
+class SweepError(ValueError):
+    """A setting the sweep cannot run with: one line, exit 2."""
 
-    def corners(self):
-        """One value set per choice and per interval end (the others at their first choice or low end): enough
-        to catch a bad option name or an out-of-range bound before any trial runs."""
-        first = {name: _ends(p.distribution)[0] for name, p in self.params.items()}
-        yield first
-        for name, p in self.params.items():
-            for value in _ends(p.distribution)[1:]:
-                yield {**first, name: value}
-
-
-def _ends(distribution) -> list:
-    return list(distribution.choices) if hasattr(distribution, "choices") else [distribution.low, distribution.high]
-
-
-def _plain(value) -> bool:
-    return value is None or type(value) in (str, int, float, bool)
-
-
-def parse_space(lines: list[str], config_loader=None) -> SearchSpace:
-    """The search space of these override lines (later lines replace earlier ones with the same key)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    overrides = {}
-    for override in OverridesParser.create(config_loader=config_loader).parse_overrides(lines):
-        overrides[override.get_key_element()] = override
-    fixed, params = [], {}
-    for key, override in overrides.items():
-        if not override.is_sweep_override():
-            fixed.append(override.input_line)
-        elif override.is_interval_sweep():
-            sweep = override.value()
-            log_scale = "log" in sweep.tags
-            if not sweep.start < sweep.end or (log_scale and sweep.start <= 0):
-                need = "0 < lo < hi for a log scale" if log_scale else "lo < hi"
-                raise ValueError(f"{override.input_line}: the interval needs {need}. Fix the bounds of `{key}`.")
-            if isinstance(sweep.start, int) and isinstance(sweep.end, int):
-                distribution = IntDistribution(sweep.start, sweep.end, log=log_scale)
-            else:
-                distribution = FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
-            params[key] = Param(key, distribution)
-        else:
-            texts = list(override.sweep_string_iterator())
-            choices = [v if _plain(v) else t for v, t in zip(override.sweep_iterator(), texts, strict=True)]
-            params[key] = Param(key, CategoricalDistribution(choices), dict(zip(choices, texts, strict=True)))
-    return SearchSpace(fixed, params)
-
-
-def grid_points(space: SearchSpace) -> list[dict]:
-    """Every combination of the categorical choices, in the order written (the last key varies fastest)."""
-    names = list(space.params)
-    choices = [space.params[n].distribution.choices for n in names]
-    return [dict(zip(names, values, strict=True)) for values in itertools.product(*choices)]
-
-
-def short_keys(names: list[str]) -> dict[str, str]:
-    """Keys as a directory name shows them: the last two parts of a longer dotted key (`regularization.l2.value`
-    -> `l2.value`), unless two keys would then read the same."""
-    short = {n: ".".join(n.split(".")[-2:]) for n in names}
-    return short if len(set(short.values())) == len(short) else {n: n for n in names}
-
-
-def trial_dirname(number: int, labels: list[str], limit: int = 100) -> str:
-    """`007_optimizer=adam,optimizer.lr=0.00123`: the trial number, then what this trial sets. This is also the
-    run's name in TensorBoard, so it says what differs; characters a path or a shell would trip on become `-`."""
-    name = f"{number:03d}" + ("_" + ",".join(labels) if labels else "")
-    safe = "".join(c if c.isalnum() or c in "._=,+-[]" else "-" for c in name)
-    return safe[:limit]
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "\\'") + "'"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The sweeper
 
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler, pruner, params=None, n_trials=None, n_jobs=None, storage=None, study_name=None,
                  spread_gpus="auto", trial=None, metric="best_val_acc", direction="maximize", test_trials="best",
-                 test_best=3):
+                 test_best=3, max_failure_rate=0.0, custom_search_space=None, search_space=None):
         self.params = dict(params or {})
         self.n_trials, self.n_jobs, self.storage, self.study_name = n_trials, n_jobs, storage, study_name
         self.spread_gpus = spread_gpus
-        self.metric, self.direction, self.test_trials, self.test_best = metric, direction, test_trials, test_best
+        self.metric, self.direction = _plain(metric), _plain(direction)
+        self.test_trials, self.test_best = test_trials, test_best
+        self.max_failure_rate, self.custom_search_space = max_failure_rate, custom_search_space
+        self.search_space = search_space
         self.hydra_context = self.config = self.launcher = None
-        self._device_count = None
+        self._device_count = self._extend = None
+        self.extra: dict[str, Param] = {}  # parameters custom_search_space suggested
+
+    @property
+    def metrics(self) -> list[str]:
+        """The study's objectives: one metric, or several (a multi-objective study)."""
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
+        from runner.sweeps.study import names
+
+        return names(self.metric)
+
+    @property
+    def multi(self) -> bool:
+        return len(self.metrics) > 1
 
     def _check_settings(self) -> None:
         """The sweeper's own keys, each bad value one line (raised as ValueError, printed by `sweep`)."""
-        from runner.sweeps.study import check_settings, direction_warning
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
+        from runner.sweeps.study import check_settings, direction_warning, objectives
 
+        rate = self.max_failure_rate
         for key, value, ok in (("n_trials", self.n_trials, self.n_trials is None or _positive_int(self.n_trials)),
                                ("n_jobs", self.n_jobs, self.n_jobs is None or _positive_int(self.n_jobs)),
-                               ("spread_gpus", self.spread_gpus, self.spread_gpus in ("auto", True, False))):
+                               ("spread_gpus", self.spread_gpus, self.spread_gpus in ("auto", True, False)),
+                               ("max_failure_rate", rate, _number(rate) and 0 <= rate <= 1)):
             if not ok:
-                allowed = "auto, true or false" if key == "spread_gpus" else "null or a positive integer"
-                raise ValueError(f"hydra.sweeper.{key}={value!r} is invalid: {allowed}. "
+                allowed = {"spread_gpus": "auto, true or false", "max_failure_rate": "a share from 0.0 (stop at the "
+                           "first failed trial) to 1.0 (never stop)"}.get(key, "null or a positive integer")
+                raise SweepError(f"hydra.sweeper.{key}={value!r} is invalid: {allowed}. "
                                  f"Change it with `hydra.sweeper.{key}=<value>`.")
+        if self.search_space is not None:
+            raise SweepError("hydra.sweeper.search_space is the retired form of Hydra's Optuna sweeper plugin (type, "
+                             "low, high, log, step per key), which runner does not read: write each key in "
+                             "hydra.sweeper.params in the override grammar instead, e.g. `optimizer.lr: tag(log, "
+                             "interval(1e-4, 1))`, `seed: choice(0,1,2)`, `model.depth: range(2,6)`.")
         check_settings(self.metric, self.direction, self.test_trials, self.test_best)
-        warning = direction_warning(self.metric, self.direction)
-        if warning:
-            log.warning(warning)
+        for metric, direction in objectives(self.metric, self.direction):
+            warning = direction_warning(metric, direction)
+            if warning:
+                log.warning(warning)
+        if self.custom_search_space is not None:
+            self._extend = _function(self.custom_search_space)
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         from hydra.core.plugins import Plugins
@@ -190,21 +126,29 @@ class OptunaSweeper(Sweeper):
         return OmegaConf.to_container(self.config.hydra.sweeper[name], resolve=True)
 
     def _check(self, space: SearchSpace, grid: bool) -> None:
-        from runner.sweeps.study import epoch_key
-
-        pruner = str(self._node("pruner").get("_target_", ""))
-        if epoch_key(self.metric) is None and not pruner.endswith("NopPruner"):
-            raise ValueError(f"hydra.sweeper.metric={self.metric} has no value after each epoch for the pruner to "
-                             "compare: use `hydra/sweeper/pruner=none`, or a metric with one (best_val_acc, "
-                             "final_val_acc, final_val_loss, ...).")
+        self._check_objectives(space)
         if grid:
-            bad = [p.name for p in space.params.values() if not hasattr(p.distribution, "choices")]
+            bad = [p.name for p in space.params.values() if p.values is None]
             if bad:
-                raise ValueError(f"sampler=grid cannot grid the interval of {', '.join(bad)}: list values instead "
-                                 "(`a,b,c`) or sample it with `hydra/sweeper/sampler=random` (or tpe, gp).")
+                raise SweepError(f"sampler=grid cannot grid the interval of {', '.join(bad)}: list values instead "
+                                 "(`a,b,c`, `range(a,b)`) or sample it with `hydra/sweeper/sampler=random` (or tpe, "
+                                 "gp, qmc, ...).")
+            if self._extend is not None:
+                raise SweepError(f"hydra.sweeper.custom_search_space={self.custom_search_space} needs a sampler to "
+                                 "draw what it suggests; sampler=grid only runs listed values: choose one with "
+                                 "`hydra/sweeper/sampler=tpe` (or random, ...).")
         elif self.n_trials is None:
-            raise ValueError("hydra.sweeper.n_trials=null: a sampled search needs a number of trials. "
+            raise SweepError("hydra.sweeper.n_trials=null: a sampled search needs a number of trials. "
                              "Set it with `hydra.sweeper.n_trials=<n>`.")
+        if str(self._node("sampler").get("_target_", "")).endswith("BruteForceSampler"):
+            bad = [p.name for p in space.params.values() if p.values is None and getattr(p.distribution, "step", 1)
+                   is None]
+            if bad:
+                raise SweepError(f"sampler=bruteforce tries every value, and {', '.join(bad)} is a continuous "
+                                 "interval: give it a step (`range(0.1, 0.5, step=0.1)`) or choices, or use "
+                                 "`hydra/sweeper/sampler=random` (or tpe, gp, qmc, ...).")
+        self._subdir_template()
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
         from runner.config import validate
         from runner.config.command_line import composed
 
@@ -214,42 +158,82 @@ class OptunaSweeper(Sweeper):
         for values in space.corners():  # a key a corner's option lacks is runner's one line, as for a single run
             validate(composed(compose, [*space.fixed, *(space.params[k].override(v) for k, v in values.items())]))
 
+    def _check_objectives(self, space: SearchSpace) -> None:
+        """The pruner and the sampler against the study's objectives: Optuna prunes a single-objective study only,
+        CMA-ES optimizes one objective."""
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
+        from runner.sweeps.study import epoch_key
+
+        pruner = str(self._node("pruner").get("_target_", ""))
+        choices = self.config.hydra.runtime.get("choices", {})
+        if self.multi and not pruner.endswith("NopPruner"):
+            raise SweepError(f"hydra/sweeper/pruner={choices.get('hydra/sweeper/pruner', pruner)} cannot prune a "
+                             f"multi-objective study ({len(self.metrics)} metrics): Optuna compares one value per "
+                             "epoch. Use `hydra/sweeper/pruner=none`, or a single hydra.sweeper.metric.")
+        if not self.multi and epoch_key(self.metric) is None and not pruner.endswith("NopPruner"):
+            raise SweepError(f"hydra.sweeper.metric={self.metric} has no value after each epoch for the pruner to "
+                             "compare: use `hydra/sweeper/pruner=none`, or a metric with one (best_val_acc, "
+                             "final_val_acc, final_val_loss, ...).")
+        if self.multi and str(self._node("sampler").get("_target_", "")).endswith("CmaEsSampler"):
+            raise SweepError(f"hydra/sweeper/sampler=cmaes optimizes one objective, and hydra.sweeper.metric names "
+                             f"{len(self.metrics)}: use `hydra/sweeper/sampler=nsgaii` (or tpe, nsgaiii, random, "
+                             "qmc, gp).")
+        overlap = [k for k in space.params if k.lstrip("+~") in space.fixed_keys()]
+        if overlap:
+            raise SweepError(f"{', '.join(sorted(overlap))} is both fixed and searched: drop one of the two.")
+
+    def _subdir_template(self) -> str | None:
+        """The user's hydra.sweep.subdir (None: Hydra's default, replaced by the trial's named directory); refused
+        when it names the same directory for every trial."""
+        template = str(OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir"))
+        if template == HYDRA_SUBDIR:
+            return None
+        if "${" not in template:
+            raise SweepError(f"hydra.sweep.subdir={template} is the same directory for every trial: each trial "
+                             "needs its own, e.g. `hydra.sweep.subdir=${hydra.job.num}_${hydra.job.override_dirname}`"
+                             " (or leave it out: the trial's number and values).")
+        return template
+
     def _open_study(self, sweep_dir: Path, space: SearchSpace):
         import optuna
         from hydra.utils import instantiate
 
-        from runner.sweeps.study import JOURNAL, open_storage
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
+        from runner.sweeps.study import JOURNAL, directions_of, objectives, open_storage
 
         self.storage_spec = self.storage or str((sweep_dir / JOURNAL).resolve())
         name = self.study_name or sweep_dir.name
-        study = optuna.create_study(study_name=name, storage=open_storage(self.storage_spec), direction=self.direction,
-                                    pruner=instantiate(self._node("pruner")), load_if_exists=True)
-        objective = {"metric": self.metric, "direction": self.direction}
+        pairs = objectives(self.metric, self.direction)
+        study = optuna.create_study(study_name=name, storage=open_storage(self.storage_spec),
+                                    directions=[d for _, d in pairs], pruner=instantiate(self._node("pruner")),
+                                    load_if_exists=True)
         # A study started before the metric could be chosen maximized best_val_acc.
-        before = {"metric": study.user_attrs.get("metric", "best_val_acc"), "direction": study.direction.name.lower()}
-        if "signature" in study.user_attrs and before != objective:
-            raise ValueError(
-                f"the study '{name}' in {self.storage_spec} ranks its trials by {before['metric']} "
-                f"({before['direction']}), not {self.metric} ({self.direction}): run it with "
-                f"hydra.sweeper.metric={before['metric']} hydra.sweeper.direction={before['direction']}, or start a "
-                "new sweep with `hydra.sweep.dir=<new dir>`.")
+        before = list(zip(_list(study.user_attrs.get("metric", "best_val_acc")), directions_of(study), strict=False))
+        if "signature" in study.user_attrs and before != pairs:
+            raise SweepError(
+                f"the study '{name}' in {self.storage_spec} ranks its trials by {_pairs(before)}, not {_pairs(pairs)}:"
+                f" run it with hydra.sweeper.metric={_shown([m for m, _ in before])} hydra.sweeper.direction="
+                f"{_shown([d for _, d in before])}, or start a new sweep with `hydra.sweep.dir=<new dir>`.")
         study.set_user_attr("metric", self.metric)
         signature = {"fixed": sorted(space.fixed),
                      "params": {k: optuna.distributions.distribution_to_json(p.distribution)
                                 for k, p in space.params.items()}}
+        if self.custom_search_space is not None:
+            signature["custom_search_space"] = self.custom_search_space
         if "signature" not in study.user_attrs:
             study.set_user_attr("signature", signature)
             study.set_user_attr("param_keys", list(space.params))
         elif study.user_attrs["signature"] != signature:
-            raise ValueError(
+            raise SweepError(
                 f"the study '{name}' in {self.storage_spec} was started with other overrides or another search "
                 f"space ({study.user_attrs['signature']}). Run the same command to resume it, or start a new sweep "
                 "with `hydra.sweep.dir=<new dir>` (or `hydra.sweeper.study_name=<new name>`).")
         sampler = self._node("sampler")
         if not sampler.get("grid"):
-            from runner.sweeps.sampling import PerTrialSeed
+            # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
+            from runner.sweeps.sampling import StudySampler
 
-            study.sampler = PerTrialSeed(sampler)
+            study.sampler = StudySampler(sampler)
         return study
 
     def _recover(self, study, sweep_dir: Path, wait_s: float = 30) -> list:
@@ -260,6 +244,7 @@ class OptunaSweeper(Sweeper):
         for up to wait_s seconds, then left alone."""
         from optuna.trial import TrialState
 
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
         from runner.sweeps import study as glue
 
         stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -294,6 +279,7 @@ class OptunaSweeper(Sweeper):
         return os.cpu_count() or 1 if n == -1 else int(n)
 
     def _devices(self, n: int, space: SearchSpace) -> list[str | None]:
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
         from runner.sweeps.study import assign_devices
 
         submitit = "submitit" in str(self.config.hydra.launcher.get("_target_", ""))
@@ -310,8 +296,8 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]):
         import optuna
-        from optuna.trial import TrialState
 
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
         from runner.sweeps import study as glue
 
         # Optuna logs every trial at INFO; this sweeper logs each one with its status and job directory instead.
@@ -326,42 +312,63 @@ class OptunaSweeper(Sweeper):
             sweep_dir.mkdir(parents=True, exist_ok=True)
             study = self._open_study(sweep_dir, space)
         except ValueError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            _refuse(err)
+        if not grid:
+            for line in range_notices(space):
+                log.warning(line)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         (sweep_dir / glue.SPACE).write_text(json.dumps({k: p.describe() for k, p in space.params.items()}, indent=2))
-        distributions = {k: p.distribution for k, p in space.params.items()}
+        interrupted, stopped = self._search(study, space, grid, sweep_dir)
+        if self.test_trials == "best" and not interrupted and not stopped:
+            self._test_best(study, sweep_dir)
+        rows = self._write_table(study)
+        glue.write_experiment(sweep_dir, [sweep_dir / r["job_dir"] for r in rows
+                                          if r["job_dir"] and (sweep_dir / r["job_dir"]).is_dir()], self.metrics)
+        log.info("sweep %s: %s. Table: %s", sweep_dir, glue.summary(rows), sweep_dir / glue.TABLE)
+        self._log_best(study, space, sweep_dir)
+        log.info("compare the trials: python -m runner.report %s  |  tensorboard --logdir %s", sweep_dir, sweep_dir)
+        if stopped:
+            print(f"error: {stopped}", file=sys.stderr)
+            sys.exit(1)
+        if interrupted:
+            log.warning("interrupted: to go on, run the same command again with hydra.sweep.dir=%s", sweep_dir)
+            sys.exit(130)  # the shell's code for Ctrl-C
+        return rows
+
+    def _write_table(self, study) -> list[dict]:
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
+        from runner.sweeps import study as glue
+
+        keys = list(dict.fromkeys([*study.user_attrs["param_keys"], *self.extra]))
+        rows = glue.table_rows(study, keys, self.metric)
+        glue.write_table(Path(str(self.config.hydra.sweep.dir)) / glue.TABLE, rows, keys, self.metric)
+        return rows
+
+    def _search(self, study, space: SearchSpace, grid: bool, sweep_dir: Path) -> tuple[bool, str | None]:
+        """Run the trials the study lacks, batch by batch. Returns (interrupted by the user, why the sweep stopped
+        on failed trials, or None)."""
+        from optuna.trial import TrialState
+
         points = grid_points(space) if grid else []
         target = min(self.n_trials or len(points), len(points)) if grid else self.n_trials
-        table = sweep_dir / glue.TABLE
-        param_keys = study.user_attrs["param_keys"]
-
-        def key(params: dict) -> tuple:
-            return tuple(space.params[k].override(params[k]) for k in space.params)
-
-        def write_table() -> list[dict]:
-            rows = glue.table_rows(study, param_keys, self.metric)
-            glue.write_table(table, rows, param_keys, self.metric)
-            return rows
-
+        for trial in study.get_trials(deepcopy=False):  # what custom_search_space suggested on earlier runs
+            for name in trial.params.keys() - space.params.keys() - self.extra.keys():
+                self.extra[name] = param_of(name, trial.distributions[name])
         unfinished = self._recover(study, sweep_dir)  # before counting: it records what ended jobs finished
         done_states = (TrialState.COMPLETE, TrialState.PRUNED)
         already = sum(t.state in done_states for t in study.get_trials(deepcopy=False))
         if already:
-            log.info("resuming study '%s': %d of %d trials already done", study.study_name, already, target)
-        budget, launched, batch_size, interrupted = max(0, target - already), 0, self._batch_size(), False
+            self._notice_total(study, already, target, grid)
+        budget, launched, batch_size, interrupted, stopped = max(0, target - already), 0, self._batch_size(), False, None
         attempted = set()  # grid points launched by this process: a failed one is retried by the next run only
-        while launched < budget and not interrupted:
+        while launched < budget and not interrupted and not stopped:
             # The trials an ended sweep process left unfinished first (in their own job directories), then new ones.
             k = min(batch_size, budget - launched)
             batch, unfinished = unfinished[:k], unfinished[k:]
-            trials = study.get_trials(deepcopy=False)
-            taken = [t for t in trials if t.state in done_states or t.state == TrialState.RUNNING]
+            taken = study.get_trials(deepcopy=False, states=(*done_states, TrialState.RUNNING))
             if grid:
-                taken_keys = {key(t.params) for t in taken if t.params.keys() == space.params.keys()} | attempted
-                todo = [p for p in points if key(p) not in taken_keys][:target - len(taken)]
+                taken_keys = {self._key(space, t.params) for t in taken if t.params.keys() == space.params.keys()}
+                todo = [p for p in points if self._key(space, p) not in taken_keys | attempted][:target - len(taken)]
                 room = len(todo)
             else:
                 room = target - len(taken)
@@ -371,90 +378,159 @@ class OptunaSweeper(Sweeper):
             for i in range(max(n, 0)):
                 if grid:
                     study.enqueue_trial(todo[i])
-                    attempted.add(key(todo[i]))
-                batch.append(study.ask(distributions))
+                    attempted.add(self._key(space, todo[i]))
+                batch.append(self._ask(study, space))
             for trial in batch:
                 study._storage.set_trial_user_attr(trial._trial_id, "worker", f"{socket.gethostname()}:{os.getpid()}")
-            interrupted = self._run_batch(study, batch, space, sweep_dir)
+            interrupted, failed = self._run_batch(study, batch, space, sweep_dir)
             launched += len(batch)
-            write_table()
+            stopped = self._too_many_failures(failed, len(batch))
+            self._write_table(study)
+            if getattr(study.sampler, "exhausted", False) and launched < budget:
+                log.info("every point of the search space has run (%d trials): the sweep ends before "
+                         "hydra.sweeper.n_trials=%d", len(study.trials), target)
+                break
+        return interrupted, stopped
 
-        if self.test_trials == "best" and not interrupted:
-            self._test_best(study, sweep_dir)
-        rows = write_table()
-        glue.write_experiment(sweep_dir, [sweep_dir / r["job_dir"] for r in rows
-                                          if r["job_dir"] and (sweep_dir / r["job_dir"]).is_dir()])
-        log.info("sweep %s: %s. Table: %s", sweep_dir, glue.summary(rows), table)
+    @staticmethod
+    def _key(space: SearchSpace, params: dict) -> tuple:
+        return tuple(space.params[k].override(params[k]) for k in space.params)
+
+    def _notice_total(self, study, already: int, target: int, grid: bool) -> None:
+        """n_trials is the study's total (Hydra's Optuna sweeper plugin runs n_trials more on every run): say so in
+        one line when a rerun finds trials done."""
+        if grid and self.n_trials is None:
+            log.info("resuming study '%s': %d of the grid's %d points already done", study.study_name, already,
+                     target)
+        elif already >= target:
+            log.warning("study '%s' has %d of hydra.sweeper.n_trials=%d trials done: n_trials is the study's total, "
+                        "not a number to add (Hydra's Optuna sweeper plugin would run %d more), so nothing is run; "
+                        "to run more, raise it, e.g. hydra.sweeper.n_trials=%d", study.study_name, already, target,
+                        target, already + target)
+        else:
+            log.info("resuming study '%s': %d of %d trials already done (hydra.sweeper.n_trials is the study's "
+                     "total: %d more to run)", study.study_name, already, target, target - already)
+
+    def _ask(self, study, space: SearchSpace):
+        """A new trial (an enqueued grid point, or drawn by the sampler), with what custom_search_space adds."""
+        trial = study.ask({k: p.distribution for k, p in space.params.items()})
+        if self._extend is None:
+            return trial
+        from optuna.trial import TrialState
+
+        try:
+            self._extend(self.config, trial)
+        except Exception as err:  # the user's function: its error is theirs to fix, before any trial runs more
+            study.tell(trial, state=TrialState.FAIL)
+            _refuse(SweepError(f"hydra.sweeper.custom_search_space={self.custom_search_space} raised "
+                               f"{type(err).__name__}: {' '.join(str(err).split())} (trial {trial.number})"))
+        clash = sorted(k for k in set(trial.params) - set(space.params) if k.lstrip("+~") in space.fixed_keys())
+        if clash:
+            study.tell(trial, state=TrialState.FAIL)
+            _refuse(SweepError(f"hydra.sweeper.custom_search_space={self.custom_search_space} suggests "
+                               f"{', '.join(clash)}, which an override fixes: drop the override, or the suggestion."))
+        for name in trial.params.keys() - space.params.keys() - self.extra.keys():
+            self.extra[name] = param_of(name, trial.distributions[name])
+        return trial
+
+    def _too_many_failures(self, failed: list[str], n: int) -> str | None:
+        """Why the sweep stops, when the failed trials of the last batch (of n) exceed max_failure_rate; None
+        otherwise. Pruned and diverged trials are results, not failures."""
+        if not failed or len(failed) / n <= self.max_failure_rate:
+            return None
+        return (f"{len(failed)} of the {n} trial(s) of the last batch failed ({failed[0]}), more than "
+                f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows: the sweep stops (trials.csv has "
+                "each message). Fix the cause and run the same command again, or let the sweep go on past failed "
+                "trials with `hydra.sweeper.max_failure_rate=1.0` (or a share such as 0.25).")
+
+    def _log_best(self, study, space: SearchSpace, sweep_dir: Path) -> None:
+        """The best trial (the Pareto front, for several objectives) in the log and in optimization_results.yaml."""
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
+        from runner.sweeps import study as glue
+
         best = glue.best_trials(study, 1)
-        if best:
-            best = best[0]
-            log.info("best: trial %d, %s %.4f (%s) in %s", best.number, self.metric, best.value,
-                     " ".join(space.params[k].override(v) for k, v in best.params.items() if k in space.params),
-                     sweep_dir / best.user_attrs.get("job_dir", ""))
-        log.info("compare the trials: python -m runner.report %s  |  tensorboard --logdir %s", sweep_dir, sweep_dir)
-        if interrupted:
-            log.warning("interrupted: to go on, run the same command again with hydra.sweep.dir=%s", sweep_dir)
-            sys.exit(130)  # the shell's code for Ctrl-C
-        return rows
+        if not best:
+            return
+
+        def params(trial) -> dict:
+            found = {**space.params, **self.extra}
+            return {k: found[k].clean(v) for k, v in trial.params.items() if k in found}
+
+        def shown(trial) -> str:
+            return " ".join(f"{k}={v}" for k, v in trial.user_attrs.get("values", {}).items())
+
+        if self.multi:
+            front = [{"params": params(t), "values": list(t.values), "trial": t.number} for t in best]
+            results = {"name": "optuna", "metrics": self.metrics, "solutions": front}
+            log.info("Pareto front of %s: %d trial(s)", ", ".join(self.metrics), len(best))
+            for t in best:
+                values = ", ".join(f"{m} {_shown_value(v)}" for m, v in zip(self.metrics, t.values, strict=True))
+                log.info("  trial %d: %s (%s) in %s", t.number, values, shown(t),
+                         sweep_dir / t.user_attrs.get("job_dir", ""))
+        else:
+            t = best[0]
+            results = {"name": "optuna", "metric": self.metric, "best_params": params(t), "best_value": t.value,
+                       "best_trial": t.number}
+            log.info("best: trial %d, %s %.4f (%s) in %s", t.number, self.metric, t.value, shown(t),
+                     sweep_dir / t.user_attrs.get("job_dir", ""))
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS)
 
     def _test_best(self, study, sweep_dir: Path) -> None:
-        """Test the test_best best completed trials that left their test pass to the sweep, once each (a trial
-        tested by an earlier run of the sweep is not tested again; one that another sweep process on this study is
-        testing is waited for, and its scores taken); record the scores in the study (trials.csv)."""
+        """Test the test_best best completed trials (every trial of the Pareto front, for several objectives) that
+        left their test pass to the sweep, once each (runner.sweeps.testing.test_trials)."""
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
         from runner.sweeps import study as glue
 
         chosen = [t for t in glue.best_trials(study, self.test_best)
                   if (sweep_dir / t.user_attrs.get("job_dir", "-")).is_dir()]
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
         from runner.sweeps import testing  # torch is imported from here on
 
-        todo = [t for t in chosen if testing.needs_test(sweep_dir / t.user_attrs["job_dir"])]
-        if todo:
-            log.info("testing the %d best trial(s) by %s once, from their last checkpoint: %s", len(todo),
-                     self.metric, ", ".join(str(t.number) for t in todo))
-        for trial in todo:
-            job_dir = sweep_dir / trial.user_attrs["job_dir"]
+        which = "trial(s) of the Pareto front" if self.multi else f"best trial(s) by {self.metric}"
+        testing.run_test_pass(study, sweep_dir, chosen, which)
 
-            def waiting(number=trial.number, job_dir=job_dir) -> None:
-                log.info("trial %d: another process (pid %s) holds its run directory, most likely another sweep "
-                         "process testing it: waiting for it to let go (up to %d s)", number, testing.holder(job_dir),
-                         testing.BUSY_WAIT_S)
+    def _subdir(self, study, trial, overrides: list[str], labels: list[str]) -> str:
+        """The trial's job directory, relative to the sweep directory: the user's hydra.sweep.subdir resolved for
+        this trial (hydra.job.num is the trial's number), else its number and values (trial_dirname). A directory
+        another trial of the study already has gets the trial's number appended."""
+        template = self._subdir_template()
+        if template is None:
+            return trial_dirname(trial.number, labels)
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(cfg):
+            cfg.hydra.job.num, cfg.hydra.job.id = trial.number, str(trial.number)
+        subdir = str(cfg.hydra.sweep.subdir)
+        taken = {t.user_attrs.get("job_dir") for t in study.get_trials(deepcopy=False) if t.number != trial.number}
+        if subdir in taken:
+            log.warning("hydra.sweep.subdir=%s gives trial %d the directory of an earlier trial, %s: it runs in "
+                        "%s-%d instead", template, trial.number, subdir, subdir, trial.number)
+            subdir = f"{subdir}-{trial.number}"
+        return subdir
 
-            try:
-                metrics, here = testing.test_when_free(job_dir, waiting)
-            except testing.RunDirBusy:
-                log.warning("trial %d: not tested by this process: another process (pid %s) still holds its run "
-                            "directory %s after %d s; run the sweep's command again to test it once it has let go",
-                            trial.number, testing.holder(job_dir), job_dir, testing.BUSY_WAIT_S)
-                continue
-            except Exception as err:  # one trial's test failing (a damaged checkpoint) leaves the others
-                log.error("trial %d: its test pass failed: %s: %s", trial.number, type(err).__name__, err)
-                continue
-            glue.record_test(study, trial.number, metrics)
-            log.info("trial %d tested%s: test_acc %s  [%s]", trial.number, "" if here else " by another process",
-                     metrics.get("test_acc"), job_dir.name)
-
-    def _run_batch(self, study, batch: list, space: SearchSpace, sweep_dir: Path) -> bool:
-        """Run these trials (new, or resumed in their job directory) and record each one's outcome. True when the
-        user interrupted them: the sweep stops, and its next run resumes them."""
+    def _run_batch(self, study, batch: list, space: SearchSpace, sweep_dir: Path) -> tuple[bool, list[str]]:
+        """Run these trials (new, or resumed in their job directory) and record each one's outcome. Returns (whether
+        the user interrupted them: the sweep stops, and its next run resumes them; 'trial N: message' of each
+        trial that failed)."""
+        # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
         from runner.sweeps import study as glue
 
-        jobs, dirs, names = [], [], short_keys(list(space.params))
+        jobs, dirs, found = [], [], {**space.params, **self.extra}
+        names = short_keys(list(found))
         for trial, device in zip(batch, self._devices(len(batch), space), strict=True):
-            params = {k: trial.params[k] for k in space.params}
-            subdir = trial_dirname(trial.number, [f"{names[k]}={space.params[k].label(v)}" for k, v in params.items()])
+            params = {k: trial.params[k] for k in found if k in trial.params}
+            # The same overrides for a resumed trial: its checkpoint is refused under another config.
+            job = [*space.fixed, *(found[k].override(v) for k, v in params.items())]
+            job += [f"device={device}"] if device else []
+            subdir = trial.user_attrs.get("job_dir") or self._subdir(
+                study, trial, job, [f"{names[k]}={found[k].label(v)}" for k, v in params.items()])
             # The trial's storage id (Optuna keeps it private) lets the job report to this very trial; the sweep
             # process's id lets a worker process end with it.
             spec = {"storage": self.storage_spec, "study": study.study_name, "trial_id": trial._trial_id,
-                    "pruner": self._node("pruner"), "sweeper_pid": os.getpid(), "metric": self.metric,
-                    "test": self.test_trials == "all"}
-            # The same overrides for a resumed trial: its checkpoint is refused under another config.
-            job = [*space.fixed, *(space.params[k].override(v) for k, v in params.items())]
-            job += [f"device={device}"] if device else []
-            job += [f"hydra.sweep.subdir={_quote(subdir)}",
-                    f"hydra.sweeper.trial={_quote(json.dumps(spec))}"]
-            jobs.append(job)
+                    "pruner": self._node("pruner"), "sweeper_pid": os.getpid(),
+                    "metric": None if self.multi else self.metric, "test": self.test_trials == "all"}
+            jobs.append([*job, f"hydra.sweep.subdir={_quote(subdir)}", f"hydra.sweeper.trial={_quote(json.dumps(spec))}"])
             dirs.append(sweep_dir / subdir)
-            values = {k: space.params[k].override(v).partition("=")[2] for k, v in params.items()}
+            values = {k: found[k].text(v) for k, v in params.items()}
             for name, value in (("job_dir", subdir), ("values", values), ("status", None), ("message", None)):
                 study._storage.set_trial_user_attr(trial._trial_id, name, value)
         error, returns, interrupted = None, [None] * len(batch), False
@@ -465,6 +541,7 @@ class OptunaSweeper(Sweeper):
         except Exception as err:  # the launcher itself failed (a worker process killed, a cluster error)
             error = f"the launcher failed: {type(err).__name__}: {err}"
             log.error(error)
+        failed = []
         for trial, job_dir, ret in zip(batch, dirs, returns, strict=True):
             job_error = error
             if ret is not None and ret.status == JobStatus.FAILED:
@@ -472,14 +549,19 @@ class OptunaSweeper(Sweeper):
             outcome = glue.read_outcome(job_dir, job_error, interrupted, self.metric)
             interrupted |= outcome["status"] == "interrupted"
             _tell(study, trial, outcome, job_dir.name, self.metric)
-        return interrupted
+            if outcome["status"] == "failed":
+                failed.append(f"trial {trial.number}: {outcome['message']}")
+        return interrupted, failed
 
 
-def _tell(study, trial, outcome: dict, job_dir: str, metric: str = "best_val_acc", note: str = "") -> None:
+def _tell(study, trial, outcome: dict, job_dir: str, metric="best_val_acc", note: str = "") -> None:
     """Record a trial's outcome (runner.sweeps.study.read_outcome) in the study: a completed trial's value is its
-    metrics.json's `metric`. An interrupted trial stays running there: the next run of the sweep, finding its sweep
-    process ended, resumes it."""
+    metrics.json's `metric` (a list of them for several). An interrupted trial stays running there: the next run of
+    the sweep, finding its sweep process ended, resumes it."""
     from optuna.trial import TrialState
+
+    # here, not at the top: Hydra imports every plugin when any command starts (optuna: a sweep only)
+    from runner.sweeps.study import names
 
     for name, value in outcome.items():
         if value is not None and name != "value":
@@ -487,7 +569,8 @@ def _tell(study, trial, outcome: dict, job_dir: str, metric: str = "best_val_acc
     status = outcome["status"]
     if status == "completed" and outcome["value"] is None:
         status = outcome["status"] = "failed"
-        outcome["message"] = f"its metrics.json has no number {metric} (hydra.sweeper.metric) to rank it by"
+        outcome["message"] = (f"its metrics.json has no number {', '.join(names(metric))} (hydra.sweeper.metric) to "
+                              "rank it by")
         study._storage.set_trial_user_attr(trial._trial_id, "status", status)
         study._storage.set_trial_user_attr(trial._trial_id, "message", outcome["message"])
     if status == "completed":
@@ -498,11 +581,69 @@ def _tell(study, trial, outcome: dict, job_dir: str, metric: str = "best_val_acc
         study.tell(trial.number, state=TrialState.PRUNED)
     elif status != "interrupted":
         study.tell(trial.number, state=TrialState.FAIL)
-    detail = (f"{metric} {outcome['value']:.4f}" if status == "completed" else
-              f"best_val_acc {outcome['best_val_acc']:.4f}" if outcome["best_val_acc"] is not None
-              else outcome["message"] or "")
+    if status == "completed":
+        values = outcome["value"] if isinstance(outcome["value"], list) else [outcome["value"]]
+        detail = ", ".join(f"{m} {_shown_value(v)}" for m, v in zip(names(metric), values, strict=True))
+    else:
+        detail = (f"best_val_acc {outcome['best_val_acc']:.4f}" if outcome["best_val_acc"] is not None
+                  else outcome["message"] or "")
     (log.warning if status in ("failed", "interrupted") else log.info)("trial %d %s: %s  [%s]%s", trial.number,
                                                                        status, detail, job_dir, note and " " + note)
+
+
+def _refuse(err: Exception):
+    """A setting the sweep cannot run with: one line on stderr, exit 2 (HYDRA_FULL_ERROR=1: the traceback)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _function(path):
+    """custom_search_space's function, imported from its dotted path; one line when it cannot be."""
+    from hydra.utils import get_method
+
+    if not isinstance(path, str) or "." not in path:
+        raise SweepError(f"hydra.sweeper.custom_search_space={path!r} is not a dotted path to a function "
+                         "`(cfg, trial) -> None`: write `mypackage.module.function`.")
+    try:
+        return get_method(path)
+    except Exception as err:
+        cause = " ".join(str(err.__cause__ or err).split())[:300]
+        raise SweepError(f"hydra.sweeper.custom_search_space={path} cannot be imported ({cause}): give the dotted "
+                         "path of a function `(cfg, trial) -> None` in an importable module.") from None
+
+
+def _plain(value):
+    """A list of the config (ListConfig) as a list; anything else as it is."""
+    return OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+
+
+def _list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _shown(values: list) -> str:
+    return values[0] if len(values) == 1 else f"[{','.join(values)}]"
+
+
+def _pairs(pairs: list) -> str:
+    return ", ".join(f"{m} ({d})" for m, d in pairs)
+
+
+def _shown_value(value) -> str:
+    """A metric's value in a log line: a count with thousands separators (model_params 17,082), else 4 digits."""
+    if float(value).is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _positive_int(value) -> bool:

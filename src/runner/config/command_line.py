@@ -181,4 +181,5 @@ def _absent(cfg: DictConfig, key: str) -> str | None:
                 return f"{key}: {where} is a value, not a group of keys; set it with `{where}=<value>`."
             break
         node, path = child, [*path, part]
-    return option_keys.unknown(".".join([*path, parts[len(path)]]), "".join(f"{p}." for p in path), list(node))
+    keys = [k for k in node if not str(k).startswith("_")]  # Hydra's _target_ is no key a user sets
+    return option_keys.unknown(".".join([*path, parts[len(path)]]), "".join(f"{p}." for p in path), keys)

@@ -7,10 +7,12 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from runner.config import CONFIG_DIR
+# Where the option files live: configs/<group>/<option>.yaml (the folder of a group is its registry).
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 
 
 class _Absent:
@@ -27,6 +29,9 @@ OPTIONAL, REQUIRED = _Absent("OPTIONAL"), _Absent("REQUIRED")
 
 # The validation metrics a technique can watch (schedule=plateau, regularization=early_stopping).
 VAL_METRICS = {"val_acc": "higher is better", "val_loss": "lower is better"}
+
+# The borders a padded image can have (augmentation.pad_mode, evaluation.tta_pad_mode; augment.pad draws them).
+PAD_MODES = {"zeros": "a black border", "reflect": "the image mirrored at its edge"}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ wins; the lr auto chose is written into the run's config.yaml and logged at star
 
 from omegaconf import DictConfig, open_dict
 
-from runner.config import ConfigError
+from runner.config.errors import ConfigError
 
 AUTO = "auto"
 

@@ -14,8 +14,7 @@ import functools
 
 import yaml
 
-from runner.config import CONFIG_DIR
-from runner.config.keys import OPTIONAL, Key, option_names
+from runner.config.keys import CONFIG_DIR, OPTIONAL, Key, option_names
 
 
 @functools.cache

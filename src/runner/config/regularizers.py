@@ -1,11 +1,31 @@
-"""The regularizers of `regularization=` (configs/regularization/<name>.yaml) in one table: what each is, where it
-acts, its kind and its keys. The config check, the model builders, the optimizer and the evaluation read them here.
+"""The regularizers of `regularization=` (configs/regularization/<name>.yaml) in one table, REGULARIZERS: what each
+is, where it acts, its kind and its keys. The config check, the rules between keys, the model builders, the
+optimizer and the evaluation ask it (`chosen`, `in_loop`, `shifting_selu`), never a regularizer's name.
+
+The table holds runner's own regularizers, declared below with their keys' types, and every other file of
+configs/regularization/ as its file says it: a new regularizer that acts in the training loop is its option file,
+whose `_target_` names its component (a runner.engine.hooks.Component taking the file's other keys), the component,
+and its test; its keys take the values of the types the file gives them.
 
 Plain Python: the config check imports it before torch."""
 
 from dataclasses import dataclass
 
-from runner.config.keys import VAL_METRICS, Key, boolean, integer, number, one_of, required
+import yaml
+
+from runner.config.keys import (
+    CONFIG_DIR,
+    VAL_METRICS,
+    Key,
+    boolean,
+    integer,
+    is_int,
+    number,
+    one_of,
+    option_names,
+    required,
+    text,
+)
 
 # Where a regularizer acts.
 NETWORK = "the network's layers"  # runner.nets.layers, placed by the model builders
@@ -24,6 +44,8 @@ class Regularizer:
     kind: str  # penalty, decay, constraint, dropout (on units; one kind per network), dropconnect, depth, ...
     keys: dict[str, Key]
     component: str = ""  # acting in the LOOP: the runner.engine.hooks.Component class built with its keys
+    coupled_l2: bool = False  # adds value * w to the gradient: refused beside AdamW's decoupled decay
+    selu: str = ""  # "keeps": made for SELU's self-normalization; "shifts": moves the mean and variance SELU keeps
 
 
 _PENALTY_KEYS = dict(value=number("[0, inf)"), decay_norm_and_bias=boolean())
@@ -36,7 +58,7 @@ _DROPOUT_KEYS = {**required(p=number("[0, 1)"), conv_p=number("[0, 1)", why="aft
 
 REGULARIZERS = {
     "l2": Regularizer("penalty value/2 * |w|^2: value * w added to the gradient (coupled: Adam rescales it)",
-                      (OPTIMIZER,), "penalty", required(**_PENALTY_KEYS)),
+                      (OPTIMIZER,), "penalty", required(**_PENALTY_KEYS), coupled_l2=True),
     "weight_decay": Regularizer("decoupled decay w <- w * (1 - lr * value) before each step, for any optimizer "
                                 "(Loshchilov & Hutter 2019)", (OPTIMIZER,), "decay", required(**_PENALTY_KEYS)),
     "l1": Regularizer("penalty value * |w|: its subgradient, or with proximal a soft-thresholding step after each "
@@ -44,13 +66,13 @@ REGULARIZERS = {
                       required(**_PENALTY_KEYS, proximal=boolean())),
     "elastic_net": Regularizer("the L1 and L2 penalties together (Zou & Hastie 2005)", (OPTIMIZER,), "penalty",
                                required(l1=number("[0, inf)"), l2=number("[0, inf)"), proximal=boolean(),
-                                        decay_norm_and_bias=boolean())),
+                                        decay_norm_and_bias=boolean()), coupled_l2=True),
     "dropout": Regularizer("units zeroed with probability p in training, the others scaled by 1/(1-p) "
-                           "(Srivastava et al. 2014)", (NETWORK,), "dropout", _DROPOUT_KEYS),
+                           "(Srivastava et al. 2014)", (NETWORK,), "dropout", _DROPOUT_KEYS, selu="shifts"),
     "gaussian_dropout": Regularizer("units multiplied by Gaussian noise of mean 1 and variance p/(1-p)",
-                                    (NETWORK,), "dropout", _DROPOUT_KEYS),
+                                    (NETWORK,), "dropout", _DROPOUT_KEYS, selu="shifts"),
     "alpha_dropout": Regularizer("dropout that keeps SELU's mean and variance (Klambauer et al. 2017)",
-                                 (NETWORK,), "dropout", _DROPOUT_KEYS),
+                                 (NETWORK,), "dropout", _DROPOUT_KEYS, selu="keeps"),
     "uout": Regularizer("units multiplied by 1 + u, u ~ U(-beta, beta), in training (Li et al. 2019): little "
                         "variance shift before batch norm", (NETWORK,), "dropout",
                         {**required(beta=number("[0, 1)", why="the noise's half-width"),
@@ -74,6 +96,37 @@ REGULARIZERS = {
                                   "runner.engine.components.EarlyStopping"),
 }
 
+
+def _typed_like(value) -> Key:
+    """The Key of a value an option file gives: its type, as a config check says it."""
+    if isinstance(value, bool):
+        return boolean()
+    if is_int(value):
+        return integer()
+    if isinstance(value, float):
+        return number()
+    if isinstance(value, str):
+        return text()
+    return Key(lambda v: None)  # a list or a node: its component checks it
+
+
+def _from_file(name: str) -> Regularizer:
+    """The entry of a regularizer that only its option file describes: its opening comment says what it is, its
+    `_target_` (if any) is the component acting in the loop, its other keys are required, of their values' types."""
+    path = CONFIG_DIR / "regularization" / f"{name}.yaml"
+    source = path.read_text()
+    node = (yaml.safe_load(source) or {}).get(name) or {}
+    comment = " ".join(line.lstrip("# ").strip() for line in source.splitlines() if line.startswith("#"))
+    keys = required(**{k: _typed_like(v) for k, v in node.items() if not k.startswith("_")})
+    target = node.get("_target_", "")
+    return Regularizer(comment or f"configs/regularization/{name}.yaml", (LOOP,) if target else (), "other", keys,
+                       target)
+
+
+# The declared regularizers first (their order is their components' order in the loop), then the other files.
+REGULARIZERS.update({name: _from_file(name) for name in option_names("regularization")
+                     if name not in REGULARIZERS and name != "none"})
+
 # Random in training and deterministic in eval: what MC dropout samples (runner.nets.layers.DROPOUT_TYPES).
 MC_DROPOUT_KINDS = ("dropout", "dropconnect")
 
@@ -90,6 +143,21 @@ def in_loop(regularization) -> list[tuple[str, Regularizer]]:
     """The regularizers in `regularization` that act in the training loop, each with its table entry, in the
     table's order (the order of their components' hooks)."""
     return [(name, r) for name, r in REGULARIZERS.items() if LOOP in r.acts and name in regularization]
+
+
+def coupled_l2(regularization) -> list[str]:
+    """The regularizers in `regularization` that add value * w to the gradient (an L2 penalty through it)."""
+    return [name for name, r in REGULARIZERS.items() if r.coupled_l2 and name in regularization]
+
+
+def shifting_selu(regularization, how: str) -> list[str]:
+    """The regularizers in `regularization` that `how` ("keeps" or "shifts") SELU's mean and variance."""
+    return [name for name, r in REGULARIZERS.items() if r.selu == how and name in regularization]
+
+
+def component_keys(regularization, name: str) -> dict:
+    """The keyword arguments of regularizer `name`'s component: its keys, Hydra's `_` keys left out."""
+    return {k: v for k, v in regularization[name].items() if not str(k).startswith("_")}
 
 
 def decays_decoupled(optimizer) -> bool:

@@ -8,9 +8,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config import ConfigError
-from runner.config.regularizers import DROPOUTS, MC_DROPOUT_KINDS, REGULARIZERS, chosen, decays_decoupled
-from runner.config.schema import CIFAR10_TRAIN_IMAGES, fail
+from runner.config.errors import ConfigError
+from runner.config.regularizers import (
+    DROPOUTS,
+    MC_DROPOUT_KINDS,
+    REGULARIZERS,
+    chosen,
+    coupled_l2,
+    decays_decoupled,
+)
+from runner.config.schema import CIFAR10_FOLDER, CIFAR10_TRAIN_IMAGES, fail
 
 
 def check(cfg: DictConfig) -> None:
@@ -25,6 +32,11 @@ def check(cfg: DictConfig) -> None:
 
 
 def _data(data: DictConfig) -> None:
+    root = Path(str(data.root)).expanduser() if data.name == "cifar10" else None
+    if root is not None and (root.name == CIFAR10_FOLDER or (root / "batches.meta").is_file()):
+        # runner would look for the folder inside itself, find nothing, and download CIFAR-10 into it
+        fail("data.root", str(data.root), f"that is the '{CIFAR10_FOLDER}' folder itself; data.root is the "
+             f"directory that holds it, here data.root={root.parent}")
     if data.name == "cifar10" and data.num_classes != 10:
         fail("data.num_classes", data.num_classes, "data=cifar10 has 10 classes (choose some with data.classes)")
     total = CIFAR10_TRAIN_IMAGES if data.name == "cifar10" else data.train_examples
@@ -60,6 +72,11 @@ def _network(cfg: DictConfig) -> None:
                           "set init.first_layer=whiten, or init.first_layer_bias_epochs=null.")
 
     regularization = cfg.regularization
+    idle = [name for name in regularization if name in REGULARIZERS and not REGULARIZERS[name].acts]
+    if idle:
+        raise ConfigError(f"regularization={idle[0]} acts nowhere: configs/regularization/{idle[0]}.yaml names no "
+                          "component (`_target_:` a runner.engine.hooks.Component taking its keys); add one, or leave "
+                          f"{idle[0]} out of regularization=.")
     dropouts = chosen(regularization, "dropout")
     if len(dropouts) > 1:
         raise ConfigError(f"regularization={dropouts} combines {len(dropouts)} kinds of dropout: choose one of "
@@ -73,9 +90,10 @@ def _network(cfg: DictConfig) -> None:
         raise ConfigError(f"norm.reestimate_batches={batches} runs on the first process alone after training, "
                           "which synchronized batch norm cannot: set trainer.sync_batch_norm=false or "
                           "norm.reestimate_batches=0.")
-    if "stochastic_depth" in regularization and "blocks_per_stage" not in cfg.model:
-        raise ConfigError("regularization=stochastic_depth drops residual blocks: it needs a residual network "
-                          "(model=resnet or model=resnet18).")
+    for name in chosen(regularization, "depth"):
+        if "blocks_per_stage" not in cfg.model:
+            raise ConfigError(f"regularization={name} drops residual blocks: it needs a residual network "
+                              "(model=resnet or model=resnet18).")
     if cfg.model._target_.endswith(".torchvision_resnet18") and (
             not cfg.activation._target_.endswith(".ReLU") or cfg.norm.name != "batch"):
         raise ConfigError("model=torchvision_resnet18 is torchvision's network with its own ReLU and batch norm: "
@@ -133,7 +151,7 @@ def _training(cfg: DictConfig) -> None:
     if "bias_correction" in optimizer and not optimizer.bias_correction and optimizer.impl != "reference":
         raise ConfigError("optimizer.bias_correction=false needs the lecture's update rule: add "
                           "optimizer.impl=reference (torch.optim always corrects the bias).")
-    coupled = [k for k in ("l2", "elastic_net") if k in regularization]
+    coupled = coupled_l2(regularization)
     if decays_decoupled(optimizer) and coupled:
         raise ConfigError(f"optimizer=adamw decays the weights decoupled from the gradient; regularization={coupled} "
                           "would add a coupled L2 penalty beside it (that is Adam + L2, not AdamW). Use "
@@ -149,8 +167,7 @@ def _training(cfg: DictConfig) -> None:
         fail("schedule.warmup_epochs", schedule.warmup_epochs, f"must be a number in [0, {cfg.trainer.epochs}) "
              "(trainer.epochs)")
     monitors = [("schedule", schedule)] if "metric" in schedule else []
-    if "early_stopping" in regularization:
-        monitors.append(("regularization.early_stopping", regularization.early_stopping))
+    monitors += [(f"regularization.{name}", regularization[name]) for name in chosen(regularization, "stopping")]
     for where, node in monitors:
         if cfg.data.val_size == 0:
             raise ConfigError(f"{where} watches {node.metric}, but data.val_size=0 leaves no validation split: "
@@ -185,14 +202,15 @@ def _unlabelled(cfg: DictConfig) -> None:
     if cfg.objective.name != "autoencoder":
         return
     regularization, evaluation = cfg.regularization, cfg.evaluation
-    watchers = [(f"{where}.metric", node.metric) for where, node in (
-        ("schedule", cfg.schedule), ("regularization.early_stopping", regularization.get("early_stopping")))
-        if node is not None and "metric" in node and node.metric != "val_loss"]
+    watching = [("schedule", cfg.schedule), *((f"regularization.{name}", regularization[name])
+                                              for name in chosen(regularization, "stopping"))]
+    watchers = [(f"{where}.metric", node.metric) for where, node in watching
+                if "metric" in node and node.metric != "val_loss"]
     for key, metric in watchers:
         fail(key, metric, "objective=autoencoder measures no accuracy: watch val_loss (the reconstruction error)")
-    if "label_smoothing" in regularization:
-        raise ConfigError("regularization=label_smoothing smooths the labels, which objective=autoencoder never "
-                          "reads: leave it out of regularization=.")
+    for name in chosen(regularization, "target"):
+        raise ConfigError(f"regularization={name} smooths the labels, which objective=autoencoder never reads: "
+                          "leave it out of regularization=.")
     asked = [k for k, off in (("tta_flip", False), ("tta_translate", 0), ("mc_dropout_passes", 0))
              if evaluation[k] != off]
     if asked:
@@ -211,10 +229,10 @@ def _compression(cfg: DictConfig) -> None:
         if prune.when == "during" and not prune.start_epoch < end:
             fail("prune.start_epoch", prune.start_epoch, f"must be an integer in [0, {end}) (the ramp ends at "
                  f"trainer.epochs - prune.fine_tune_epochs = {end})")
-        if "early_stopping" in cfg.regularization:
-            raise ConfigError(f"prune={prune.name} with regularization=early_stopping: early stopping would put back "
-                              "the weights of an epoch before the pruning, dense; leave early_stopping out of "
-                              "regularization=, or use prune=none.")
+        for name in chosen(cfg.regularization, "stopping"):
+            raise ConfigError(f"prune={prune.name} with regularization={name}: early stopping would put back the "
+                              f"weights of an epoch before the pruning, dense; leave {name} out of regularization=, "
+                              "or use prune=none.")
     if cfg.export.enabled and cfg.objective.name == "autoencoder":
         raise ConfigError("export.enabled=true exports a classifier (images in, logits out); objective=autoencoder "
                           "has none: set export.enabled=false.")

@@ -13,10 +13,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from runner.config import CONFIG_DIR, PAD_MODES, ConfigError, option_keys
 from runner.config import lr as auto_lr
+from runner.config import option_keys
+from runner.config.errors import ConfigError
 from runner.config.keys import (
+    CONFIG_DIR,
     OPTIONAL,
+    PAD_MODES,
     REQUIRED,
     VAL_METRICS,
     Key,
@@ -37,6 +40,7 @@ from runner.config.keys import (
 from runner.config.regularizers import REGULARIZERS
 
 CIFAR10_TRAIN_IMAGES = 50_000
+CIFAR10_FOLDER = "cifar-10-batches-py"  # the official archive's folder, which data.root holds
 
 _POSITIVE_INT, _POSITIVE = integer("(0, inf)"), number("(0, inf)")
 _SEED = integer("[0, inf)")

@@ -13,7 +13,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from runner.config.regularizers import decays_decoupled
+from runner.config.regularizers import chosen, decays_decoupled
 from runner.config.schema import RUNNER_KEYS  # keys runner reads itself, marked once in the schema
 from runner.engine.speed import use_fused
 from runner.nets import layers, transfer
@@ -124,8 +124,8 @@ def build_optimizer(cfg, model: nn.Module, reused: set[str] = frozenset()):
     fused = use_fused(cfg.trainer.fused_optimizer, next(model.parameters()).device)
     optimizer = make_optimizer(cfg.optimizer, groups, lr, fused)
     optim.register_hooks(optimizer)
-    if "max_norm" in cfg.regularization:
-        optimizer.register_step_post_hook(layers.max_norm_hook(model, cfg.regularization.max_norm.value))
+    for name in chosen(cfg.regularization, "constraint"):  # weights put back on their ball after each step
+        optimizer.register_step_post_hook(layers.max_norm_hook(model, cfg.regularization[name].value))
     return optimizer
 
 
@@ -170,7 +170,7 @@ def build_augmentation(cfg):
 
 def build_objective(cfg):
     """The objective of `objective=` (runner.engine.objectives), with the label smoothing of `regularization=`."""
-    smoothing = cfg.regularization.label_smoothing.value if "label_smoothing" in cfg.regularization else 0.0
+    smoothing = next((cfg.regularization[name].value for name in chosen(cfg.regularization, "target")), 0.0)
     return option(cfg.objective, label_smoothing=smoothing)
 
 

@@ -1,7 +1,7 @@
 """The techniques that keep state across steps, each one object with the hooks it needs (as Keras callbacks and
 Lightning's Callback do; the hooks are declared in runner.engine.hooks). A new technique is a new component added in
-`build_components`; a regularizer acting in the loop names its component in the regularizer table
-(runner.config.regularizers). The loop does not change.
+`build_components`; a regularizer acting in the loop is named with its component in the regularizer table
+(runner.config.regularizers: by its entry, or by the `_target_` of its option file). The loop does not change.
 """
 
 import logging
@@ -10,11 +10,14 @@ import math
 import torch
 from hydra.utils import get_class
 
-from runner.config.regularizers import in_loop
+from runner.config.regularizers import component_keys, in_loop
 from runner.data import checkpoint
 from runner.engine import build
 from runner.engine.hooks import Component, End, bound  # noqa: F401 (bound: Run.hooks)
+from runner.engine.inference import Export
+from runner.engine.sharpness import Sharpness
 from runner.nets.init import first_conv
+from runner.nets.layers import reestimate_batch_norm
 from runner.optimization import optimizers, regularizers, schedules
 
 log = logging.getLogger("runner")
@@ -36,8 +39,8 @@ class Averaging(Component):
         with run.speed.autocast():
             scores = run.objective.evaluate(self.ema.model, run.preprocess, run.splits.val_x, run.splits.val_y,
                                             run.cfg.trainer.eval_batch_size)
-        run.tracker.scalars({f"val/{k}_ema": v for k, v in scores.items()}, run.step)
-        run.history[-1].update({f"val_{k}_ema": v for k, v in scores.items()})
+        run.tracker.scalars({f"val/{k}_ema": v for k, v in scores.items()}, run.state.step)
+        run.state.history[-1].update({f"val_{k}_ema": v for k, v in scores.items()})
 
     def state_dict(self) -> dict:
         return self.ema.state_dict()
@@ -60,7 +63,7 @@ class EarlyStopping(Component):
 
     def start(self, run) -> None:
         if self.stopped:
-            run.stop_before_next_epoch = True  # resumed from a run that had already stopped early
+            run.state.stop_before_next_epoch = True  # resumed from a run that had already stopped early
 
     def epoch_end(self, run, epoch, val) -> End | None:
         value = {f"val_{k}": v for k, v in val.items()}[self.metric]
@@ -108,7 +111,7 @@ class Snapshots(Component):
 
     def epoch_end(self, run, epoch, val) -> None:
         for k, end in enumerate(self.ends, 1):
-            if run.step - run.steps_per_epoch < end <= run.step:  # the k-th cycle ended in this epoch
+            if run.state.step - run.steps_per_epoch < end <= run.state.step:  # the k-th cycle ended in this epoch
                 run.save_weights(run.run_dir / f"checkpoints/snapshot_{k}.pt", epoch + 1)
 
     def snapshots(self, run) -> list[dict]:
@@ -123,7 +126,7 @@ class Freezing(Component):
         self.freezer = freezer
 
     def epoch_start(self, run, epoch) -> None:
-        self.freezer.set_epoch(epoch, run.tracker, run.step + 1)  # logged with the epoch's first step
+        self.freezer.set_epoch(epoch, run.tracker, run.state.step + 1)  # logged with the epoch's first step
 
 
 class StemBiasHold(Component):
@@ -145,7 +148,7 @@ class BatchNormReestimate(Component):
     batch-norm running statistics of the model, and of its weight average if any, are recomputed over N training
     batches (preprocessed, not augmented, a fixed draw of the run's seed) with dropout and every other noise off
     (layers.reestimate_batch_norm). The validation and test scores before and after go to TensorBoard
-    (bn_reestimate/...) and metrics.json (bn_reestimate); the test that follows, and checkpoints/last.pt, use the
+    (norm/reestimate_...) and metrics.json (bn_reestimate); the test that follows, and checkpoints/last.pt, use the
     new statistics."""
 
     name = "bn_reestimate"
@@ -154,8 +157,6 @@ class BatchNormReestimate(Component):
         self.batches, self.result = batches, None
 
     def finish(self, run) -> None:
-        from runner.nets.layers import reestimate_batch_norm
-
         cfg, splits = run.cfg, run.splits
         size = cfg.trainer.batch_size
         order = torch.randperm(len(splits.train_x), generator=torch.Generator().manual_seed(cfg.seed))
@@ -175,7 +176,7 @@ class BatchNormReestimate(Component):
                                                        for i in idx))
             after = self._scores(run, model, suffix, "after")
             self.result.update({**before, **after, f"layers{suffix}": layers})
-        run.tracker.scalars({f"bn_reestimate/{k}": v for k, v in self.result.items()}, run.step)
+        run.tracker.scalars({f"norm/reestimate_{k}": v for k, v in self.result.items()}, run.state.step)
         shown = ", ".join(f"{k.removesuffix('_before')} {self.result[k]:.4f} -> {self.result[k[:-6] + 'after']:.4f}"
                           for k in self.result if k.endswith("_before") and "acc" in k)
         log.info("norm.reestimate_batches=%d: batch norm statistics of %d layers recomputed over %s training images "
@@ -204,7 +205,7 @@ class Diagnostics(Component):
         self.probe, self.watching = probe, False
 
     def before_step(self, run) -> bool:
-        self.watching = self.probe.start(run.step)
+        self.watching = self.probe.start(run.state.step)
         return self.watching  # the hooks would make a compiled network recompile: run the original one
 
     def after_backward(self, run) -> None:
@@ -214,7 +215,7 @@ class Diagnostics(Component):
     def after_step(self, run, x, outputs, y) -> None:
         if self.watching:
             labelled = run.objective.has_accuracy
-            self.probe.finish(run.step, x, outputs if labelled else None, y if labelled else None)
+            self.probe.finish(run.state.step, x, outputs if labelled else None, y if labelled else None)
 
 
 class GradientClipping(Component):
@@ -232,7 +233,7 @@ class GradientClipping(Component):
         self.steps += 1
 
     def after_log(self, run, window: dict) -> None:
-        run.tracker.scalar("train/grad_norm", self.norms.item() / self.steps, run.step)
+        run.tracker.scalar("train/grad_norm", self.norms.item() / self.steps, run.state.step)
         self.norms, self.steps = None, 0
 
 
@@ -271,12 +272,12 @@ class Divergence(Component):
             bad = [f"loss exploded to {val['loss']:.4g} (the training loss started at {self.first:.4g})"]
         if not bad:
             return None
-        run.history.pop()  # the run stands where its last checkpoint does
+        run.state.history.pop()  # the run stands where its last checkpoint does
         return self._end(run, "the validation " + ", ".join(bad))
 
     @staticmethod
     def _end(run, what: str) -> End:
-        message = (f"training diverged in epoch {run.epoch + 1} (step {run.step}): {what}. Nothing was saved from "
+        message = (f"training diverged in epoch {run.state.epoch + 1} (step {run.state.step}): {what}. Nothing was saved from "
                    "this epoch. Lower optimizer.lr, add a warmup (schedule.warmup_epochs) or clip gradients "
                    "(regularization=[...,grad_clip]), and start afresh with trainer.resume=never or in a new run "
                    "directory.")
@@ -309,7 +310,7 @@ class SweepReport(Component):
         self.report = report  # (epoch, history entry) -> "prune" | None
 
     def epoch_end(self, run, epoch, val) -> End | None:
-        if self.report(epoch + 1, run.history[-1]) != "prune":
+        if self.report(epoch + 1, run.state.history[-1]) != "prune":
             return None
         message = f"pruned by the sweep's pruner after epoch {epoch + 1} (val acc {val.get('acc', float('nan')):.4f})"
         log.info(message)
@@ -335,7 +336,7 @@ def build_components(cfg, run, ema, freezer, probe, extra=()) -> list[Component]
     # the regularizers acting in the loop, each its table's component built with its keys (in the table's order:
     # gradient clipping after the diagnostics, which measure the gradients before clipping)
     for name, regularizer in in_loop(cfg.regularization):
-        components.append(get_class(regularizer.component)(**cfg.regularization[name]))
+        components.append(get_class(regularizer.component)(**component_keys(cfg.regularization, name)))
     if cfg.schedule.snapshot_ensemble:
         total = run.steps_per_epoch * cfg.trainer.epochs
         components.append(Snapshots(schedules.cycle_ends(run.scheduler, total), cfg.trainer.epochs))
@@ -343,13 +344,9 @@ def build_components(cfg, run, ema, freezer, probe, extra=()) -> list[Component]
         components.append(BatchNormReestimate(cfg.norm.reestimate_batches))
     evaluation = cfg.evaluation
     if evaluation.sharpness_samples or evaluation.hessian_iters:
-        from runner.engine.sharpness import Sharpness
-
         components.append(Sharpness(evaluation.sharpness_samples, evaluation.sharpness_radius,
                                     evaluation.sharpness_images, evaluation.hessian_iters, cfg.seed))
     if cfg.export.enabled:
-        from runner.engine.inference import Export
-
         components.append(Export(cfg.export.latency_batch_sizes, cfg.export.latency_repeats))
     refused = [type(c).__name__ for c in extra if not isinstance(c, Component)]
     if refused:  # its hooks would not be checked against the declared ones

@@ -7,6 +7,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from runner.config import CONFIG_DIR, ConfigError, register_resolvers
+
 
 @dataclass(frozen=True)
 class World:
@@ -71,8 +73,6 @@ def _resolve_run_dir() -> str:
     from hydra.core.utils import setup_globals
     from omegaconf import OmegaConf
 
-    from runner.config import CONFIG_DIR, register_resolvers
-
     setup_globals()  # Hydra's ${now:} resolver
     register_resolvers()
     pattern = OmegaConf.load(CONFIG_DIR / "config.yaml").hydra.run.dir
@@ -87,8 +87,6 @@ def wrap(model, w: World, device, sync_batch_norm: bool):
 
     if sync_batch_norm:
         if device.type != "cuda":
-            from runner.config import ConfigError
-
             raise ConfigError("trainer.sync_batch_norm=true needs CUDA devices (torch's SyncBatchNorm has no CPU "
                               "kernel); set trainer.sync_batch_norm=false on CPUs.")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

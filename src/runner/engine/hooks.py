@@ -16,15 +16,21 @@ each as a no-op, and the loop (runner.engine.train) calls the ones a component o
   summary() -> dict|None              what metrics.json keeps under the component's `name`
   state_dict() / load_state_dict(s)   what survives a kill, saved under the component's `name` in the checkpoint
 
+A component that writes TensorBoard tags or a metrics.json entry of its own declares them in `declares` ({tag or
+key: what it means}), added to runner.engine.records when its class is defined: runner's own are declared there.
+
 A hook that returns an End stops the run with that status and message. A component class may define no other
 public method: a misspelled hook (`after_backwards`) is refused when its class is defined, as it would otherwise
 never be called. Helpers start with `_`.
 
-Plain Python, no torch: every module of components imports this one and it imports none of them.
+Plain Python, no torch: every module of components imports this one; it imports none of them, only
+runner.engine.records (plain Python too).
 """
 
 import difflib
 from dataclasses import dataclass
+
+from runner.engine.records import declare
 
 # The loop's hooks, in the order a run meets them.
 HOOKS = ("start", "epoch_start", "before_step", "after_backward", "after_step", "after_log", "epoch_end", "finish",
@@ -45,9 +51,11 @@ class Component:
     """A technique that keeps state across steps: it overrides the hooks it needs (see the module docstring)."""
 
     name = ""  # its key in the checkpoint and in metrics.json; "" for a component without state or summary
+    declares: dict[str, str] = {}  # the tags and metrics.json keys it writes beyond runner.engine.records' own
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        declare(vars(cls).get("declares", {}))
         for attr, value in vars(cls).items():
             if attr.startswith("_") or attr in HOOKS or attr in STATE:
                 continue

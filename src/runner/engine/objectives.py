@@ -181,7 +181,7 @@ class Reconstruct:
 
     def pictures(self, net: AutoEncoder, preprocess: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The images the test shows in TensorBoard, by tag: originals above their reconstructions."""
-        return {"ae/original_then_reconstructed": self.picture(net, preprocess, x)}
+        return {"reconstruction/original_then_reconstructed": self.picture(net, preprocess, x)}
 
     @staticmethod
     @torch.no_grad()

@@ -78,7 +78,7 @@ class Pruning(Component):
                     w.grad.mul_(self.masks[n])
 
     def after_step(self, run, x, outputs, y) -> None:
-        step = run.step + 1  # the step just taken (run.step counts it after the hooks)
+        step = run.state.step + 1  # the step just taken (run.state.step counts it after the hooks)
         if self.when == "during" and self.start_step < step <= self.end_step and (
                 (step - self.start_step) % self.every_steps == 0 or step == self.end_step):
             self._prune_to(sp.ramp(step, self.start_step, self.end_step, self.sparsity, self.ramp_kind))
@@ -88,7 +88,7 @@ class Pruning(Component):
     def epoch_end(self, run, epoch, val) -> None:
         overall, per_layer = sp.reached(self.weights)
         run.tracker.scalars({"prune/target": self.target, "prune/sparsity": overall,
-                             **{f"prune/sparsity/{n}": v for n, v in per_layer.items()}}, run.step)
+                             **{f"prune/sparsity/{n}": v for n, v in per_layer.items()}}, run.state.step)
 
     def finish(self, run) -> None:
         if self.target < self.sparsity:  # when=after with fine_tune_epochs=0
@@ -114,7 +114,7 @@ class Pruning(Component):
 
     def _one_shot(self, run, when: str) -> None:
         self._prune_to(self.sparsity)
-        before = run.history[-1].get("val_acc") if run.history else None
+        before = run.state.history[-1].get("val_acc") if run.state.history else None
         after = {}
         if len(run.splits.val_y):
             with run.speed.autocast():

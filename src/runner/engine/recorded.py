@@ -163,6 +163,7 @@ def check_sizes(cfg: DictConfig, refuse, strict: bool = True) -> int:
     on the meta device is left to the build to refuse."""
     import torch
 
+    # torch and the builders only here: runner.ensemble reads records before it needs torch
     from runner.engine.build import option
     from runner.nets.layers import Drop
 

@@ -1,8 +1,9 @@
-"""One run's objects and its state: `build_parts` turns the config into the data, network and optimizer (for a run
-and for runner.lr_find alike), `Run` adds the schedule, objective and components; `state_dict` / `load_state_dict`
-are the one pair that saves and restores everything that must survive a kill (model, optimizer, schedule, RNG, every
-component's state, the step, the history), for every objective. The run directory (its lock, what is written when,
-the checkpoint to resume and the config differences that refuse it) is runner.engine.rundir's."""
+"""One run's objects: `build_parts` turns the config into the data, network and optimizer (for a run and for
+runner.lr_find alike), `Run` adds the schedule, objective and components; `state_dict` / `load_state_dict` are the
+one pair that saves and restores everything that must survive a kill (model, optimizer, schedule, RNG, every
+component's state, and where the run stands: its RunState, runner.engine.state), for every objective. The run
+directory (its lock, what is written when, the checkpoint to resume and the config differences that refuse it) is
+runner.engine.rundir's."""
 
 import logging
 import random
@@ -20,6 +21,7 @@ from runner.data import loading as data
 from runner.data.augment import Augmentation
 from runner.engine import build, components, distributed, objectives, recorded, speed
 from runner.engine.rundir import LAST, RunDir, config_differences, read_resume_checkpoint, resume_path
+from runner.engine.state import RunState
 from runner.engine.tracking import Progress, Tracker, in_multirun, phase, progress_mode
 from runner.nets.diagnostics import Probe
 from runner.nets.init import consistency_warnings
@@ -137,8 +139,7 @@ def _too_large(problem: str):
 
 
 class Run:
-    """Everything one run is made of, and where it stands: step (optimizer steps taken), epoch (the epoch being
-    trained, from 0), history (one dict per finished epoch), best (the best validation accuracy and its epoch)."""
+    """Everything one run is made of, and where it stands (`state`, a RunState: step, epoch, history, best)."""
 
     def __init__(self, cfg, run_dir: Path, choices: dict[str, str], extra_components=(), *,
                  started_at: float | None = None, sweep_trial: bool = False, test: bool = True, on_accept=None):
@@ -170,15 +171,10 @@ class Run:
 
     def _start_here(self, cfg, extra_components) -> None:
         if self.world.main:
-            log.info("run directory %s (%s); watch it with `tensorboard --logdir %s` (Custom Scalars tab)", self.run_dir,
+            log.info("run directory %s (%s); watch it with `tensorboard --logdir %s`", self.run_dir,
                      "resuming its checkpoint" if self.dir.resumes_own else
                      f"continuing {self.resume_from}" if self.resume_from else "a new run", self.run_dir)
-        self.wall_start = time.perf_counter()
-        self.step, self.epoch, self.history, self.elapsed = 0, 0, [], 0.0
-        self.best = {"acc": -1.0, "epoch": -1}
-        self.resumes: list[dict] = []  # one entry per resume: where it continued, what changed (metrics.json)
-        self.first_step_at = None  # time.time() of this process's first finished training step
-        self.stop_before_next_epoch = False
+        self.state = RunState()
         self._build(extra_components)
 
     # -----------------------------------------------------------------------------------------------------------
@@ -227,18 +223,21 @@ class Run:
         classifier's parameters under "model" (an autoencoder's encoder; its decoder under "decoder")."""
         return {**self.objective.weights(self.model), "preprocess": self.preprocess.state_dict(), "epoch": epoch}
 
+    @property
+    def step(self) -> int:
+        """The optimizer steps taken (state.step), for readers outside the engine."""
+        return self.state.step
+
     def state_dict(self) -> dict:
         state = {
-            **self.weights(len(self.history)),
+            **self.weights(self.state.epochs_done),
             "format": FORMAT,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": schedules.state_dict(self.scheduler),
             "rng": rng_states(self.generator),
-            "step": self.step, "best": self.best, "history": self.history,
-            "elapsed": self.elapsed + time.perf_counter() - self.wall_start,
+            **self.state.state_dict(),
             "components": {c.name: c.state_dict() for c in self.components if c.name},
-            "resumes": self.resumes,
         }
         if self.speed.scaler is not None:
             state["scaler"] = self.speed.scaler.state_dict()
@@ -260,9 +259,7 @@ class Run:
                 c.load_state_dict(saved[c.name])
             elif c.name == "ema":  # a run that had no average yet starts it at the loaded weights
                 c.ema.load_state_dict(self.model.state_dict())
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.best, self.history, self.elapsed = state["best"], state["history"], state["elapsed"]
-        self.resumes = list(state.get("resumes", []))
+        self.state.load_state_dict(state)
 
     def save_last(self) -> None:
         if self.world.main:
@@ -273,7 +270,7 @@ class Run:
             self._save(self.weights(epoch), path)
 
     def _save(self, state: dict, path: Path) -> None:
-        self.dir.save(state, path, len(self.history))
+        self.dir.save(state, path, self.state.epochs_done)
 
     def accept(self) -> None:
         """The run passed every check and begins to write into its directory (RunDir.accept)."""
@@ -318,20 +315,21 @@ class Run:
         self.scheduler.base_lrs = base_lrs
         planned = saved["trainer"]["epochs"] if saved else self.cfg.trainer.epochs
         schedules.replan(self.scheduler)  # the saved lr is the old plan's; the plan may be longer now
-        self.resumes.append({"epoch": self.epoch, "step": self.step, "checkpoint": str(path), "changes": changes,
-                             "optimizer": "fresh" if another else "kept"})
-        log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
+        at = self.state
+        at.resumes.append({"epoch": at.epoch, "step": at.step, "checkpoint": str(path), "changes": changes,
+                           "optimizer": "fresh" if another else "kept"})
+        log.info("resumed from %s at epoch %d (step %d)", path, at.epoch, at.step)
         if another:
             log.warning("trainer.resume_allow: another optimizer (%s): its state (momentum, moment estimates, step "
                         "counts) is not carried over, the optimizer starts afresh at step %d; the weights, schedule "
-                        "position and history continue", another, self.step)
-        if planned != self.cfg.trainer.epochs and self.epoch < self.cfg.trainer.epochs:
+                        "position and history continue", another, at.step)
+        if planned != self.cfg.trainer.epochs and at.epoch < self.cfg.trainer.epochs:
             log.info("trainer.epochs=%d (the checkpoint planned %d): the schedule is re-planned over %d epochs and "
                      "continues from step %d at lr %.3g, the new plan's value there", self.cfg.trainer.epochs,
-                     planned, self.cfg.trainer.epochs, self.step, self.optimizer.param_groups[0]["lr"])
+                     planned, self.cfg.trainer.epochs, at.step, self.optimizer.param_groups[0]["lr"])
 
     def open_tracker(self) -> None:
         """TensorBoard events in the run directory. On resume, the events an earlier, killed process wrote after
         the checkpoint's step are dropped (purge_step), so every epoch's scalars are there exactly once."""
-        self.tracker.open(purge_step=self.step + 1 if self.resume_from else None)
+        self.tracker.open(purge_step=self.state.step + 1 if self.resume_from else None)
 

@@ -105,6 +105,39 @@ def compiled(net: nn.Module, speed: Speed) -> nn.Module:
     return torch.compile(net) if speed.compile else net
 
 
+class StepClock:
+    """The seconds of each training step, read with the log window's losses and without a sync of its own: CUDA
+    events recorded after each step on a GPU (the host runs ahead of it, so its clock would time the launches), the
+    wall clock elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def _mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def start(self) -> None:
+        """Before an epoch's first step."""
+        self.marks = [self._mark()]
+
+    def lap(self) -> None:
+        """After each step."""
+        self.marks.append(self._mark())
+
+    def read(self) -> list[float]:
+        """Seconds of each step since the last read. Call it after a read back from the device (the window's
+        losses), which has waited for these steps."""
+        marks, self.marks = self.marks, self.marks[-1:]
+        if self.cuda:
+            return [a.elapsed_time(b) / 1000.0 for a, b in zip(marks, marks[1:], strict=False)]
+        return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+
+
 class EpochTimer:
     """Seconds of one epoch: CUDA events around the work queued on the GPU (the host runs ahead of it), a wall
     clock elsewhere. `seconds()` waits for the device, so call it once, at the end of the epoch."""

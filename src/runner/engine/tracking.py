@@ -2,10 +2,12 @@
 directory, beside the curves), the run's environment, and what a person watching the run sees between the epoch lines
 (Progress)."""
 
+import collections
 import contextlib
 import functools
 import logging
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -21,20 +23,24 @@ import runner
 from runner.data import checkpoint
 from runner.data.augment import augmented_grid
 from runner.data.preprocess import input_grid
-from runner.engine.records import check_tag
+from runner.engine.records import check_tag, where
 from runner.optimization import schedules
 
 log = logging.getLogger("runner")
 
 
-# The Custom Scalars tab (http://localhost:6006/#custom_scalars): the run's story first, one chart per quantity
-# with train and val together, then the diagnostics. Each entry is a regex over the tags of runner.engine.records.
+# The Custom Scalars tab (http://localhost:6006/#custom_scalars): the run's story first, one chart per quantity,
+# then the diagnostics, closed until opened. Each entry is a regex over the tags as TensorBoard shows them
+# (runner.engine.records.where): the curves of train, validation and the weight average are runs of their own that
+# write the same tags, so each chart shows them in their own colours. The charts of the story are dense (every step:
+# loss, accuracy, lr, throughput), so that even a one-epoch run draws lines that TensorBoard's outlier clipping
+# (on by default; it leaves the lowest and highest 5% of a chart's values out of its scale) cannot empty.
 LAYOUT = {
     "learning curves": {
-        "loss: train (running mean), val (after each epoch)": ["Multiline", [r"^train/loss$", r"^val/loss(_ema)?$"]],
-        "accuracy: train (augmented), val": ["Multiline", [r"^train/acc$", r"^val/acc(_ema)?$"]],
+        "loss: train (each step), validation (after each epoch)": ["Multiline", [r"^curves/loss$"]],
+        "accuracy: train (each step, augmented), validation (after each epoch)": ["Multiline", [r"^curves/acc$"]],
         "learning rate per parameter group": ["Multiline", [r"^lr/"]],
-        "throughput (training images per second)": ["Multiline", [r"^perf/img_per_s$"]],
+        "throughput (training images per second, each step)": ["Multiline", [r"^perf/img_per_s$"]],
     },
     "diagnostics (diagnostics.every_steps)": {
         "activation std per layer": ["Multiline", [r"^diag/act_std/"]],
@@ -45,30 +51,55 @@ LAYOUT = {
         "gradient norm (whole net)": ["Multiline", [r"^train/grad_norm$"]],
     },
 }
+CLOSED = {"diagnostics (diagnostics.every_steps)"}  # categories the tab shows folded
 # The HPARAMS metrics columns, these first.
 METRICS_FIRST = ("val/best_acc", "test/acc", "test/loss")
 
 
+def layout_summary():
+    """The Custom Scalars layout as a TensorBoard summary: LAYOUT, with the CLOSED categories folded (a field of
+    TensorBoard's layout proto that torch's add_custom_scalars does not set)."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    summary = custom_scalars(LAYOUT)
+    tensor = summary.value[0].tensor
+    layout = layout_pb2.Layout.FromString(tensor.string_val[0])
+    for category in layout.category:
+        category.closed = category.title in CLOSED
+    tensor.string_val[0] = layout.SerializeToString()
+    return summary
+
+
 class Tracker:
-    """TensorBoard event files in `run_dir`. On resume, purge_step drops the events an earlier, killed process
-    wrote past the checkpoint, so the curves do not double back."""
+    """TensorBoard event files in `run_dir`, and in its subdirectories for the curves (runner.engine.records.where:
+    train/, validation/, validation_ema/, each a run of its own in TensorBoard). On resume, purge_step drops the
+    events an earlier, killed process wrote past the checkpoint, so the curves do not double back."""
 
     def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True, lazy: bool = False):
         """enabled=False: write nothing (the ranks other than 0 of a data-parallel run); writer is then None.
         lazy=True: open the event file only with `open`, once the step to purge from is known (a resumed run)."""
         self.run_dir, self.enabled, self.writer = Path(run_dir), enabled, None
+        self.purge_step, self.runs = None, {}  # the curves' writers by subdirectory, each opened at its first value
+        self._queue: collections.deque = collections.deque()  # (values, step) that `series` left to `drain`
         if not lazy:
             self.open(purge_step)
 
     def open(self, purge_step: int | None = None) -> None:
         if self.enabled:
+            self.purge_step = purge_step
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
-            self.writer.add_custom_scalars(LAYOUT)
+            self.writer.file_writer.add_summary(layout_summary())
+
+    def _writer(self, subdir: str) -> SummaryWriter:
+        if not subdir:
+            return self.writer
+        if subdir not in self.runs:
+            self.runs[subdir] = SummaryWriter(log_dir=str(self.run_dir / subdir), purge_step=self.purge_step)
+        return self.runs[subdir]
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.writer is not None:
-            check_tag(tag)
-            self.writer.add_scalar(tag, value, step)
+        self.scalars({tag: value}, step)
 
     def figure(self, tag: str, figure, step: int) -> None:
         """A matplotlib figure under a declared tag."""
@@ -77,11 +108,28 @@ class Tracker:
             self.writer.add_figure(tag, figure, step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
+        """Each value under its declared tag, in the run or subdirectory records.where gives it."""
         if self.writer is None:
             return
         for tag, value in values.items():
             check_tag(tag)
-            self.writer.add_scalar(tag, value, step)
+            subdir, name = where(tag)
+            self._writer(subdir).add_scalar(name, value, step)
+
+    def series(self, values: dict[str, list[float]], first_step: int) -> None:
+        """Consecutive steps' values of each tag, the first at `first_step` (a log window's steps), queued: `drain`
+        writes them a step at a time between the next steps, while the device works (written at once, right after
+        the read that waited for the device, they would leave it idle), `flush` and `close` the rest."""
+        for i in range(max(map(len, values.values()), default=0)):
+            self._queue.append(({tag: v[i] for tag, v in values.items() if i < len(v)}, first_step + i))
+
+    def drain(self, steps: int = 1) -> None:
+        """Write the queued values of up to `steps` steps."""
+        for _ in range(min(steps, len(self._queue))):
+            self.scalars(*self._queue.popleft())
+
+    def flush(self) -> None:
+        self.drain(len(self._queue))
 
     def hparams(self, hparams: dict, metrics: dict[str, float], step: int, experiment: bool = True) -> None:
         """The HPARAMS tab entry, written into this run (SummaryWriter.add_hparams would open a timestamped
@@ -98,8 +146,11 @@ class Tracker:
         self.scalars(metrics, step)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.flush()
+        for writer in [self.writer, *self.runs.values()]:
+            if writer is not None:
+                writer.close()
+        self.runs = {}
 
 
 def _mark_differing(summary, names: set[str]) -> None:
@@ -216,12 +267,14 @@ def in_multirun() -> bool:
 class Progress:
     """What a person watching a run sees between the epoch lines. "bar": one tqdm bar over the run's training steps
     (on stderr; log lines print above it), with the epoch, elapsed time and ETA, the epoch's running loss and
-    accuracy and img/s, and the phase (validating, testing) while there is no step to count. "lines": a log line
-    with the same figures every `every_s` seconds (a log file, a pipe). Start-up phases are log lines (`phase`).
-    The training loop asks `due()` after each step (a clock read) and only then reads the loss (`show`)."""
+    accuracy and img/s, and the phase (validating, testing) while there is no step to count; it is cleared when the
+    run ends (the log lines say the rest). "lines": a log line with the same figures every `every_s` seconds (a log
+    file, a pipe). Start-up phases are log lines (`phase`). The training loop asks `due()` after each step (a clock
+    read) and only then reads the loss (`show`). name: what the bar and lines call the work instead of the epoch
+    (a command with steps but no epochs: "lr range test")."""
 
-    def __init__(self, mode: str, steps_per_epoch: int, epochs: int, every_s: float = 30.0):
-        self.mode, self.steps, self.epochs = mode, steps_per_epoch, epochs
+    def __init__(self, mode: str, steps_per_epoch: int, epochs: int, every_s: float = 30.0, name: str | None = None):
+        self.mode, self.steps, self.epochs, self.name = mode, steps_per_epoch, epochs, name
         self.total = steps_per_epoch * epochs
         self.interval = BAR_REFRESH_S if mode == "bar" else every_s
         self.bar, self._redirect = None, None
@@ -240,6 +293,7 @@ class Progress:
             if self.bar is None:
                 self._open_bar(step)
             self.bar.set_description_str(self._epoch_name(), refresh=False)
+            self.bar.set_postfix_str("", refresh=False)  # the last epoch's figures are its epoch line's
             self.bar.update(step - self.bar.n)
             self.bar.refresh()
 
@@ -250,23 +304,28 @@ class Progress:
     def show(self, step: int, step_in_epoch: int, images: int, loss: float, acc: float | None) -> None:
         """step: optimizer steps of the run; step_in_epoch and images: of this epoch so far; loss and acc: the
         epoch's running means."""
+        seconds = max(time.perf_counter() - self._epoch_start, 1e-9)
+        self.update(step, step_in_epoch, f"loss {loss:.4f}" + (f" acc {acc:.4f}" if acc is not None else "") +
+                    f" {images / seconds:,.0f} img/s")
+
+    def update(self, step: int, step_in_epoch: int, figures: str) -> None:
+        """The bar at `step` with `figures` beside it, or a log line of them (the epoch line follows the last
+        step of an epoch in "lines" mode, so none then)."""
         now = time.perf_counter()
         self._next = now + self.interval
-        figures = f"loss {loss:.4f}" + (f" acc {acc:.4f}" if acc is not None else "") + \
-            f" {images / max(now - self._epoch_start, 1e-9):,.0f} img/s"
         if self.bar is not None:
             self.bar.set_postfix_str(figures, refresh=False)
             self.bar.update(step - self.bar.n)  # refreshes: the bar's own mininterval is 0
             return
-        if step_in_epoch == self.steps:
+        if step_in_epoch == self.steps and self.name is None:
             return  # the epoch line follows with the same figures
         from tqdm import tqdm
 
         elapsed = now - self._t0
         done = step - self._step0
         eta = tqdm.format_interval((self.total - step) * elapsed / done) if done > 0 else "?"
-        log.info("epoch %d/%d  step %d/%d  %s  elapsed %s  ETA %s", self.epoch + 1, self.epochs, step_in_epoch,
-                 self.steps, figures, tqdm.format_interval(elapsed), eta)
+        log.info("%s  step %d/%d  %s  elapsed %s  ETA %s", self._epoch_name(), step_in_epoch, self.steps, figures,
+                 tqdm.format_interval(elapsed), eta)
 
     def end_epoch(self, step: int, images: int, loss: float, acc: float | None) -> None:
         """The bar at the epoch's last step, with its final figures (the epoch line follows in "lines" mode)."""
@@ -283,8 +342,10 @@ class Progress:
             log.info("%s ...", what)
 
     def close(self) -> None:
-        """Leave the bar where it stands (its last line stays on the terminal) and give logging back."""
+        """Clear the bar (its figures are in the log lines above it: a bar left standing would read as a last
+        line after the results) and give logging back."""
         if self.bar is not None:
+            self.bar.leave = False
             self.bar.close()
             self.bar = None
         if self._redirect is not None:
@@ -293,18 +354,36 @@ class Progress:
         self._next = math.inf
 
     def _epoch_name(self) -> str:
-        return f"epoch {self.epoch + 1}/{self.epochs}"
+        return self.name or f"epoch {self.epoch + 1}/{self.epochs}"
 
     def _open_bar(self, step: int) -> None:
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         self.bar = tqdm(total=self.total, initial=step, desc=self._epoch_name(), unit="step", mininterval=0,
-                        miniters=1, dynamic_ncols=True, file=sys.stderr, bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
-                                                    "[{elapsed}<{remaining}{postfix}]")
+                        miniters=1, file=sys.stderr, **bar_width(sys.stderr),
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
+                                   "[{elapsed}<{remaining}{postfix}]")
         # The log lines (epoch lines, warnings) print above the bar instead of through it.
         self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()], tqdm_class=tqdm)
         self._redirect.__enter__()
+
+
+FALLBACK_COLUMNS = 80  # the bar's width where the terminal reports none
+
+
+def bar_width(stream) -> dict:
+    """tqdm's width settings for a bar on `stream`: follow the terminal's width as it changes, or FALLBACK_COLUMNS
+    where it reports 0 columns (some containers, `script`, a COLUMNS=0 environment), which tqdm would take as room
+    for nothing and draw no bar at all."""
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # not a terminal: tqdm reads COLUMNS, if set
+        columns = os.environ.get("COLUMNS", "").strip()
+        columns = int(columns) if columns.lstrip("-").isdigit() else None
+    if columns is not None and columns <= 0:
+        return {"ncols": FALLBACK_COLUMNS}
+    return {"dynamic_ncols": True}
 
 
 @contextlib.contextmanager
@@ -329,15 +408,15 @@ def start_pictures(run) -> None:
     total = run.steps_per_epoch * cfg.trainer.epochs
     lrs = schedules.planned_lrs(run.scheduler, total)
     title = f"schedule={cfg.schedule.name}" + (" (drops follow val metric)" if cfg.schedule.name == "plateau" else "")
-    tracker.writer.add_figure("schedule/lr_plan", schedules.plan_figure(lrs, run.steps_per_epoch, title), 0)
+    tracker.figure("schedule/lr_plan", schedules.plan_figure(lrs, run.steps_per_epoch, title), 0)
     sample, copies = run.splits.train_x[:16], 3
     settings = ", ".join(f"{k}={v}" for k, v in cfg.augmentation.items() if not str(k).startswith("_") and k != "name")
-    tracker.writer.add_figure("augmentation/original_then_augmented", labelled_grid(
+    tracker.figure("inputs/augmentation", labelled_grid(
         augmented_grid(sample, run.augmentation, cfg.seed, copies),
         ["original", *(f"epoch {e + 1}" for e in range(copies))],
         f"augmentation={cfg.augmentation.get('name', run.choices.get('augmentation', '?'))} ({settings or 'none'}): "
         "16 training images, then one random draw of what each epoch trains on"), 0)
-    tracker.writer.add_figure("preprocess/original_then_input", labelled_grid(
+    tracker.figure("inputs/preprocess", labelled_grid(
         input_grid(run.preprocess, sample), ["original", "network input"],
         f"preprocess={run.choices.get('preprocess', '?')}: what the network sees (each image stretched to 0..1 to "
         "be visible)"), 0)

@@ -28,7 +28,7 @@ from runner.engine.rundir import (  # noqa: F401 (the engine's public names)
     output_error,
     resume_path,
 )
-from runner.engine.speed import EpochTimer
+from runner.engine.speed import EpochTimer, StepClock
 from runner.engine.tracking import flat_hparams, record_run, start_pictures
 from runner.optimization import optimizers, regularizers, schedules
 
@@ -85,14 +85,15 @@ def _train(run: Run, command: str | None) -> dict:
     _start(run)
     end = None
     try:
-        for epoch in range(run.epoch, cfg.trainer.epochs):
-            if run.stop_before_next_epoch or run.stop_signal:
+        for epoch in range(run.state.epoch, cfg.trainer.epochs):
+            if run.state.stop_before_next_epoch or run.stop_signal:
                 break
-            run.epoch = epoch
+            run.state.epoch = epoch
             for hook in run.hooks("epoch_start"):
                 hook(run, epoch)
             result, end = train_one_epoch(run)
             if end is not None:
+                run.state.unfinished_images = result.images  # trained on, though the epoch is not kept
                 break
             val = _validate(run, result)
             end = _epoch_end(run, epoch, val)
@@ -163,10 +164,10 @@ def _interrupted(run: Run, command: str | None) -> End:
     run.progress.close()
     name = signal.Signals(run.stop_signal[0]).name
     last = run.run_dir / LAST
-    kept = (f"{last} holds epoch {len(run.history)}, untouched" if last.is_file()
+    kept = (f"{last} holds epoch {run.state.epochs_done}, untouched" if last.is_file()
             else "no epoch had finished, so there is no checkpoint to resume from yet")
     how = command or f"the same command with hydra.run.dir={run.run_dir}"
-    message = (f"interrupted by {name} in epoch {run.epoch + 1} at step {run.step}; {kept}. To resume: {how} "
+    message = (f"interrupted by {name} in epoch {run.state.epoch + 1} at step {run.state.step}; {kept}. To resume: {how} "
                f"(without hydra.run.dir a run starts afresh in a new directory)")
     log.warning(message)
     return End("interrupted", message)
@@ -179,7 +180,7 @@ def _record_failure(run: Run, message: str) -> None:
     log.error(message)
     earlier = earlier_metrics(run.run_dir)
     done = earlier.get("epochs_completed") if earlier is not None else None
-    if earlier is not None and len(run.history) <= (done if isinstance(done, int) else 0):
+    if earlier is not None and run.state.epochs_done <= (done if isinstance(done, int) else 0):
         log.error("metrics.json of the earlier run in %s is kept as it was (this attempt trained no further)",
                   run.run_dir)
     else:
@@ -224,107 +225,153 @@ class EpochResult:
 
 
 class _Sums:
-    """An epoch's running loss and correct predictions, on the device: summed per step, read back only at the end
-    of each log window (a read forces a GPU sync), then added to the epoch's totals."""
+    """An epoch's training loss and correct predictions, step by step: each step's values stay on the device until
+    its log window ends, then all of them are read back at once (one read, one GPU sync, however long the window),
+    go to TensorBoard step by step, and, as the window's mean, to the after_log hooks."""
 
     def __init__(self, device: torch.device):
-        self.loss, self.correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-        self.total_loss, self.total_correct = self.loss.clone(), self.correct.clone()
-        self.n = 0  # this rank's images in the window
-        self.seen = 0  # this rank's images in the epoch's earlier windows
+        self.clock = StepClock(device)
+        self.clock.start()
+        self.losses, self.corrects, self.sizes = [], [], []  # this window's steps: mean loss, correct, images
+        self.loss_sum = self.correct_sum = 0.0  # the epoch's read windows, summed over their images and the ranks
+        self.seen = 0  # this rank's images in the epoch's read windows
+        self.world = 1  # ranks, as the last read saw them
 
-    @torch.no_grad()
+    def start(self) -> None:
+        """Just before the epoch's first step (the clock's origin)."""
+        self.clock.start()
+
     def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
-        self.loss += loss.detach() * n
+        self.losses.append(loss.detach())
         if correct is not None:
-            self.correct += correct
-        self.n += n
+            self.corrects.append(correct)
+        self.sizes.append(n)
+        self.clock.lap()
 
-    def read(self, world, accuracy: bool) -> dict:
-        """The window's mean loss (and accuracy) over every rank; the window then starts again."""
-        distributed.sum_(self.loss, self.correct)
-        n = self.n * world.size
-        window = {"loss": self.loss.item() / n}
+    def read(self, world, accuracy: bool) -> tuple[dict, dict[str, list[float]]]:
+        """The window's mean loss (and accuracy) over every rank, and each of its steps' values by TensorBoard tag
+        (train/loss, train/acc, perf/img_per_s); the window then starts again."""
+        values = torch.stack(self.losses).float()  # (steps,): each rank's mean over its batch
         if accuracy:
-            window["acc"] = self.correct.item() / n
-        self.total_loss += self.loss
-        self.total_correct += self.correct
-        self.seen += self.n
-        self.loss.zero_()
-        self.correct.zero_()
-        self.n = 0
-        return window
+            values = torch.stack([values, torch.stack(self.corrects).to(values.dtype)])  # (2, steps)
+        distributed.sum_(values)
+        rows = values.tolist()
+        losses, corrects = (rows if accuracy else (rows, None))
+        sizes = [n * world.size for n in self.sizes]  # images of each step over the ranks
+        losses = [v / world.size for v in losses]
+        steps = {"train/loss": losses,
+                 "perf/img_per_s": [n / max(t, 1e-9) for n, t in zip(sizes, self.clock.read(), strict=True)]}
+        images = sum(sizes)
+        window = {"loss": sum(v * n for v, n in zip(losses, sizes, strict=True)) / images}
+        self.loss_sum += window["loss"] * images
+        if accuracy:
+            steps["train/acc"] = [c / n for c, n in zip(corrects, sizes, strict=True)]
+            window["acc"] = sum(corrects) / images
+            self.correct_sum += sum(corrects)
+        self.seen += sum(self.sizes)
+        self.world = world.size
+        self.losses, self.corrects, self.sizes = [], [], []
+        return window, steps
 
     def running(self, accuracy: bool) -> tuple[float, float | None]:
-        """This rank's epoch so far: the mean loss (and accuracy), for the progress display. One read back (a
-        sync), so only when the display is due."""
-        n = max(1, self.seen + self.n)
-        loss, correct = torch.stack([self.total_loss + self.loss,
-                                     (self.total_correct + self.correct).to(self.loss.dtype)]).tolist()
+        """The epoch so far: the mean loss (and accuracy), for the progress display (the window's steps of this rank
+        only). One read back (a sync), so only when the display is due."""
+        loss, correct = self.loss_sum / self.world, self.correct_sum / self.world
+        if self.losses:
+            rows = torch.stack(self.losses).float()
+            if self.corrects:
+                rows = torch.stack([rows, torch.stack(self.corrects).to(rows.dtype)])
+            rows = rows.tolist()
+            losses, corrects = rows if self.corrects else (rows, [])
+            loss += sum(v * n for v, n in zip(losses, self.sizes, strict=True))
+            correct += sum(corrects)
+        n = max(1, self.seen + sum(self.sizes))
         return loss / n, (correct / n if accuracy else None)
+
+    def epoch(self, accuracy: bool) -> tuple[float, float | None]:
+        """The epoch's mean loss (and accuracy) over every rank, once its last window is read."""
+        images = max(1, self.seen * self.world)
+        return self.loss_sum / images, (self.correct_sum / images if accuracy else None)
 
 
 def train_one_epoch(run: Run) -> tuple[EpochResult, End | None]:
-    """One shuffled pass over the training split; every trainer.log_every_steps steps the window's mean loss is
-    read back, logged and shown to the after_log hooks (divergence is detected there). Under torchrun every rank
+    """One shuffled pass over the training split; every trainer.log_every_steps steps the window's losses are read
+    back, logged step by step and, as their mean, shown to the after_log hooks (divergence is detected there). Under torchrun every rank
     augments the whole global batch with the shared generator, then keeps its shard: the same images and views as
     one process with the same batch size (images counts the global batch)."""
-    cfg, speed, world, objective = run.cfg, run.speed, run.world, run.objective
+    cfg, world, objective, state = run.cfg, run.world, run.objective, run.state
     run.model.train()
-    before_step, after_backward = run.hooks("before_step"), run.hooks("after_backward")
-    after_step, after_log = run.hooks("after_step"), run.hooks("after_log")
-    uncompiled = getattr(run.net, "_orig_mod", run.net)
-    groups = [g.get("name", str(i)) for i, g in enumerate(run.optimizer.param_groups)]
+    step = _Step(run)
     sums, images = _Sums(run.device), 0
-    train_x = run.augmentation.epoch_view(run.splits.train_x, run.epoch)
+    train_x = run.augmentation.epoch_view(run.splits.train_x, state.epoch)
     timer = EpochTimer(run.device)
     timer.start()
+    sums.start()
     start = time.perf_counter()
     progress = run.progress
-    progress.start_epoch(run.epoch, run.step)
+    progress.start_epoch(state.epoch, state.step)
     for i, (x, y) in enumerate(data.train_batches(train_x, run.splits.train_y, cfg.trainer.batch_size,
                                                   run.generator)):
-        x = speed.layout(distributed.shard(run.preprocess(run.augmentation(x, run.generator)), world))
-        y = distributed.shard(y, world)
-        plain = [hook(run) for hook in before_step]
-        net = uncompiled if any(plain) else run.net
-        with speed.autocast():
-            outputs = net(x)
-            loss = objective.loss(outputs, x, y)
-        run.optimizer.zero_grad(set_to_none=True)
-        speed.backward(loss)
-        for hook in after_backward:
-            hook(run)
-        speed.step(run.optimizer)
-        for hook in after_step:
-            hook(run, x, outputs, y)
-        lrs = [g["lr"] for g in run.optimizer.param_groups]  # the lrs this step used
-        run.scheduler.step()
-        run.step += 1
-        run.tracker.scalars({f"lr/{name}": lr for name, lr in zip(groups, lrs, strict=True)}, run.step)
-        if run.first_step_at is None:
-            run.first_step_at = time.time()
-
+        outputs, loss, y = step(x, y)
         images += len(y) * world.size
         sums.add(loss, objective.correct(outputs, y) if objective.has_accuracy else None, len(y))
         if progress.due():  # a clock read; the figures (a sync) at most every few seconds
-            progress.show(run.step, i + 1, images, *sums.running(objective.has_accuracy))
+            progress.show(state.step, i + 1, images, *sums.running(objective.has_accuracy))
         if run.stop_signal and world.size == 1:  # SIGINT/SIGTERM: stop here, nothing of this epoch is saved
             return EpochResult(float("nan"), None, images, time.perf_counter() - start), End("interrupted", "")
         if (i + 1) % cfg.trainer.log_every_steps == 0 or i + 1 == run.steps_per_epoch:
             if world.size > 1 and _signalled_anywhere(run):  # every rank stops at the same step
                 return EpochResult(float("nan"), None, images, time.perf_counter() - start), End("interrupted", "")
-            window = sums.read(world, objective.has_accuracy)
-            ends = [e for hook in after_log if (e := hook(run, {**window, "steps": i + 1,
-                                                               "img_per_s": images / (time.perf_counter() - start)}))]
+            window, steps = sums.read(world, objective.has_accuracy)
+            ends = [e for hook in step.after_log if (e := hook(run, {
+                **window, "steps": i + 1, "img_per_s": images / (time.perf_counter() - start)}))]
             if ends:
                 return EpochResult(window["loss"], None, images, time.perf_counter() - start), ends[0]
-            run.tracker.scalars({f"train/{k}": v for k, v in window.items()}, run.step)
+            run.tracker.series(steps, state.step - len(steps["train/loss"]) + 1)
     seconds = timer.seconds()
-    acc = sums.total_correct.item() / images if objective.has_accuracy else None
-    result = EpochResult(sums.total_loss.item() / images, acc, images, seconds)
-    progress.end_epoch(run.step, images, result.loss, acc)
+    loss, acc = sums.epoch(objective.has_accuracy)
+    result = EpochResult(loss, acc, images, seconds)
+    progress.end_epoch(state.step, images, result.loss, acc)
     return result, None
+
+
+class _Step:
+    """One training step of `run`, with the components' step hooks looked up once an epoch: augment and preprocess
+    the batch (then this rank's shard), forward, backward, the optimizer's step, the schedule's; each step's lr of
+    every parameter group goes to TensorBoard."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.before_step, self.after_backward = run.hooks("before_step"), run.hooks("after_backward")
+        self.after_step, self.after_log = run.hooks("after_step"), run.hooks("after_log")
+        self.uncompiled = getattr(run.net, "_orig_mod", run.net)
+        self.groups = [g.get("name", str(i)) for i, g in enumerate(run.optimizer.param_groups)]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: a batch of uint8 training images (global batch), y: their labels. Returns the outputs, the loss and
+        this rank's labels."""
+        run = self.run
+        speed, world, optimizer = run.speed, run.world, run.optimizer
+        x = speed.layout(distributed.shard(run.preprocess(run.augmentation(x, run.generator)), world))
+        y = distributed.shard(y, world)
+        plain = [hook(run) for hook in self.before_step]
+        net = self.uncompiled if any(plain) else run.net
+        with speed.autocast():
+            outputs = net(x)
+            loss = run.objective.loss(outputs, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        speed.backward(loss)
+        for hook in self.after_backward:
+            hook(run)
+        speed.step(optimizer)
+        for hook in self.after_step:
+            hook(run, x, outputs, y)
+        lrs = [g["lr"] for g in optimizer.param_groups]  # the lrs this step used
+        run.scheduler.step()
+        run.state.took_step()
+        run.tracker.scalars({f"lr/{name}": lr for name, lr in zip(self.groups, lrs, strict=True)}, run.state.step)
+        run.tracker.drain()  # one step's values of the last log window, while the device runs this step
+        return outputs, loss, y
 
 
 def _signalled_anywhere(run: Run) -> bool:
@@ -343,7 +390,7 @@ def _signalled_anywhere(run: Run) -> bool:
 def _already_completed(run: Run) -> dict | None:
     """A completed run run again with the same config and epochs: its metrics, with no file touched."""
     done = run.run_dir / "metrics.json"
-    if run.epoch < run.cfg.trainer.epochs or run.resume_from.parent.parent != run.run_dir or not done.is_file():
+    if run.state.epoch < run.cfg.trainer.epochs or run.resume_from.parent.parent != run.run_dir or not done.is_file():
         return None
     metrics = json.loads(done.read_text())
     if metrics.get("status") != "completed":
@@ -371,6 +418,7 @@ def _validate(run: Run, result: EpochResult) -> dict:
     """Evaluate on the validation split (rank 0's numbers on every rank, so that all take the same decisions);
     record the epoch in TensorBoard and the history; feed a plateau schedule."""
     cfg = run.cfg
+    run.tracker.flush()  # the epoch's last training steps, before its validation
     run.progress.phase(f"validating ({len(run.splits.val_y):,} images)")
     began = time.perf_counter()
     with run.speed.autocast():
@@ -378,25 +426,23 @@ def _validate(run: Run, result: EpochResult) -> dict:
                                                            run.splits.val_y, cfg.trainer.eval_batch_size))
     val_s = time.perf_counter() - began  # .item() in evaluate has waited for the device
     img_per_s = result.images / result.seconds
-    run.tracker.scalars({**{f"val/{k}": v for k, v in val.items()}, "perf/img_per_s": img_per_s,
-                         "perf/epoch_s": result.seconds}, run.step)
-    entry = {"epoch": run.epoch + 1, "train_loss": result.loss}
+    run.tracker.scalars({**{f"val/{k}": v for k, v in val.items()}, "perf/epoch_s": result.seconds},
+                        run.state.step)
+    entry = {"epoch": run.state.epoch + 1, "train_loss": result.loss}
     if result.acc is not None:
         entry["train_acc"] = result.acc
     entry.update({f"val_{k}": v for k, v in val.items()})
     entry.update({"lr": run.optimizer.param_groups[0]["lr"], "epoch_s": result.seconds, "img_per_s": img_per_s,
                   "images": result.images, "val_s": val_s})
-    run.history.append(entry)
-    run.tracker.scalars(regularizers.sparsity(optimizers.split_decay(run.model)[0]), run.step)
+    run.state.finished_epoch(entry)
+    run.tracker.scalars(regularizers.sparsity(optimizers.split_decay(run.model)[0]), run.state.step)
     schedules.observe(run.scheduler, {f"val_{k}": v for k, v in val.items()})
     return val
 
 
 def _keep_best(run: Run, val: dict) -> None:
-    if "acc" in val and val["acc"] > run.best["acc"]:
-        run.best = {"acc": val["acc"], "epoch": run.epoch + 1}
-        if run.cfg.trainer.save_best:
-            run.save_weights(run.run_dir / BEST, run.epoch + 1)
+    if run.state.keep_best(val) and run.cfg.trainer.save_best:
+        run.save_weights(run.run_dir / BEST, run.state.epoch + 1)
 
 
 def _log_epoch(run: Run, result: EpochResult, val: dict) -> None:
@@ -405,7 +451,7 @@ def _log_epoch(run: Run, result: EpochResult, val: dict) -> None:
         shown = "no val split"
     else:
         shown = "val " + " ".join(f"{k} {v:.4f}" for k, v in val.items())
-    log.info("epoch %d/%d  %s  %s  lr %.3g  %.1fs  %.0f img/s", run.epoch + 1, run.cfg.trainer.epochs, train, shown,
+    log.info("epoch %d/%d  %s  %s  lr %.3g  %.1fs  %.0f img/s", run.state.epoch + 1, run.cfg.trainer.epochs, train, shown,
              run.optimizer.param_groups[0]["lr"], result.seconds, result.images / result.seconds)
 
 
@@ -427,36 +473,62 @@ def test_scores(run: Run) -> tuple[dict, dict]:
     for hook in run.hooks("test_scores"):
         extra.update(hook(run))
     shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(test.items(), key=lambda kv: kv[0] != "loss"))
-    validated = run.best["epoch"] >= 0 and len(run.splits.val_y)
-    best = f"  (best val acc {run.best['acc']:.4f} at epoch {run.best['epoch']})" if validated else ""
+    best = run.state.best
+    validated = best["epoch"] >= 0 and len(run.splits.val_y)
+    best = f"  (best val acc {best['acc']:.4f} at epoch {best['epoch']})" if validated else ""
     log.info("test %s%s", shown, best)
     if extra:
         log.info("test %s", "  ".join(f"{tag.removeprefix('test/')} {value:.4g}" for tag, value in extra.items()))
     if run.world.main:
         for tag, pictures in run.objective.pictures(run.model, run.preprocess, run.splits.val_x[:8]).items():
-            run.tracker.writer.add_images(tag, pictures, run.step)
+            run.tracker.writer.add_images(tag, pictures, run.state.step)
     return test, extra
 
 
 def finish(run: Run, status: str, message: str | None = None, test: dict | None = None,
            extra: dict | None = None) -> dict:
     """metrics.json (its keys: records.METRICS) and the HPARAMS entry; closes TensorBoard. Returns the metrics."""
-    best, history = run.best, run.history
+    metrics = final_metrics(run, status, message, test, extra)
+    records.check_metrics(metrics)
+    if run.world.main:
+        checkpoint.write_json(metrics, run.run_dir / "metrics.json")
+    best = run.state.best
+    scalars = {f"test/{k}": v for k, v in (test or {}).items()}
+    scalars.update(extra or {})
+    if best["epoch"] >= 0:
+        scalars["val/best_acc"] = best["acc"]
+    if run.tracker.writer is not None:
+        run.tracker.hparams({**flat_hparams(run.cfg, run.choices), "status": status}, scalars, run.state.step,
+                            experiment=not run.sweep_trial)
+    run.tracker.close()
+    run.progress.close()
+    if run.world.main and status != "interrupted":  # an interrupted run's last line is the command that resumes it
+        log.info("%s: metrics.json, checkpoints/ and the TensorBoard events are in %s; see the curves with "
+                 "`tensorboard --logdir %s` (curves/loss and curves/acc: train and validation, one colour each)", status, run.run_dir,
+                 run.run_dir)
+    return metrics
+
+
+def final_metrics(run: Run, status: str, message: str | None = None, test: dict | None = None,
+                  extra: dict | None = None) -> dict:
+    """What metrics.json holds at the end of `run` (records.METRICS says what each key means)."""
+    state = run.state
+    best, history, first_step_at = state.best, state.history, state.first_step_at
     metrics = {
         "status": status,
         "objective": run.objective.name,
         "epochs_completed": len(history),
-        "steps": run.step,
+        "steps": state.step,
         "best_val_acc": best["acc"] if best["epoch"] >= 0 else None,
         "best_epoch": best["epoch"] if best["epoch"] >= 0 else None,
-        "wall_time_s": run.elapsed + time.perf_counter() - run.wall_start,
-        "first_step_at": run.first_step_at,
-        "startup_s": None if run.first_step_at is None else run.first_step_at - run.started_at,
-        "startup": None if run.first_step_at is None else {
+        "wall_time_s": state.seconds(),
+        "first_step_at": first_step_at,
+        "startup_s": None if first_step_at is None else first_step_at - run.started_at,
+        "startup": None if first_step_at is None else {
             "setup_s": run.data_began_at - run.started_at, **run.startup,
-            "first_step_s": run.first_step_at - run.built_at},
+            "first_step_s": first_step_at - run.built_at},
         "history": history,
-        "images_seen": sum(h.get("images", 0) for h in history),
+        "images_seen": sum(h.get("images", 0) for h in history) + state.unfinished_images,
         "world_size": run.world.size,
         "precision": run.speed.precision,
         "model_params": run.n_params,
@@ -471,26 +543,10 @@ def finish(run: Run, status: str, message: str | None = None, test: dict | None 
     metrics.update({tag.replace("/", "_"): v for tag, v in (extra or {}).items()})
     for hook in run.hooks("summary"):
         metrics[hook.__self__.name] = hook()
-    if run.resumes:
-        metrics["resumes"] = run.resumes
+    if state.resumes:
+        metrics["resumes"] = state.resumes
     if message:
         metrics["message"] = message
     if status == "interrupted" and run.stop_signal:
         metrics["signal"] = signal.Signals(run.stop_signal[0]).name
-    records.check_metrics(metrics)
-    if run.world.main:
-        checkpoint.write_json(metrics, run.run_dir / "metrics.json")
-    scalars = {f"test/{k}": v for k, v in (test or {}).items()}
-    scalars.update(extra or {})
-    if best["epoch"] >= 0:
-        scalars["val/best_acc"] = best["acc"]
-    if run.tracker.writer is not None:
-        run.tracker.hparams({**flat_hparams(run.cfg, run.choices), "status": status}, scalars, run.step,
-                            experiment=not run.sweep_trial)
-    run.tracker.close()
-    run.progress.close()
-    if run.world.main and status != "interrupted":  # an interrupted run's last line is the command that resumes it
-        log.info("%s: metrics.json, checkpoints/ and the TensorBoard events are in %s; see the curves with "
-                 "`tensorboard --logdir %s` (Custom Scalars tab: train and val together)", status, run.run_dir,
-                 run.run_dir)
     return metrics

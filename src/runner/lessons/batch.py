@@ -6,6 +6,7 @@ the final loss depends on the seed in a narrow and in a wide net."""
 import math
 import statistics
 
+from runner.engine.records import read_scalars
 from runner.lessons.lab import Lab, save_figure
 from runner.lessons.verdict import (
     NOT_REPRODUCED,
@@ -422,18 +423,8 @@ def grad_clipping(lesson, lab: Lab) -> Result:
 
 
 def scalar_series(run_dir, tag: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of one scalar tag in a run's TensorBoard events."""
-    from pathlib import Path
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points = []
-    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        events.Reload()
-        if tag in events.Tags()["scalars"]:
-            points += [(e.step, e.value) for e in events.Scalars(tag)]
-    points.sort()
+    """(steps, values) of one scalar tag (a name of runner.engine.records.TAGS) in a run's TensorBoard events."""
+    points = read_scalars(run_dir, tag)
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -454,7 +445,7 @@ def _clip_figure(lab: Lab, runs, lesson) -> str:
             if arm == lesson.clipped:
                 steps, norms = scalar_series(m["run_dir"], "train/grad_norm")
                 axes[1].plot(steps, norms, style, color=f"C{i}", label=f"seed {lesson.seeds[j]}")
-    axes[0].set(xlabel="step", ylabel="training loss (window mean)", yscale="log",
+    axes[0].set(xlabel="step", ylabel="training loss (each step)", yscale="log",
                 title="training loss (x: the last window before the run diverged)")
     threshold = float(lab.config(lesson.clipped, lesson.seeds[0])[0].regularization.grad_clip.threshold)
     axes[1].axhline(threshold, color="k", ls="--", lw=1, label=f"clip threshold {threshold:g}")

@@ -59,6 +59,7 @@ def no_gradient_fraction(model, x) -> float:
     whatever the activation (elementwise ones: ReLU family, ELU, SELU, tanh...)."""
     import torch
 
+    # torch only when the lesson runs: the lessons list and check torch-free
     from runner.nets.diagnostics import is_activation
 
     alive, handles = [], []
@@ -114,6 +115,7 @@ def decayed_weights(model):
     into one vector on the CPU."""
     import torch
 
+    # torch only when the lesson runs: the lessons list and check torch-free
     from runner.optimization.optimizers import split_decay
 
     with torch.no_grad():
@@ -451,7 +453,7 @@ class WeightsAfter(Component):
         self.steps, self.value = steps, None
 
     def after_step(self, run, x, outputs, y) -> None:
-        if run.step + 1 == self.steps:  # run.step counts the steps before this one
+        if run.state.step + 1 == self.steps:  # run.state.step counts the steps before this one
             self.value = decayed_weights(run.model)
 
 
@@ -476,14 +478,42 @@ def l2_vs_weight_decay(lesson, lab: Lab) -> Result:
 
     distance, distance_end = distances(early), distances(final)
     norm = {arm: Stat([float(w.norm()) for w in ws]) for arm, ws in final.items()}
-    sgd, adam = lesson.exact_pair, lesson.differing_pair
-    a_l2, a_decay = lesson.pairs[adam]
     reference = lesson.reference_arm
     shrink = {arm: Stat([1 - n / r for n, r in zip(norm[arm].values, norm[reference].values, strict=True)])
-              for arm in lesson.pairs[adam]}
-    exact, apart = max(distance[sgd].values), min(distance[adam].values)
+              for arm in lesson.pairs[lesson.differing_pair]}
     after = f"after {lesson.steps} steps"
-    verdict = all_of(
+    verdict = _l2_verdict(lesson, distance, shrink, after)
+    cfgs = {arm: lab.config(arm, lesson.seeds[0])[0] for arm in lesson.arms}
+    strength = {arm: next((float(c.regularization[k].value) for k in ("l2", "weight_decay")
+                           if k in c.regularization), 0.0) for arm, c in cfgs.items()}
+    pair_of = {arm: pair for pair, arms in lesson.pairs.items() for arm in arms}
+    rows = [{"arm": arm, "optimizer": cfgs[arm].optimizer._target_.rsplit(".", 1)[-1],
+             "lr": float(cfgs[arm].optimizer.lr), "penalty": next(iter(cfgs[arm].regularization), "none"),
+             "lambda": strength[arm], f"distance to its pair {after}": distance.get(pair_of.get(arm), ""),
+             "distance at the end": distance_end.get(pair_of.get(arm), ""), "weight norm at the end": norm[arm],
+             "test acc": _stat(runs[arm], "test_acc")} for arm in lesson.arms]
+    total = int(runs[lesson.pairs[lesson.exact_pair][0]][0]["steps"])
+    a_decay = lesson.pairs[lesson.differing_pair][1]
+    lr_decay = float(cfgs[a_decay].optimizer.lr) * strength[a_decay]
+    notes = _l2_notes(lesson, distance, distance_end, shrink, after, total, lr_decay)
+    figure = _paired_figure(lab.figure_path(), {
+        f"relative distance of the pair's weights {after}": named(distance),
+        "relative distance at the end": named(distance_end),
+        "weight norm at the end": {arm: norm[arm] for arm in lesson.arms}}, lesson.seeds,
+        "L2 vs decoupled weight decay at the same lambda, under SGD and Adam",
+        log_y=(f"relative distance of the pair's weights {after}", "relative distance at the end"),
+        refs={f"relative distance of the pair's weights {after}": (lesson.float_tolerance, "float tolerance"),
+              "relative distance at the end": (lesson.float_tolerance, "float tolerance")})
+    return Result(list(rows[0]), rows, verdict, notes, figure)
+
+
+def _l2_verdict(lesson, distance: dict[str, Stat], shrink: dict[str, Stat], after: str) -> Verdict:
+    """One update under SGD (the pair's weights within the float tolerance), two under Adam (apart), and which of
+    Adam's arms shrinks the weights more, either way."""
+    sgd, adam = lesson.exact_pair, lesson.differing_pair
+    a_l2, a_decay = lesson.pairs[adam]
+    exact, apart = max(distance[sgd].values), min(distance[adam].values)
+    return all_of(
         holds(exact <= lesson.float_tolerance,
               f"{sgd} {after}: the two runs' weights differ by at most {exact:.2g} (relative), within the float "
               f"tolerance {lesson.float_tolerance:g}: one and the same update",
@@ -495,42 +525,31 @@ def l2_vs_weight_decay(lesson, lab: Lab) -> Result:
               f"{adam} {after}: the weights differ by only {apart:.2g} (relative), under {lesson.apart_factor:g} x "
               "the float tolerance"),
         _either_way(shrink[a_l2], shrink[a_decay], a_l2, a_decay,
-                    f"shrinkage of the weight norm at the end against {reference} (1 - norm / its norm)"))
-    cfgs = {arm: lab.config(arm, lesson.seeds[0])[0] for arm in lesson.arms}
-    strength = {arm: next((float(c.regularization[k].value) for k in ("l2", "weight_decay")
-                           if k in c.regularization), 0.0) for arm, c in cfgs.items()}
-    pair_of = {arm: pair for pair, arms in lesson.pairs.items() for arm in arms}
-    rows = [{"arm": arm, "optimizer": cfgs[arm].optimizer._target_.rsplit(".", 1)[-1],
-             "lr": float(cfgs[arm].optimizer.lr), "penalty": next(iter(cfgs[arm].regularization), "none"),
-             "lambda": strength[arm], f"distance to its pair {after}": distance.get(pair_of.get(arm), ""),
-             "distance at the end": distance_end.get(pair_of.get(arm), ""), "weight norm at the end": norm[arm],
-             "test acc": _stat(runs[arm], "test_acc")} for arm in lesson.arms]
-    total = int(runs[lesson.pairs[sgd][0]][0]["steps"])
+                    f"shrinkage of the weight norm at the end against {lesson.reference_arm} (1 - norm / its norm)"))
+
+
+def _l2_notes(lesson, distance: dict[str, Stat], distance_end: dict[str, Stat], shrink: dict[str, Stat], after: str,
+              total: int, lr_decay: float) -> list[str]:
+    """What the numbers say beside the verdict: the protocol, the Adam pair's distance against the SGD pair's, the
+    shrinkage against decoupled decay's formula, and why the SGD pair may drift apart over a whole run."""
+    sgd, adam = lesson.exact_pair, lesson.differing_pair
+    a_l2, a_decay = lesson.pairs[adam]
     ratio = Stat([a / max(b, 1e-300) for a, b in zip(distance[adam].values, distance[sgd].values, strict=True)])
     more = a_l2 if shrink[a_l2].mean > shrink[a_decay].mean else a_decay
-    lr_decay = float(cfgs[a_decay].optimizer.lr) * strength[a_decay]
     notes = ["same seed in every arm: the same initial weights, batches and order; plain SGD (no momentum, whose "
              "velocity would carry the L2 term into later steps), the same lr schedule in both arms of a pair",
              f"{after} the {adam} pair's distance is {ratio.text()} x the {sgd} pair's, seed by seed",
-             f"shrinkage at the end against {reference}: {a_l2} {shrink[a_l2].text()}, {a_decay} "
+             f"shrinkage at the end against {lesson.reference_arm}: {a_l2} {shrink[a_l2].text()}, {a_decay} "
              f"{shrink[a_decay].text()} (decoupled decay alone: 1 - (1 - lr lambda)^{total} = "
              f"{1 - (1 - lr_decay) ** total:.3g}); {more} shrinks the weights more at the same lambda. Adam divides "
              "L2's term lambda w by its running gradient scale sqrt(v), so weights with small gradients are pulled "
              "hard and those with large ones hardly at all; decoupled decay shrinks every weight by lr x lambda per "
              "step"]
-    grown = max(distance_end[sgd].values)
+    grown, exact = max(distance_end[sgd].values), max(distance[sgd].values)
     if grown > lesson.float_tolerance:
         notes.append(f"at the end ({total} steps) the {sgd} pair differs by "
                      + ", ".join(f"{d:.2g}" for d in distance_end[sgd].values) + " (by seed): the two formulas round "
                      f"differently (w - lr (g + lambda w) vs w (1 - lr lambda) - lr g), {after} by at most "
                      f"{exact:.2g}, and training can amplify such a difference as it would any other (a unit's input "
                      "crossing 0 in one run and not the other)")
-    figure = _paired_figure(lab.figure_path(), {
-        f"relative distance of the pair's weights {after}": named(distance),
-        "relative distance at the end": named(distance_end),
-        "weight norm at the end": {arm: norm[arm] for arm in lesson.arms}}, lesson.seeds,
-        "L2 vs decoupled weight decay at the same lambda, under SGD and Adam",
-        log_y=(f"relative distance of the pair's weights {after}", "relative distance at the end"),
-        refs={f"relative distance of the pair's weights {after}": (lesson.float_tolerance, "float tolerance"),
-              "relative distance at the end": (lesson.float_tolerance, "float tolerance")})
-    return Result(list(rows[0]), rows, verdict, notes, figure)
+    return notes

@@ -1,5 +1,6 @@
 """Lessons on ensembles: several models' averaged predictions against one model's."""
 
+from runner.commands.ensemble import evaluate_ensemble
 from runner.lessons.lab import Lab, bar_figure
 from runner.lessons.verdict import Result, Stat, accuracy_noise, all_of, greater
 
@@ -8,8 +9,6 @@ def snapshot_and_seed_ensembles(lesson, lab: Lab) -> Result:
     """Each seed trains one run with warm restarts (schedule.snapshot_ensemble: a snapshot at the end of every
     cycle, their averaged softmax tested by the run); then the seeds' final models are averaged by runner.ensemble."""
     from pathlib import Path
-
-    from runner.ensemble import evaluate_ensemble
 
     runs = [lab.run("snapshots", seed) for seed in lesson.seeds]
     cycles = sum(1 for k in runs[0] if k.startswith("test_acc_snapshot_") and k[-1].isdigit())

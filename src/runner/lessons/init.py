@@ -15,6 +15,7 @@ def activation_outputs(model, x) -> list[tuple[str, str, "object"]]:
     mode (as at step 0 of a run), without gradients."""
     import torch
 
+    # torch only when the lesson runs: the lessons list and check torch-free
     from runner.nets.diagnostics import is_activation
 
     found, handles = [], []
@@ -67,6 +68,7 @@ def dead_relu_fraction(run, n: int = 1024) -> float:
 def never_positive(outs) -> float:
     """The fraction of units (features or channels: dim 1) among the layer outputs `outs` that are never positive,
     each layer weighted by its units."""
+    # torch only when the lesson runs: the lessons list and check torch-free
     from runner.nets.diagnostics import dead_fraction
 
     units = sum(o.shape[1] for o in outs)
@@ -239,6 +241,7 @@ def dead_relu(lesson, lab: Lab) -> Result:
 
 def saturation(lesson, lab: Lab) -> Result:
     """Fraction of saturated sigmoid/tanh values at init, large init vs Xavier."""
+    # torch only when the lesson runs: the lessons list and check torch-free
     from runner.nets.diagnostics import saturated_fraction
 
     frac = {arm: [] for arm in lesson.arms}

@@ -15,8 +15,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config import ConfigError
+from runner.config import CONFIG_DIR, CheckpointError, ConfigError, register_resolvers, validate
+from runner.config.command_line import composed
+from runner.data import checkpoint
 from runner.engine.hooks import Component
+from runner.engine.rundir import config_differences, output_error
 from runner.lessons.verdict import Stat
 
 log = logging.getLogger("runner")
@@ -76,9 +79,6 @@ class Lab:
 
     def config(self, arm: str | None = None, seed: int | None = None, extra=()) -> tuple[DictConfig, dict]:
         """The composed, checked runner config of one run and its group choices (nothing runs)."""
-        from runner.config import validate
-        from runner.config.command_line import composed
-
         cfg = composed(self.compose, self.overrides(arm, seed, extra))  # Hydra's refusal: runner's one line
         choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -88,8 +88,6 @@ class Lab:
     def compose(self, overrides: list[str]) -> DictConfig:
         """Hydra's composition of runner's config with these overrides, its own node included."""
         import hydra
-
-        from runner.config import CONFIG_DIR, register_resolvers
 
         register_resolvers()
         with hydra.initialize_config_dir(config_dir=str(self.config_dir or CONFIG_DIR), version_base="1.3"):
@@ -150,6 +148,7 @@ class Lab:
         was kept too (MEASURED), else trained again; an unfinished run resumes from its last checkpoint, unless a
         component of the lesson measures during training (its value is not in the checkpoint): then it starts
         afresh. A run stopped by SIGINT or SIGTERM raises RunInterrupted."""
+        # torch from here on: the lessons list and check torch-free
         from runner.engine import train
 
         earlier = _read_metrics(run_dir)
@@ -195,6 +194,7 @@ class Lab:
         lessons that look at a network before any training."""
         import torch
 
+        # torch only when a model is built: the lessons list and check torch-free
         from runner.engine.build import build_model
 
         cfg, _ = self.config(arm, seed, extra)
@@ -205,6 +205,7 @@ class Lab:
         """n preprocessed training images and their labels, as a run of this arm would see them (CPU)."""
         import torch
 
+        # torch only when data loads: the lessons list and check torch-free
         from runner.data.loading import load_splits
         from runner.engine.build import build_preprocess
 
@@ -311,8 +312,6 @@ def _read_metrics(run_dir: Path) -> dict:
 def _check_same_config(cfg, run_dir: Path) -> None:
     """A run directory of the lesson's that holds a run of another config (the lesson run again with other
     overrides into the same --out) is refused in one line, before anything there is touched."""
-    from runner.engine.rundir import config_differences
-
     try:
         saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
     except Exception:  # noqa: BLE001 - none, or unreadable: the run's checkpoint still records its config
@@ -330,9 +329,6 @@ def _check_same_config(cfg, run_dir: Path) -> None:
 
 def _measured(run_dir: Path, components) -> list | None:
     """The values the components measured on the run (MEASURED), to be given back to them; None when not kept."""
-    from runner.config import CheckpointError
-    from runner.data import checkpoint
-
     if not all(hasattr(c, "value") for c in components):
         return None  # a component whose effect the lesson reads some other way: only a new run gives it
     if not components:
@@ -347,9 +343,6 @@ def _measured(run_dir: Path, components) -> list | None:
 def _keep_measured(run_dir: Path, components) -> None:
     """Keep the components' values (MEASURED) when they are plain data that a checkpoint load gives back (tensors,
     numbers, strings, and lists, tuples and dicts of them); a network kept whole, say, is measured again."""
-    from runner.data import checkpoint
-    from runner.engine.rundir import output_error
-
     values = [getattr(c, "value", None) for c in components]
     if not components or not all(hasattr(c, "value") for c in components) or not _plain(values):
         return
@@ -385,6 +378,7 @@ class _AtEnd(Component):
 
 def weight_zero_fraction(run) -> float:
     """The fraction of conv/linear weights that are exactly 0."""
+    # torch only when a run is measured: the lessons list and check torch-free
     from runner.optimization import optimizers, regularizers
 
     return regularizers.sparsity(optimizers.split_decay(run.model)[0])["weights/zero_fraction"]

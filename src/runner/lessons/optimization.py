@@ -4,6 +4,8 @@ norm, batch size, warmup and schedules on real runs."""
 
 import math
 
+from runner.commands import pictures
+from runner.engine.records import read_scalars
 from runner.lessons.lab import Lab, save_figure
 from runner.lessons.verdict import (
     NOT_REPRODUCED,
@@ -11,6 +13,7 @@ from runner.lessons.verdict import (
     Result,
     Stat,
     Verdict,
+    accuracy_noise,
     all_of,
     critical,
     greater,
@@ -26,8 +29,6 @@ def _race(lesson, lab: Lab, title: str | None = None) -> tuple[dict, str]:
     """The race of lesson.optimizers on lesson.surface at the common lesson.lr; the picture (paths on the
     contours, loss per step) as the lesson's figure."""
     from omegaconf import OmegaConf
-
-    from runner import pictures
 
     params = OmegaConf.to_container(lesson.get(lesson.surface) or {})
     results = pictures.race(lesson.surface, list(lesson.optimizers), lesson.lr, lesson.steps, tol=lesson.tol,
@@ -119,8 +120,6 @@ def momentum_too_high(lesson, lab: Lab) -> Result:
 
 
 def adagrad_vs_rmsprop(lesson, lab: Lab) -> Result:
-    from runner import pictures
-
     sizes = pictures.effective_steps(optimizers=(lesson.shrinking, lesson.steady), steps=lesson.steps,
                                      lr=lesson.lr)
     fig = pictures.effective_steps_figure(sizes, lesson.lr)
@@ -145,8 +144,6 @@ def adagrad_vs_rmsprop(lesson, lab: Lab) -> Result:
 
 
 def adam_bias_correction(lesson, lab: Lab) -> Result:
-    from runner import pictures
-
     b1, b2 = lesson.betas
     first = {bc: pictures.adam_first_step(bc, lr=lesson.lr, betas=(b1, b2)) for bc in (True, False)}
     sizes = pictures.effective_steps(optimizers=("adam", "adam_no_bias_correction"), steps=lesson.steps,
@@ -259,23 +256,13 @@ def _curves_figure(path, runs: dict[str, list[dict]], key: str, ylabel: str, tit
 
 
 def train_loss_by_step(run_dir) -> tuple[list[int], list[float]]:
-    """(steps, values) of a run's train/loss in TensorBoard: the mean of every trainer.log_every_steps window."""
-    from pathlib import Path
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points = []
-    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        events.Reload()
-        if "train/loss" in events.Tags()["scalars"]:
-            points += [(e.step, e.value) for e in events.Scalars("train/loss")]
-    points.sort()
+    """(steps, values) of a run's train/loss in TensorBoard: the loss of every step."""
+    points = read_scalars(run_dir, "train/loss")
     return [p[0] for p in points], [p[1] for p in points]
 
 
 def _loss_steps_figure(path, runs: dict[str, list[dict]], title: str) -> str:
-    """Each run's logged training loss per step (log scale); a diverged run ends with an x at its last window."""
+    """Each run's logged training loss per step (log scale); a diverged run ends with an x at its last logged step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,7 +276,7 @@ def _loss_steps_figure(path, runs: dict[str, list[dict]], title: str) -> str:
                     label=f"{arm} ({_statuses(seeds)})" if j == 0 else None)
             if r["diverged"] and steps:
                 ax.plot(steps[-1], values[-1], "x", color=f"C{i}", ms=11, mew=2.5)
-    ax.set(yscale="log", xlabel="optimizer step", ylabel="training loss (mean of each log window, log scale)",
+    ax.set(yscale="log", xlabel="optimizer step", ylabel="training loss (each step, log scale)",
            title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -323,7 +310,7 @@ def lr_too_high_low(lesson, lab: Lab) -> Result:
              "every few steps (trainer.log_every_steps): the setting of the lecture's loss curves",
              "a diverged run stops at the first log window with a non-finite or exploded loss: the x in the figure"]
     figure = _loss_steps_figure(lab.figure_path(), runs, "training loss per step: too high diverges (x: its last "
-                                "logged window), too low crawls")
+                                "logged step), too low crawls")
     return Result(list(rows[0]), rows, verdict, notes, figure)
 
 
@@ -352,8 +339,6 @@ def bn_high_lr(lesson, lab: Lab) -> Result:
 
 
 def _noise(acc: Stat, lab: Lab) -> float:
-    from runner.lessons.verdict import accuracy_noise
-
     cfg, _ = lab.config(None, 0)
     return accuracy_noise(acc.mean, int(cfg.data.val_size))
 
@@ -397,6 +382,7 @@ def bn_gap(run, sizes, images: int) -> dict:
     moving while they averaged), and after one exact pass over the training split (no augmentation) has replaced them
     by the population statistics of the final weights ("exact"). The pass averages equal batches of 500 (the
     remainder left out), so that every image weighs the same. The run's test then uses these statistics."""
+    # torch only when the lesson runs: the lessons list and check torch-free
     from runner.nets.layers import reestimate_batch_norm
 
     x, y = run.preprocess(run.splits.val_x[:images]), run.splits.val_y[:images]
@@ -612,6 +598,7 @@ def warmup_large_batch(lesson, lab: Lab) -> Result:
 def lr_curve(lab: Lab, arm: str, per_epoch: int) -> list[float]:
     """The lr of every step of a run of `arm` with `per_epoch` steps an epoch, from the code the runs use
     (runner.engine.build.schedule_factor), at the arm's tuned peak where the lesson tunes it."""
+    # torch only when the lesson runs: the lessons list and check torch-free
     from runner.engine.build import schedule_factor
 
     cfg, _ = lab.config(arm, 0)

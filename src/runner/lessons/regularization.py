@@ -75,6 +75,7 @@ def variance_shift(model, x) -> dict[str, dict[str, float]]:
     import torch
     from torch import nn
 
+    # torch only when the lesson runs: the lessons list and check torch-free
     from runner.nets.layers import enable_dropout
 
     norms = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -293,6 +294,7 @@ def _median_iqr(s: Stat) -> str:
 def dropout_speed(lesson, lab: Lab) -> Result:
     import copy
 
+    # torch only when the lesson runs: the lessons list and check torch-free
     from runner.engine import evaluation
 
     def keep(run):
@@ -553,6 +555,7 @@ def train_images(lab: Lab, arm: str, seed: int) -> tuple[int, int]:
     """(training images, batch size) of a run of `arm`."""
     import torch
 
+    # torch only when the lesson runs: the lessons list and check torch-free
     from runner.data.loading import load_splits
 
     cfg, _ = lab.config(arm, seed)

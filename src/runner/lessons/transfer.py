@@ -5,9 +5,11 @@ import math
 
 from omegaconf import OmegaConf
 
+from runner.commands.transfer_grid import plan
 from runner.config import CONFIG_DIR
+from runner.data import checkpoint
 from runner.engine.hooks import Component
-from runner.lessons.lab import Lab, save_figure
+from runner.lessons.lab import Lab, bar_figure, save_figure
 from runner.lessons.regularization import logged_scalars
 from runner.lessons.verdict import Result, Stat, accuracy_noise, all_of, greater, holds
 
@@ -28,6 +30,7 @@ class HeadCosine(Component):
     def start(self, run) -> None:
         from torch.nn import functional as F
 
+        # torch only when the lesson runs: the lessons list and check torch-free
         from runner.nets.transfer import output_layer
 
         w = run.model.get_submodule(output_layer(run.model)).weight.detach().float().flatten().cpu()
@@ -49,35 +52,15 @@ class _Warnings(logging.Handler):
 
 def _trained_head(pretrain_dir):
     """The pretraining run's trained output layer weights (runner's models: `head`, torchvision's: `fc`)."""
-    from runner.data import checkpoint
-
     state = checkpoint.load(pretrain_dir / "checkpoints/last.pt", needs=("model",))["model"]
     return next(state[k] for k in ("head.weight", "fc.weight", next(reversed(state))) if k in state)
 
 
 def transfer_grid(lesson, lab: Lab) -> Result:
-    from runner.transfer_grid import plan
-
     grid = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "transfer_grid.yaml"), {k: lesson[k] for k in GRID_KEYS},
                            {"overrides": []})
     classes = len(grid.pretrain_classes)
-    watch = _Warnings(INITIAL_LOSS_WARNING)
-    logging.getLogger("runner").addHandler(watch)
-    cells: dict[tuple[str, str, str], list[dict]] = {}
-    try:
-        for seed in lesson.seeds:
-            grid.seed = seed
-            pretrain_dir = lab.out / f"pretrain_seed{seed}"
-            for r in plan(grid, pretrain_dir):
-                head = [] if r["setting"] in ("pretrain", "scratch") else [HeadCosine(_trained_head(pretrain_dir))]
-                m = lab.run(None, seed, extra=r["overrides"], name=r["name"], components=head,
-                            at_end=lambda run: len(run.splits.test_y))
-                m["initial_loss"] = _initial_loss(m["run_dir"])
-                m["head_cosine"] = head[0].value if head else math.nan
-                cells.setdefault((r["amount"], r["similarity"], r["setting"]), []).append(m)
-    finally:
-        logging.getLogger("runner").removeHandler(watch)
-    cells.pop(("", "", "pretrain"), None)
+    cells, warnings = _grid_cells(lesson, lab, grid)
     settings = list(grid.settings)
     rows = []
     for amount in ("little", "much"):
@@ -97,12 +80,12 @@ def transfer_grid(lesson, lab: Lab) -> Result:
     test_n = cells[("little", "similar", "scratch")][0]["at_end"]
     floor = accuracy_noise(little["scratch"].mean, test_n)
     verdict = all_of(
-        holds(worst <= tolerance * expected and watch.count == 0,
+        holds(worst <= tolerance * expected and warnings == 0,
               f"every transfer run starts at a loss near ln {classes} = {expected:.3f} ({losses.text()}, at most "
               f"{worst:.3f} away; its new head's cosine with the pretrained head {cosines.text()}) and no "
               "initial-loss warning fired",
               f"transfer runs start at a loss of {losses.text()} against ln {classes} = {expected:.3f} (up to "
-              f"{worst:.3f} away, tolerance {tolerance:g} x ln {classes}); {watch.count} initial-loss warnings; head "
+              f"{worst:.3f} away, tolerance {tolerance:g} x ln {classes}); {warnings} initial-loss warnings; head "
               f"cosine {cosines.text()}"),
         greater(little[best], little["scratch"], best, "scratch", "test acc with little data on the similar task",
                 floor=floor))
@@ -118,6 +101,29 @@ def transfer_grid(lesson, lab: Lab) -> Result:
              f"test accuracy noise on {test_n} test images per cell: +-{floor:.3f} (binomial), the "
              "floor of the spread; cells other than little/similar are reported, not judged"]
     return Result(["data", "task", *settings], rows, verdict, notes, figure)
+
+
+def _grid_cells(lesson, lab: Lab, grid) -> tuple[dict[tuple[str, str, str], list[dict]], int]:
+    """Every cell's runs of the grid (amount, similarity, setting) over the lesson's seeds, each seed pretraining
+    once; and how many initial-loss warnings the runs logged."""
+    watch = _Warnings(INITIAL_LOSS_WARNING)
+    logging.getLogger("runner").addHandler(watch)
+    cells: dict[tuple[str, str, str], list[dict]] = {}
+    try:
+        for seed in lesson.seeds:
+            grid.seed = seed
+            pretrain_dir = lab.out / f"pretrain_seed{seed}"
+            for r in plan(grid, pretrain_dir):
+                head = [] if r["setting"] in ("pretrain", "scratch") else [HeadCosine(_trained_head(pretrain_dir))]
+                m = lab.run(None, seed, extra=r["overrides"], name=r["name"], components=head,
+                            at_end=lambda run: len(run.splits.test_y))
+                m["initial_loss"] = _initial_loss(m["run_dir"])
+                m["head_cosine"] = head[0].value if head else math.nan
+                cells.setdefault((r["amount"], r["similarity"], r["setting"]), []).append(m)
+    finally:
+        logging.getLogger("runner").removeHandler(watch)
+    cells.pop(("", "", "pretrain"), None)
+    return cells, watch.count
 
 
 def _initial_loss(run_dir) -> float:
@@ -168,7 +174,6 @@ def unsupervised_pretraining(lesson, lab: Lab) -> Result:
     rows = [{"start": "from scratch", "labels per class": lesson.per_class, "test acc": scratch},
             {"start": f"autoencoder's encoder, transfer={lesson.transfer}", "labels per class": lesson.per_class,
              "test acc": pretrained}]
-    from runner.lessons.lab import bar_figure
 
     figure = bar_figure(lab.figure_path(), {"scratch": scratch, "autoencoder": pretrained}, "test accuracy",
                         f"{lesson.per_class} labels per class: from scratch vs unsupervised pretraining")

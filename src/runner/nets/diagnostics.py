@@ -1,5 +1,5 @@
 """Training diagnostics (`diagnostics.every_steps`): what the lectures look at to tell a healthy network from a
-sick one, measured at step 0 and every N optimizer steps, written to TensorBoard under `diag/` and `act/`.
+sick one, measured at step 0 and every N optimizer steps, written to TensorBoard under `diag/` (the histograms under `diag/activations/`).
 
 Per activation layer: mean, std and a histogram of its output; for ReLU the fraction of dead units (never positive
 on the batch); for sigmoid/tanh the fraction of saturated values. Per Linear/Conv layer: gradient norm (before any
@@ -186,7 +186,7 @@ class Probe:
             lo, hi, total, squares = flat[at:at + 4]
             counts = flat[at + 4:at + 4 + HISTOGRAM_BINS]
             at += 4 + HISTOGRAM_BINS
-            histograms.append((f"act/{name}", lo, hi, counts, total, squares, num, step + 1))
+            histograms.append((f"diag/activations/{name}", lo, hi, counts, total, squares, num, step + 1))
         if self._held_histograms is not None and histograms:
             histograms, self._held_histograms = self._held_histograms, histograms
             if histograms:  # from the second diagnostic step on: the held ones, then this step's

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from runner.config.regularizers import REGULARIZERS, shifting_selu
+
 log = logging.getLogger("runner")
 
 _LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
@@ -277,11 +279,11 @@ def consistency_warnings(activation, init, norm, regularization) -> list[str]:
         if norm.name == "batch":
             messages.append("activation=selu with norm=batch: SELU normalizes by itself; batch norm undoes its "
                             "fixed point. Use norm=none.")
-        if "dropout" in regularization or "gaussian_dropout" in regularization:
+        if shifting_selu(regularization, "shifts"):
             messages.append("activation=selu with ordinary dropout shifts the mean and variance SELU keeps; "
-                            "use regularization=alpha_dropout instead.")
-    elif "alpha_dropout" in regularization:
-        messages.append(f"regularization=alpha_dropout is made for activation=selu (here {act}); use dropout.")
+                            f"use regularization={' or '.join(shifting_selu(REGULARIZERS, 'keeps'))} instead.")
+    for name in shifting_selu(regularization, "keeps") if act != "SELU" else ():
+        messages.append(f"regularization={name} is made for activation=selu (here {act}); use dropout.")
     if scheme in ("he_normal", "he_uniform") and act in ("Sigmoid", "Tanh"):
         messages.append(f"init={scheme} with activation={act.lower()}: He init is derived for ReLU; for "
                         "sigmoid/tanh use init=xavier_normal or xavier_uniform.")

@@ -1,31 +1,44 @@
-"""A sweep's sampler seeded once per trial, so that workers sharing a study never draw the same point. Imported by
-the sweeper only (a run that is not a sweep never imports Optuna)."""
+"""A sweep's sampler, built and seeded once per sweep process. Imported by the sweeper only (a run that is not a
+sweep never imports Optuna)."""
 
 import numpy as np
 from hydra.utils import instantiate
 from optuna.samplers import BaseSampler
 
 
-def trial_seed(seed: int, number: int) -> int:
-    """The seed of trial `number`'s sampler in a study seeded `seed`: independent streams for any two trials."""
-    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+def process_seed(seed: int | None, first_trial: int) -> int | None:
+    """The seed of a sweep process's sampler whose first trial is `first_trial`: the configured seed for the process
+    that draws the study's trial 0 (its draws are those of a plain Optuna study with that sampler and seed), an
+    independent stream derived from (seed, first_trial) for any other (a second worker on the study, a rerun of the
+    sweep), so that two processes never draw the same points. None: unseeded."""
+    if seed is None or first_trial == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, first_trial]).generate_state(1)[0])
 
 
-class PerTrialSeed(BaseSampler):
-    """The configured sampler (random, TPE, GP), built afresh for each trial with the seed trial_seed(seed, number).
-    Workers sharing a study each draw their trials with distinct seeds (one sampler seeded once per worker drew the
-    same points in every worker), and a trial's draw does not depend on which process makes it: with the random
-    sampler, trial N's point depends only on the seed and N; TPE and GP also on the trials finished before it was
-    drawn (the same in a sequential or joblib sweep run again; not under several sweep processes at once). With
-    seed null each trial's sampler is seeded from the system's entropy."""
+def walks_one_sequence(config: dict) -> bool:
+    """A quasi-random sampler (QMC): its points are one low-discrepancy sequence that every process walks through
+    the study's storage (Optuna keeps the next index there), so every process takes the same seed."""
+    return str(config.get("_target_", "")).endswith("QMCSampler")
+
+
+class StudySampler(BaseSampler):
+    """The configured sampler (hydra/sweeper/sampler: tpe, random, gp, cmaes, nsgaii, nsgaiii, qmc, bruteforce),
+    built once, at this process's first trial, with process_seed(seed, that trial's number) (QMC: the seed itself),
+    and used for every later trial of this process: one random stream per study and process, as a plain Optuna
+    study seeded once draws, never a sampler rebuilt per trial (a QMC sampler rebuilt with a new seed starts a new
+    sequence at every trial)."""
 
     def __init__(self, config: dict):
         self.config = config
-        self._sampler = instantiate(config)
+        self._sampler = None
+        self.exhausted = False  # the sampler has run every point of a finite space (bruteforce)
 
     def before_trial(self, study, trial) -> None:
-        seed = self.config.get("seed")
-        self._sampler = instantiate({**self.config, "seed": None if seed is None else trial_seed(seed, trial.number)})
+        if self._sampler is None:
+            seed = self.config.get("seed")
+            seed = seed if walks_one_sequence(self.config) else process_seed(seed, trial.number)
+            self._sampler = instantiate({**self.config, "seed": seed})
         self._sampler.before_trial(study, trial)
 
     def infer_relative_search_space(self, study, trial):
@@ -38,7 +51,17 @@ class PerTrialSeed(BaseSampler):
         return self._sampler.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study, trial, state, values) -> None:
-        self._sampler.after_trial(study, trial, state, values)
+        if self._sampler is None:  # a trial an ended sweep process left, recorded before this one drew any
+            return
+        try:
+            self._sampler.after_trial(study, trial, state, values)
+        except RuntimeError as err:
+            # BruteForceSampler stops the study once every point has run, through Study.stop, which Optuna allows
+            # inside Study.optimize only: the sweeper asks and tells, and stops on `exhausted` instead.
+            if "Study.stop" not in str(err):
+                raise
+            self.exhausted = True
 
     def reseed_rng(self) -> None:
-        self._sampler.reseed_rng()
+        if self._sampler is not None:
+            self._sampler.reseed_rng()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.data import checkpoint
+from runner.sweeps import pareto
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,53 @@ METRICS = ("best_val_acc", "best_epoch", "test_acc", "final_val_acc", "final_val
 # (runner.engine.records.METRICS) that every completed trial has; final_<key> is the last epoch's history entry.
 # Never a test score: a sweep chooses on the validation split.
 HISTORY_KEYS = ("val_acc", "val_loss", "train_loss", "train_acc", "val_acc_ema", "val_loss_ema")
-RANKABLE = ("best_val_acc", *(f"final_{k}" for k in HISTORY_KEYS), "epochs_completed", "wall_time_s", "startup_s")
+# model_params and model_flops_per_image: the size of a trial's model, an objective of a multi-objective search
+# (configs/sweep/architecture.yaml: accuracy against size).
+RANKABLE = ("best_val_acc", *(f"final_{k}" for k in HISTORY_KEYS), "epochs_completed", "wall_time_s", "startup_s",
+            "model_params", "model_flops_per_image")
 DIRECTIONS = ("maximize", "minimize")
 TEST_TRIALS = ("all", "best", "none")  # hydra.sweeper.test_trials
+# The TensorBoard tag each run writes for a rankable metric (its HPARAMS column); the others get sweep/<metric>.
+OBJECTIVE_TAGS = {"best_val_acc": "val/best_acc", "model_params": "model/params",
+                  "model_flops_per_image": "model/flops_per_image",
+                  **{f"final_{k}": k.replace("_", "/", 1) for k in HISTORY_KEYS}}
 
 
-def check_settings(metric, direction, test_trials, test_best) -> None:
-    """One line (ValueError) for a hydra.sweeper.metric, direction, test_trials or test_best that cannot be used."""
+def names(metric) -> list[str]:
+    """hydra.sweeper.metric as a list: one name, or the names of a multi-objective study."""
+    return list(metric) if _is_list(metric) else [metric]
+
+
+def objectives(metric, direction) -> list[tuple[str, str]]:
+    """(metric, direction) per objective of hydra.sweeper.metric and direction, each a name or a list of names (a
+    multi-objective study); one line (ValueError) when they do not pair up."""
+    metrics = list(metric) if _is_list(metric) else [metric]
+    directions = list(direction) if _is_list(direction) else [direction]
+    shown = _shown(metrics)
+    if not metrics or len(set(map(str, metrics))) != len(metrics):
+        raise ValueError(f"hydra.sweeper.metric={shown}: name one metric, or several different ones for a "
+                         "multi-objective study. Change it with `hydra.sweeper.metric=[best_val_acc,model_params]`.")
+    if len(directions) != len(metrics):
+        example = ",".join(("maximize", "minimize", "minimize")[:len(metrics)] if len(metrics) <= 3 else metrics)
+        raise ValueError(
+            f"hydra.sweeper.direction={_shown(directions)} gives {len(directions)} direction(s) for the "
+            f"{len(metrics)} objective(s) of hydra.sweeper.metric={shown}: each objective is a number of the trial's "
+            "metrics.json, not of the task's return value (as in Hydra's Optuna sweeper plugin), so name one metric "
+            "per direction, e.g. `hydra.sweeper.metric=[best_val_acc,model_params] "
+            f"hydra.sweeper.direction=[{example}]`.")
+    return list(zip(metrics, directions, strict=True))
+
+
+def _is_list(value) -> bool:
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig"
+
+
+def _shown(values: list) -> str:
+    return f"[{','.join(map(str, values))}]" if len(values) != 1 else str(values[0])
+
+
+def check_objective(metric, direction) -> None:
+    """One line (ValueError) for a metric a study cannot rank trials by, or a direction that is none."""
     if isinstance(metric, str) and metric.startswith("test_"):
         raise ValueError(f"hydra.sweeper.metric={metric}: a sweep chooses by the validation split, never by the test "
                          "split (the chosen trial's test score would be optimistic): use best_val_acc, final_val_acc "
@@ -62,6 +103,13 @@ def check_settings(metric, direction, test_trials, test_best) -> None:
     if direction not in DIRECTIONS:
         raise ValueError(f"hydra.sweeper.direction={direction!r} is invalid: maximize or minimize. Change it with "
                          "`hydra.sweeper.direction=<value>`.")
+
+
+def check_settings(metric, direction, test_trials, test_best) -> None:
+    """One line (ValueError) for a hydra.sweeper.metric, direction (each a name, or a list of them for a
+    multi-objective study), test_trials or test_best that cannot be used."""
+    for name, way in objectives(metric, direction):
+        check_objective(name, way)
     if test_trials not in TEST_TRIALS:
         raise ValueError(f"hydra.sweeper.test_trials={test_trials!r} is invalid: all (each trial tests at its end), "
                          "best (the test_best best trials are tested once the sweep has run) or none. Change it with "
@@ -75,13 +123,19 @@ def direction_warning(metric: str, direction: str) -> str | None:
     """One line when the study looks for the worst trials: a loss or a time maximized, an accuracy minimized (the
     sampler and the pruner then favour them, and trials.csv ranks them first); None otherwise. A warning, not a
     refusal: looking for where training breaks down is a question a sweep may ask."""
-    better = "minimize" if "loss" in metric or metric.endswith("_s") else "maximize" if "acc" in metric else None
+    smaller = "loss" in metric or metric.endswith("_s") or metric.startswith("model_")
+    better = "minimize" if smaller else "maximize" if "acc" in metric else None
     if better is None or direction == better:
         return None
     most = "highest" if direction == "maximize" else "lowest"
+    # Hydra's Optuna sweeper plugin minimizes the task's return value by default: a config written for it sets
+    # direction=minimize and leaves the metric at runner's default.
+    plugin = (" (runner's sweeper ranks trials by hydra.sweeper.metric of their metrics.json, best_val_acc unless "
+              "set, not by the task's return value as Hydra's Optuna sweeper plugin does; to minimize the validation "
+              "loss: `hydra.sweeper.metric=final_val_loss`)" if metric == "best_val_acc" else "")
     return (f"hydra.sweeper.metric={metric} with hydra.sweeper.direction={direction}: this sweep looks for the {most} "
             f"{metric}, the worst trials (its sampler and pruner favour them, trials.csv ranks them first); to look "
-            f"for the best, add `hydra.sweeper.direction={better}`")
+            f"for the best, add `hydra.sweeper.direction={better}`{plugin}")
 
 
 def epoch_key(metric: str) -> str | None:
@@ -209,7 +263,8 @@ def trial_context() -> TrialContext | None:
     # Which process runs the job: a sweep run again waits for it to end before it resumes or records this trial.
     trial.set_user_attr("job", f"{socket.gethostname()}:{os.getpid()}")
 
-    key = epoch_key(spec.get("metric", "best_val_acc"))
+    metric = spec.get("metric", "best_val_acc")  # null: a multi-objective study, which Optuna cannot prune
+    key = epoch_key(metric) if metric else None
 
     def report(epoch: int, entry: dict) -> str | None:
         value = entry.get(key) if key else None
@@ -291,7 +346,7 @@ def assign_devices(n_jobs: int, device_count: int, device: str) -> list[str | No
 # The end of a trial
 
 def read_outcome(job_dir: Path, error: str | None = None, interrupted: bool = False,
-                 metric: str = "best_val_acc") -> dict:
+                 metric="best_val_acc") -> dict:
     """A trial's status and final metrics from its metrics.json. A job stopped by a signal (status `interrupted`
     there, or none when the user's Ctrl-C stopped the launcher, `interrupted=True`) is `interrupted`: not final, its
     job directory is left as it is for the next run of the sweep to resume. Any other job that left no final status
@@ -308,7 +363,7 @@ def read_outcome(job_dir: Path, error: str | None = None, interrupted: bool = Fa
     return _outcome(metrics, metric)
 
 
-def final_outcome(job_dir: Path, metric: str = "best_val_acc") -> dict | None:
+def final_outcome(job_dir: Path, metric="best_val_acc") -> dict | None:
     """The outcome a trial's metrics.json records when its job ended with a final status; None when it did not
     (killed, interrupted, never started), with nothing written."""
     metrics = _metrics(Path(job_dir) / "metrics.json")
@@ -323,12 +378,16 @@ def _metrics(path: Path) -> dict:
     return metrics if isinstance(metrics, dict) else {}
 
 
-def _outcome(metrics: dict, metric: str = "best_val_acc") -> dict:
-    """status, message, the table's metrics and the study's (`value`: a number, or None when the trial has none)."""
+def _outcome(metrics: dict, metric="best_val_acc") -> dict:
+    """status, message, the table's metrics and the study's (`value`: a number, or a list of them for a list of
+    metrics (a multi-objective study); None when the trial lacks one)."""
     outcome = {"status": metrics["status"], "message": metrics.get("message")}
-    outcome.update({key: metrics.get(key) for key in (*METRICS, metric)})
-    value = metrics.get(metric)
-    outcome["value"] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    outcome.update({key: metrics.get(key) for key in (*METRICS, *names(metric))})
+    values = [metrics.get(m) for m in names(metric)]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        outcome["value"] = None
+    else:
+        outcome["value"] = values if _is_list(metric) else values[0]
     return outcome
 
 
@@ -338,19 +397,23 @@ def _outcome(metrics: dict, metric: str = "best_val_acc") -> dict:
 EXPERIMENT_SUFFIX = ".sweep_hparams"  # the name's end of the event file holding the sweep's HPARAMS columns
 
 
-def write_experiment(sweep_dir: Path, job_dirs: list[Path]) -> Path | None:
+OBJECTIVES_SUFFIX = ".sweep_objectives"  # a trial's event file holding the objectives no run writes a tag for
+
+
+def write_experiment(sweep_dir: Path, job_dirs: list[Path], objectives=("best_val_acc",)) -> Path | None:
     """The HPARAMS columns of the whole sweep: the union of its trials' hyperparameters (with the values each string
-    one took) and final metrics. TensorBoard takes its columns from a single run's experiment, arbitrarily chosen,
-    so the trials write only their own values (runner.engine.tracking.Tracker.hparams, experiment=False) and this
-    one experiment goes beside the first trial's curves, in an event file of its own: the sweep directory gets no
-    event file, which TensorBoard would list as an empty run. Returns the file written (None: no trial has
-    HPARAMS values yet)."""
+    one took), final metrics and the study's objectives (each through the tag its runs write, OBJECTIVE_TAGS, or
+    sweep/<metric>, written here into each trial's run from its metrics.json). TensorBoard takes its columns from a
+    single run's experiment, arbitrarily chosen, so the trials write only their own values
+    (runner.engine.tracking.Tracker.hparams, experiment=False) and this one experiment goes beside the first trial's
+    curves, in an event file of its own: the sweep directory gets no event file, which TensorBoard would list as an
+    empty run. Returns the file written (None: no trial has HPARAMS values yet)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
     from torch.utils.tensorboard import SummaryWriter
 
-    from runner.engine.tracking import column_order, metric_order
+    from runner.engine.tracking import column_order, metric_order  # torch: only when HPARAMS are written
 
     seen: dict[str, set] = {}  # each hyperparameter's values over the trials
     kinds = {"number_value": api_pb2.DATA_TYPE_FLOAT64, "string_value": api_pb2.DATA_TYPE_STRING,
@@ -358,7 +421,7 @@ def write_experiment(sweep_dir: Path, job_dirs: list[Path]) -> Path | None:
     hparams, strings, metrics = {}, {}, {}
     for job_dir in job_dirs:
         for events in sorted(Path(job_dir).glob("events.out.tfevents.*")):
-            if events.name.endswith(EXPERIMENT_SUFFIX):
+            if events.name.endswith((EXPERIMENT_SUFFIX, OBJECTIVES_SUFFIX)):
                 continue
             for event in EventFileLoader(str(events)).Load():
                 for value in event.summary.value:
@@ -373,11 +436,15 @@ def write_experiment(sweep_dir: Path, job_dirs: list[Path]) -> Path | None:
                     elif value.tag.startswith("test/") or value.tag == "val/best_acc":
                         metrics.setdefault(value.tag, api_pb2.MetricInfo(name=api_pb2.MetricName(tag=value.tag)))
     stale = [*Path(sweep_dir).glob("events.out.tfevents.*"),  # a sweep directory's own run, by an older runner
-             *Path(sweep_dir).glob(f"*/events.out.tfevents.*{EXPERIMENT_SUFFIX}")]  # a resumed sweep's earlier union
+             *Path(sweep_dir).glob(f"*/events.out.tfevents.*{EXPERIMENT_SUFFIX}"),  # a resumed sweep's earlier union
+             *Path(sweep_dir).glob(f"*/events.out.tfevents.*{OBJECTIVES_SUFFIX}")]
     for old in stale:
         old.unlink(missing_ok=True)
     if not hparams:
         return None
+    for metric in objectives:
+        tag = OBJECTIVE_TAGS.get(metric) or _write_objective(job_dirs, metric)
+        metrics.setdefault(tag, api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)))
     infos = []
     for name in column_order(seen):  # the searched keys first (differs): TensorBoard shows the first few only
         info = api_pb2.HParamInfo(name=name, type=hparams[name], differs=len(seen[name]) > 1)
@@ -394,27 +461,48 @@ def write_experiment(sweep_dir: Path, job_dirs: list[Path]) -> Path | None:
     return next(Path(job_dirs[0]).glob(f"events.out.tfevents.*{EXPERIMENT_SUFFIX}"))
 
 
+def _write_objective(job_dirs: list[Path], metric: str) -> str:
+    """sweep/<metric>, an objective no run writes a tag for (wall_time_s), as a scalar of each trial's run, from its
+    metrics.json: the HPARAMS tab shows it beside the others."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    tag = f"sweep/{metric}"
+    for job_dir in job_dirs:
+        metrics = _metrics(Path(job_dir) / "metrics.json")
+        value = metrics.get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer = SummaryWriter(log_dir=str(job_dir), filename_suffix=OBJECTIVES_SUFFIX)
+            writer.add_scalar(tag, value, metrics.get("steps") or 0)
+            writer.close()
+    return tag
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The sweep's table and summary
 
-def table_columns(param_keys: list[str], metric: str) -> list[str]:
-    """trials.csv's columns: the trial, its status and rank by the study's metric, the searched parameters, the
-    metrics (the study's first), the job directory and a message."""
-    return ["trial", "status", "rank", *param_keys, *dict.fromkeys((metric, *METRICS)), "job_dir", "message"]
+def table_columns(param_keys: list[str], metric) -> list[str]:
+    """trials.csv's columns: the trial, its status and rank by the study's metric (or metrics), the searched
+    parameters, the metrics (the study's first), whether the trial is on the Pareto front (a multi-objective
+    study), the job directory and a message."""
+    front = ["on_front"] if len(names(metric)) > 1 else []
+    return ["trial", "status", "rank", *param_keys, *dict.fromkeys((*names(metric), *METRICS)), *front, "job_dir",
+            "message"]
 
 
 def is_outcome_column(name: str) -> bool:
     """Whether a column of trials.csv holds a result rather than a searched parameter (runner.report)."""
-    return name in ("trial", "status", "rank", "job_dir", "message", *METRICS, *RANKABLE)
+    return name in ("trial", "status", "rank", "on_front", "job_dir", "message", *METRICS, *RANKABLE)
 
 
-def table_rows(study, param_keys: list[str], metric: str = "best_val_acc") -> list[dict]:
-    """One row per trial of the study, in trial order: number, status, rank (1: the best completed trial by the
-    study's metric and direction; empty for the others), the searched parameters as the job got them, the final
-    metrics, the job directory (relative to the sweep directory) and a message."""
+def table_rows(study, param_keys: list[str], metric="best_val_acc") -> list[dict]:
+    """One row per trial of the study, in trial order: number, status, rank (single objective: 1 for the best
+    completed trial by the study's metric and direction; several: the trial's non-domination rank, 1 on the Pareto
+    front; empty for a trial that did not complete), the searched parameters as the job got them, the final metrics,
+    on_front (several objectives), the job directory (relative to the sweep directory) and a message."""
     trials = study.get_trials(deepcopy=False)
-    rank = {t.number: i + 1 for i, t in enumerate(best_trials(study, len(trials)))}
+    rank = trial_ranks(study)
     tested = test_scores(study)
+    multi = len(names(metric)) > 1
     rows = []
     for trial in trials:
         attrs = {**trial.user_attrs, **tested.get(str(trial.number), {})}
@@ -422,11 +510,30 @@ def table_rows(study, param_keys: list[str], metric: str = "best_val_acc") -> li
         row = {"trial": trial.number, "status": status, "rank": rank.get(trial.number, "")}
         values = attrs.get("values", {})
         row.update({key: values.get(key, "") for key in param_keys})
-        row.update({key: "" if attrs.get(key) is None else attrs[key] for key in (metric, *METRICS)})
+        row.update({key: "" if attrs.get(key) is None else attrs[key] for key in (*names(metric), *METRICS)})
+        if multi:
+            row["on_front"] = rank.get(trial.number) == 1
         row["job_dir"] = attrs.get("job_dir", "")
         row["message"] = attrs.get("message") or ""
         rows.append(row)
     return rows
+
+
+def directions_of(study) -> list[str]:
+    return [d.name.lower() for d in study.directions]
+
+
+def _completed(study) -> list:
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.values]
+
+
+def trial_ranks(study) -> dict[int, int]:
+    """{trial number: rank} of the completed trials: by value (one objective), by non-domination (several)."""
+    if len(study.directions) == 1:
+        return {t.number: i + 1 for i, t in enumerate(best_trials(study, len(study.get_trials(deepcopy=False))))}
+    return pareto.ranks({t.number: t.values for t in _completed(study)}, directions_of(study))
 
 
 def test_scores(study) -> dict[str, dict]:
@@ -443,16 +550,17 @@ def record_test(study, number: int, metrics: dict) -> None:
 
 
 def best_trials(study, k: int) -> list:
-    """The k best completed trials by the study's metric and direction, best first."""
-    from optuna.study import StudyDirection
-    from optuna.trial import TrialState
-
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.value is not None]
-    sign = -1 if study.direction == StudyDirection.MAXIMIZE else 1
+    """One objective: the k best completed trials by the study's metric and direction, best first. Several: the
+    trials on the Pareto front, all of them, by number (a front has no order to cut it by)."""
+    done = _completed(study)
+    if len(study.directions) > 1:
+        on_front = set(pareto.front({t.number: t.values for t in done}, directions_of(study)))
+        return [t for t in done if t.number in on_front]
+    sign = -1 if directions_of(study)[0] == "maximize" else 1
     return sorted(done, key=lambda t: (sign * t.value, t.number))[:k]
 
 
-def write_table(path: Path, rows: list[dict], param_keys: list[str], metric: str = "best_val_acc") -> None:
+def write_table(path: Path, rows: list[dict], param_keys: list[str], metric="best_val_acc") -> None:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=table_columns(param_keys, metric), lineterminator="\n")
     writer.writeheader()

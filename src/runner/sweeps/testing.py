@@ -2,7 +2,7 @@
 all run, the best ones are tested once each, from their last checkpoint, exactly as their own run would have tested
 at its end. Two sweep processes on one study test the same best trials: the one that finds a trial's run directory
 held waits for the other to let go, then takes its scores. Imported by the sweeper only, after its trials (torch is
-imported here)."""
+imported here). run_test_pass is the sweeper's end: the chosen trials tested, their scores recorded in the study."""
 
 import json
 import logging
@@ -15,6 +15,7 @@ from runner.data import checkpoint
 from runner.engine import recorded, records, train
 from runner.engine.run import Run
 from runner.engine.rundir import LAST, LOCK, RunDirBusy
+from runner.sweeps import study as glue
 
 log = logging.getLogger("runner")
 
@@ -105,3 +106,34 @@ def test_when_free(job_dir: Path, on_busy=None) -> tuple[dict, bool]:
                 on_busy()
             told = True
             time.sleep(BUSY_POLL_S)
+
+
+def run_test_pass(study, sweep_dir: Path, chosen: list, which: str) -> None:
+    """Test the chosen trials of a study (the best ones, or the Pareto front: `which` says so in the log) that left
+    their test pass to the sweep, once each: a trial tested by an earlier run of the sweep is not tested again; one
+    that another sweep process on this study is testing is waited for, and its scores taken. The scores are recorded
+    in the study (trials.csv)."""
+    todo = [t for t in chosen if needs_test(Path(sweep_dir) / t.user_attrs["job_dir"])]
+    if todo:
+        log.info("testing the %d %s once, from their last checkpoint: %s", len(todo), which,
+                 ", ".join(str(t.number) for t in todo))
+    for trial in todo:
+        job_dir = Path(sweep_dir) / trial.user_attrs["job_dir"]
+
+        def waiting(number=trial.number, job_dir=job_dir) -> None:
+            log.info("trial %d: another process (pid %s) holds its run directory, most likely another sweep "
+                     "process testing it: waiting for it to let go (up to %d s)", number, holder(job_dir), BUSY_WAIT_S)
+
+        try:
+            metrics, here = test_when_free(job_dir, waiting)
+        except RunDirBusy:
+            log.warning("trial %d: not tested by this process: another process (pid %s) still holds its run "
+                        "directory %s after %d s; run the sweep's command again to test it once it has let go",
+                        trial.number, holder(job_dir), job_dir, BUSY_WAIT_S)
+            continue
+        except Exception as err:  # one trial's test failing (a damaged checkpoint) leaves the others
+            log.error("trial %d: its test pass failed: %s: %s", trial.number, type(err).__name__, err)
+            continue
+        glue.record_test(study, trial.number, metrics)
+        log.info("trial %d tested%s: test_acc %s  [%s]", trial.number, "" if here else " by another process",
+                 metrics.get("test_acc"), job_dir.name)
