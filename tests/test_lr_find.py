@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import TINY
-from runner import lr_find
+from runner.commands import lr_find
 from runner.config import CONFIG_DIR, ConfigError, UserError, validate
 
 TEST = ["model.widths=[4,8]", "trainer.batch_size=20", "data.train_examples=300", "data.val_size=100"]
