@@ -4,7 +4,7 @@
   lessons' index;
 - `<!-- generated: NAME [ARGUMENT] -->` in a page is replaced by the generated text NAME: the option reference
   (from configs/ and the schema, runner.config.reference), the lessons' table, the benchmark parts, the option
-  grid, what a run records, a module's docstring (`docstring runner.pictures`), and the home page's picture of
+  grid, what a run records, a module's docstring (`docstring runner.commands.pictures`), and the home page's picture of
   TensorBoard once its screenshot exists.
 """
 
