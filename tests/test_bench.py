@@ -54,3 +54,13 @@ def test_a_reference_script_with_a_fixed_seed_runs_with_the_seed_given(tmp_path)
     assert runs[0].split()[0] == "arg" and runs[0] != runs[1]
     assert bench._script([str(script), "arg"], 1)[0] == runs[1]  # seeded: repeatable
     assert bench._script([str(script), "arg"])[0] == runs[0]  # no seed given: the script's own
+
+
+def test_the_reference_scripts_are_looked_for_beside_the_checkout(monkeypatch):
+    """(h) and (i) run ../shared/bench/*.py next to the checkout (a module moved deeper once made that path wrong)."""
+    import importlib
+
+    from runner.config import CONFIG_DIR
+
+    monkeypatch.delenv("RUNNER_BENCH_REFERENCE", raising=False)
+    assert importlib.reload(bench).REFERENCE_DIR == CONFIG_DIR.parent.parent / "shared" / "bench"

@@ -298,7 +298,8 @@ def bench_latency(device, model: str, batch_sizes: list[int], repeats: int) -> d
 # ---------------------------------------------------------------------------------------------------------------
 # Against the reference scripts (../shared/bench), run as they are, on the same images, epochs and machine
 
-REFERENCE_DIR = Path(os.environ.get("RUNNER_BENCH_REFERENCE", Path(__file__).resolve().parents[3] / "shared" / "bench"))
+# ../shared/bench beside the checkout (CONFIG_DIR is <checkout>/configs), or where RUNNER_BENCH_REFERENCE points
+REFERENCE_DIR = Path(os.environ.get("RUNNER_BENCH_REFERENCE", CONFIG_DIR.parent.parent / "shared" / "bench"))
 
 
 def _subset_root(root: Path, tmp: Path, name: str, positions, bytes_keys: bool = False, held_out: int = 0) -> Path:
