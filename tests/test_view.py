@@ -92,6 +92,17 @@ def test_a_new_epoch_does_not_show_the_last_epochs_figures(monkeypatch):
     progress.close()
 
 
+def _read_all(fd: int) -> str:
+    """Everything written to the pty so far: one read may return only the first of several writes."""
+    import os
+    import select
+
+    chunks = []
+    while select.select([fd], [], [], 0.5)[0]:
+        chunks.append(os.read(fd, 65536))
+    return b"".join(chunks).decode()
+
+
 def test_a_terminal_of_zero_columns_still_shows_the_bar(monkeypatch):
     """Some containers and `script` report a terminal 0 columns wide; tqdm then drew nothing at all."""
     import fcntl
@@ -110,7 +121,7 @@ def test_a_terminal_of_zero_columns_still_shows_the_bar(monkeypatch):
         progress.start_epoch(0, 0)
         progress.show(step=2, step_in_epoch=2, images=200, loss=1.0, acc=0.5)
         stream.flush()
-        shown = _screen(os.read(master, 65536).decode())
+        shown = _screen(_read_all(master))
         progress.close()
     finally:
         stream.close()
