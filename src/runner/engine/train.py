@@ -230,8 +230,7 @@ class _Sums:
     go to TensorBoard step by step, and, as the window's mean, to the after_log hooks."""
 
     def __init__(self, device: torch.device):
-        self.clock = StepClock(device)
-        self.clock.start()
+        self.clock = StepClock(device)  # started by `start`, just before the epoch's first step
         self.losses, self.corrects, self.sizes = [], [], []  # this window's steps: mean loss, correct, images
         self.loss_sum = self.correct_sum = 0.0  # the epoch's read windows, summed over their images and the ranks
         self.seen = 0  # this rank's images in the epoch's read windows
@@ -251,12 +250,7 @@ class _Sums:
     def read(self, world, accuracy: bool) -> tuple[dict, dict[str, list[float]]]:
         """The window's mean loss (and accuracy) over every rank, and each of its steps' values by TensorBoard tag
         (train/loss, train/acc, perf/img_per_s); the window then starts again."""
-        values = torch.stack(self.losses).float()  # (steps,): each rank's mean over its batch
-        if accuracy:
-            values = torch.stack([values, torch.stack(self.corrects).to(values.dtype)])  # (2, steps)
-        distributed.sum_(values)
-        rows = values.tolist()
-        losses, corrects = (rows if accuracy else (rows, None))
+        losses, corrects = self._window(accuracy, world_sum=True)
         sizes = [n * world.size for n in self.sizes]  # images of each step over the ranks
         losses = [v / world.size for v in losses]
         steps = {"train/loss": losses,
@@ -278,15 +272,22 @@ class _Sums:
         only). One read back (a sync), so only when the display is due."""
         loss, correct = self.loss_sum / self.world, self.correct_sum / self.world
         if self.losses:
-            rows = torch.stack(self.losses).float()
-            if self.corrects:
-                rows = torch.stack([rows, torch.stack(self.corrects).to(rows.dtype)])
-            rows = rows.tolist()
-            losses, corrects = rows if self.corrects else (rows, [])
+            losses, corrects = self._window(bool(self.corrects), world_sum=False)
             loss += sum(v * n for v, n in zip(losses, self.sizes, strict=True))
-            correct += sum(corrects)
+            correct += sum(corrects or [])
         n = max(1, self.seen + sum(self.sizes))
         return loss / n, (correct / n if accuracy else None)
+
+    def _window(self, accuracy: bool, world_sum: bool) -> tuple[list[float], list[float] | None]:
+        """This window's per-step losses (each rank's mean over its batch) and correct counts, read back in one
+        transfer; summed over the ranks when `world_sum` (an all-reduce every rank must join)."""
+        values = torch.stack(self.losses).float()  # (steps,)
+        if accuracy:
+            values = torch.stack([values, torch.stack(self.corrects).to(values.dtype)])  # (2, steps)
+        if world_sum:
+            distributed.sum_(values)
+        rows = values.tolist()
+        return rows if accuracy else (rows, None)
 
     def epoch(self, accuracy: bool) -> tuple[float, float | None]:
         """The epoch's mean loss (and accuracy) over every rank, once its last window is read."""
