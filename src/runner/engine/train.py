@@ -230,7 +230,8 @@ class _Sums:
     go to TensorBoard step by step, and, as the window's mean, to the after_log hooks."""
 
     def __init__(self, device: torch.device):
-        self.clock = StepClock(device)  # started by `start`, just before the epoch's first step
+        self.clock = StepClock(device)
+        self.clock.start()  # and again by `start`, just before the epoch's first step
         self.losses, self.corrects, self.sizes = [], [], []  # this window's steps: mean loss, correct, images
         self.loss_sum = self.correct_sum = 0.0  # the epoch's read windows, summed over their images and the ranks
         self.seen = 0  # this rank's images in the epoch's read windows
