@@ -103,7 +103,8 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode()
 
 
-def test_a_terminal_of_zero_columns_still_shows_the_bar(monkeypatch):
+@pytest.mark.parametrize("rows", [24, 0])  # `script` reports 0 x 0: tqdm also hid a bar "below" a 0-line screen
+def test_a_terminal_of_zero_columns_still_shows_the_bar(monkeypatch, rows):
     """Some containers and `script` report a terminal 0 columns wide; tqdm then drew nothing at all."""
     import fcntl
     import os
@@ -112,7 +113,7 @@ def test_a_terminal_of_zero_columns_still_shows_the_bar(monkeypatch):
     import termios
 
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 0, 0, 0))  # rows, columns (0), pixels
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, 0, 0, 0))  # rows, columns (0), pixels
     stream = os.fdopen(slave, "w")
     try:
         assert os.get_terminal_size(stream.fileno()).columns == 0

@@ -370,20 +370,24 @@ class Progress:
 
 
 FALLBACK_COLUMNS = 80  # the bar's width where the terminal reports none
+FALLBACK_ROWS = 24  # the screen's height where the terminal reports none
 
 
 def bar_width(stream) -> dict:
-    """tqdm's width settings for a bar on `stream`: follow the terminal's width as it changes, or FALLBACK_COLUMNS
+    """tqdm's size settings for a bar on `stream`: follow the terminal's width as it changes, or FALLBACK_COLUMNS
     where it reports 0 columns (some containers, `script`, a COLUMNS=0 environment), which tqdm would take as room
-    for nothing and draw no bar at all."""
+    for nothing and draw no bar at all; and FALLBACK_ROWS where it reports 0 lines (`script` reports 0 x 0), where
+    tqdm would take the bar to be below the screen and hide it."""
     try:
-        columns = os.get_terminal_size(stream.fileno()).columns
+        size = os.get_terminal_size(stream.fileno())
+        columns, rows = size.columns, size.lines
     except (AttributeError, OSError, ValueError):  # not a terminal: tqdm reads COLUMNS, if set
         columns = os.environ.get("COLUMNS", "").strip()
-        columns = int(columns) if columns.lstrip("-").isdigit() else None
-    if columns is not None and columns <= 0:
-        return {"ncols": FALLBACK_COLUMNS}
-    return {"dynamic_ncols": True}
+        columns, rows = (int(columns) if columns.lstrip("-").isdigit() else None), None
+    settings = {"ncols": FALLBACK_COLUMNS} if columns is not None and columns <= 0 else {"dynamic_ncols": True}
+    if rows is not None and rows <= 0:
+        settings["nrows"] = FALLBACK_ROWS
+    return settings
 
 
 @contextlib.contextmanager
